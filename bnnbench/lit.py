@@ -1,0 +1,105 @@
+"""BNNModule: the one LightningModule. Steps, top-1/top-5, optimizer groups, method hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from bnnbench.methods.base import BinarizationMethod
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+
+def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Number of examples whose target is among the top-k logits, for each k (k capped at C)."""
+    maxk = min(max(ks), logits.shape[-1])
+    top = logits.topk(maxk, dim=-1).indices
+    hit = top.eq(target.unsqueeze(-1))
+    return [hit[:, : min(k, maxk)].any(dim=-1).sum() for k in ks]
+
+
+class BNNModule(pl.LightningModule):
+    """Trains ``net`` (already converted by ``method``) with the method's loss and hooks.
+
+    Logged: ``train/loss`` (task loss + regularizer), ``val/top1``, ``val/top5``, ``val/loss``,
+    ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
+    The learning rate of a parameter group is ``optimizer lr * group['lr_scale']`` (default 1).
+    A ReduceLROnPlateau scheduler watches the training loss (Tang et al.: "halved once the
+    training loss stops decreasing"); other schedulers step once per epoch.
+    """
+
+    def __init__(self, net: nn.Module, method: BinarizationMethod,
+                 optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.method = method
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = self.method.loss(logits, y)
+        reg = self.method.regularizer(self.net)
+        if reg is not None:
+            self.log("train/regularizer", reg, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = loss + reg
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(y), sync_dist=True)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.method.after_optimizer_step(self.net)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self.net(x)
+        top1, top5 = topk_correct(logits, y)
+        n = len(y)
+        self.log(f"{stage}/loss", self.method.loss(logits, y), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/top1", top1.float() * 100 / n, batch_size=n, prog_bar=True,
+                 sync_dist=True)
+        self.log(f"{stage}/top5", top5.float() * 100 / n, batch_size=n, sync_dist=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        groups = self.method.param_groups(self.net)
+        optimizer = self.optimizer_factory([{k: v for k, v in g.items() if k != "lr_scale"}
+                                            for g in groups])
+        base_lr = optimizer.defaults["lr"]
+        for group, spec in zip(optimizer.param_groups, groups):
+            group["lr"] = base_lr * spec.get("lr_scale", 1.0)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "train/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@torch.no_grad()
+def predict(net: nn.Module, loader: Any) -> Tensor:
+    """Argmax predictions of ``net`` in eval mode over a loader (used to compare packed models)."""
+    net.eval()
+    return torch.cat([net(x).argmax(-1) for x, _ in loader])

@@ -1,0 +1,1 @@
+"""Run records (metrics.json), collection of runs, and rendering of tables into reports/."""
