@@ -117,7 +117,7 @@ class _StochasticSign(torch.autograd.Function):
 
 
 def stochastic_sign(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    r"""Stochastic binarization ([BC] Eq. 2, [BNN] Eq. 2).
+    r"""Stochastic binarization ([BC] Sec. 2.2, [BNN] Sec. 1.1).
 
     Forward:  ``y = +1`` with probability ``p = hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``,
     else ``-1``; drawn as ``y = +1 iff u < p`` with ``u ~ U[0, 1)`` from ``generator`` (so
@@ -209,7 +209,7 @@ class _RoundSTE(torch.autograd.Function):
 
 
 def dorefa_quantize(x: Tensor, bits: int) -> Tensor:
-    r"""DoReFa's k-bit quantizer of values in [0, 1] ([DRF] Eq. 5).
+    r"""DoReFa's k-bit quantizer of values in [0, 1] ([DRF] Sec. 2.3).
 
     Forward:  ``quantize_k(x) = round((2^k - 1) x) / (2^k - 1)`` (round half to even, as
     ``tf.round``); ``bits >= 32`` returns ``x`` unchanged.
@@ -233,7 +233,7 @@ class _ScaledSignIdentity(torch.autograd.Function):
 
 
 def dorefa_weight(w: Tensor, bits: int) -> Tensor:
-    r"""DoReFa's k-bit weights ([DRF] Sec. 2.3, Eq. 8-9).
+    r"""DoReFa's k-bit weights ([DRF] Sec. 2.3).
 
     Forward:
       * ``bits == 1``: ``W~ = sign(W) * E``, ``E = mean |W|`` over the whole tensor (one scalar
@@ -294,7 +294,7 @@ def _quantize_gradient(g: Tensor, bits: int, generator: torch.Generator | None) 
 
 
 def dorefa_gradient(x: Tensor, bits: int, generator: torch.Generator | None = None) -> Tensor:
-    r"""Quantize the gradient that flows back through ``x`` to k bits ([DRF] Sec. 2.5, Eq. 12).
+    r"""Quantize the gradient that flows back through ``x`` to k bits ([DRF] Sec. 2.5).
 
     Forward:  identity, ``y = x``.
 
@@ -330,8 +330,9 @@ def abc_weight_bases(w: Tensor, num_bases: int) -> tuple[Tensor, Tensor]:
     whole tensor. Returned stacked, shape ``(M, *w.shape)``, dtype of ``w``.
 
     Coefficients: ``alpha = argmin ||vec(W) - B alpha||_2`` with ``B = [vec(B_1) .. vec(B_M)]``,
-    solved in float64 as ``alpha = pinv(B^T B) B^T vec(W)``: the minimum-norm least-squares solution,
-    so rank-deficient ``B`` (repeated bases, e.g. a constant ``W``) is handled. Shape ``(M,)``.
+    solved in float64 as ``alpha = pinv(B^T B) B^T vec(W)``: the minimum-norm least-squares
+    solution, so rank-deficient ``B`` (repeated bases, e.g. a constant ``W``) is handled.
+    Shape ``(M,)``.
 
     No gradient flows through either output (they are recomputed from ``W`` each forward); see
     :func:`abc_weight` for the trainable approximation.
@@ -365,11 +366,11 @@ class _AbcWeight(torch.autograd.Function):
 
 
 def abc_weight(w: Tensor, num_bases: int) -> Tensor:
-    r"""ABC-Net's weight approximation ``W~ = sum_i alpha_i B_i`` ([ABC] Eq. 1-4).
+    r"""ABC-Net's weight approximation ``W~ = sum_i alpha_i B_i`` ([ABC] Sec. 3.1).
 
     Forward:  bases and coefficients from :func:`abc_weight_bases`.
 
-    Backward: straight-through to the latent weights, ``dL/dW = dL/dW~`` (identity; [ABC] Eq. 4
+    Backward: straight-through to the latent weights, ``dL/dW = dL/dW~`` (identity; [ABC] Sec. 3.1
     uses the STE for every ``dB_i/dW``, the ``alpha_i`` are treated as constants of the forward
     pass).
     """
@@ -402,7 +403,7 @@ class _AbcActivation(torch.autograd.Function):
 
 
 def abc_activation(x: Tensor, shifts: Tensor, betas: Tensor) -> Tensor:
-    r"""ABC-Net's multiple binary activations ([ABC] Sec. 3.2, Eq. 6-9).
+    r"""ABC-Net's multiple binary activations ([ABC] Sec. 3.2).
 
     Forward:  ``A = sum_n beta_n H_{v_n}(x)``, ``H_v(x) = 2 * 1{clip(x + v, 0, 1) >= 0.5} - 1``
     (so ``H_v(x) = +1 iff x + v >= 0.5``); ``shifts = (v_1..v_N)`` and ``betas`` are 1-D tensors

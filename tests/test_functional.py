@@ -123,7 +123,8 @@ def test_xnor_activation_scale(shape, k, stride, padding):
     ref = np.zeros((shape[0], 1, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            ref[:, 0, i, j] = a[:, i * sh : i * sh + kh, j * sw : j * sw + kw].sum((1, 2)) / (kh * kw)
+            win = a[:, i * sh : i * sh + kh, j * sw : j * sw + kw]
+            ref[:, 0, i, j] = win.sum((1, 2)) / (kh * kw)
     assert K.shape == (shape[0], 1, ho, wo)
     np.testing.assert_allclose(K.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda t: BF.xnor_activation_scale(t, k, stride, padding), x)
@@ -299,7 +300,8 @@ def test_abc_activation_values_and_grads(shape, n_act):
     gx, gv, gb = torch.autograd.grad(y, (x, shifts, betas), g)
 
     # closed form of the documented STE
-    ex, ev, eb = torch.zeros_like(xd), torch.zeros(n_act, dtype=xd.dtype), torch.zeros(n_act, dtype=xd.dtype)
+    ex = torch.zeros_like(xd)
+    ev, eb = torch.zeros(n_act, dtype=xd.dtype), torch.zeros(n_act, dtype=xd.dtype)
     for i in range(n_act):
         z = xd + shifts[i].detach()
         inside = ((z >= 0) & (z <= 1)).to(xd.dtype)

@@ -3,7 +3,7 @@
 Each method module is imported here explicitly so that the registry is complete on import.
 """
 
-from bnnbench.methods import bnn, fp  # noqa: F401  (registration)
+from bnnbench.methods import abcnet, binaryconnect, bnn, dorefa, fp, tang, xnor  # noqa: F401
 from bnnbench.methods.base import (
     BinarizationMethod,
     create_method,

@@ -1,0 +1,124 @@
+"""CIFAR-10 and CIFAR-100 (Krizhevsky 2009) in torchvision's on-disk format (python pickles)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from bnnbench.data.torchvision_data import TorchvisionData, first_line, holdout_split
+from bnnbench.errors import BnnbenchError
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 images (N, C, H, W) and int64 labels; ``transform`` maps one uint8 image to float."""
+
+    def __init__(self, images: Tensor, targets: Tensor,
+                 transform: Callable[[Tensor], Tensor]) -> None:
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.images[index]), self.targets[index]
+
+
+def cifar_transform(mean: Sequence[float], std: Sequence[float],
+                    augment: bool) -> Callable[[Tensor], Tensor]:
+    """uint8 CHW -> float, ``(x / 255 - mean) / std``; ``augment``: 4-px zero-padded random 32
+    crop and horizontal flip first (He et al. 2016's CIFAR augmentation)."""
+    from torchvision.transforms import v2
+
+    steps: list[Callable] = []
+    if augment:
+        steps += [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+class CIFAR10(TorchvisionData):
+    """CIFAR-10: 50,000 training and 10,000 test 32 x 32 colour images, 10 classes.
+
+    Files: torchvision's layout, ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}`` (the
+    python pickles of the official archive; ``download=true`` fetches and checks it). The pickles
+    are read here directly, without torchvision's md5 check of each batch file.
+    Split (fixed, documented): ``val_size`` (default 5,000) training images are held out for
+    validation by a permutation seeded with ``split_seed`` (default 0): 45,000 train / 5,000 val;
+    ``test_batch`` is the test set.
+    Preprocessing: per-channel ``(x / 255 - mean) / std`` (``data.mean``/``data.std``, the
+    training set's statistics by default). ``augment`` (default off: BinaryConnect and BinaryNet
+    train CIFAR-10 without augmentation) adds a padded random crop and a flip to training images.
+    The authors' global contrast normalization + ZCA whitening is not reproduced.
+    """
+
+    name = "CIFAR-10"
+    folder = "cifar-10-batches-py"
+    files = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+             "test_batch")
+    label_key = "labels"
+    in_chans, num_classes, img_size = 3, 10, 32
+    torchvision_class = "CIFAR10"
+
+    def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
+                 split_seed: int = 0, augment: bool = False,
+                 mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+                 std: Sequence[float] = (0.2470, 0.2435, 0.2616), batch_size: int = 128,
+                 num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+        super().__init__(root, download, val_size, split_seed, batch_size, num_workers,
+                         eval_batch_size)
+        self.augment = augment
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def _download(self) -> None:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, self.torchvision_class)(str(self.root), download=True)
+
+    def read_batches(self, names: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """uint8 images (N, 3, 32, 32) and int64 labels from pickled batches."""
+        images, labels = [], []
+        for name in names:
+            path = self.directory / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry[self.label_key])
+            except Exception as err:
+                raise BnnbenchError(f"{path} is not a {self.name} batch in torchvision's "
+                                    f"python-pickle format ({first_line(err)})") from None
+        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+
+    def _load(self) -> None:
+        images, targets = self.read_batches(self.files[:-1])
+        train, val = holdout_split(len(targets), self.val_size, self.split_seed)
+        plain = cifar_transform(self.mean, self.std, augment=False)
+        train_tf = cifar_transform(self.mean, self.std, augment=self.augment)
+        self.train_set = ImageTensorDataset(images[train], targets[train], train_tf)
+        self.val_set = ImageTensorDataset(images[val], targets[val], plain)
+        self.test_set = ImageTensorDataset(*self.read_batches(self.files[-1:]), plain)
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100: as :class:`CIFAR10` with 100 fine labels; files
+    ``<root>/cifar-100-python/{train,test}``. Same split and preprocessing rules."""
+
+    name = "CIFAR-100"
+    folder = "cifar-100-python"
+    files = ("train", "test")
+    label_key = "fine_labels"
+    in_chans, num_classes, img_size = 3, 100, 32
+    torchvision_class = "CIFAR100"
+
+    def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
+                 split_seed: int = 0, augment: bool = False,
+                 mean: Sequence[float] = (0.5071, 0.4865, 0.4409),
+                 std: Sequence[float] = (0.2673, 0.2564, 0.2762), batch_size: int = 128,
+                 num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+        super().__init__(root, download, val_size, split_seed, augment, mean, std, batch_size,
+                         num_workers, eval_batch_size)

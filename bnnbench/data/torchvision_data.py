@@ -1,0 +1,98 @@
+"""Datasets read from (or downloaded to) torchvision's on-disk layout under ``data.root``.
+
+Shared by :mod:`bnnbench.data.mnist` and :mod:`bnnbench.data.cifar`: a fixed, seeded validation
+split held out of the training files, a download when asked (``data.download=true``, online), and a
+one-line :class:`~bnnbench.errors.BnnbenchError` naming the directory and the expected files when
+they are missing, instead of torchvision's traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bnnbench.data.base import ImageClassificationData
+from bnnbench.errors import BnnbenchError, check_range
+
+
+def holdout_split(num_train: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: the first ``val_size`` of a permutation by ``default_rng(seed)``.
+
+    Both are sorted. The split depends only on ``num_train``, ``val_size`` and ``seed`` (not on
+    the run's seed), so every run of a dataset validates on the same images.
+    """
+    if not 0 < val_size < num_train:
+        raise BnnbenchError(f"data.val_size={val_size} is out of range: the training files hold "
+                            f"{num_train} images, need 0 < data.val_size < {num_train}")
+    perm = np.random.default_rng(seed).permutation(num_train)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message reduced to its first non-empty line (for one-line errors)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+class TorchvisionData(ImageClassificationData):
+    """Base for torchvision-format datasets: ``root``, ``download``, ``val_size``, ``split_seed``.
+
+    Subclasses name their files (:attr:`folder` under ``root``, :attr:`files` in it), how to
+    download them (:meth:`_download`) and how to read them (:meth:`_load`).
+    """
+
+    name: str
+    folder: str
+    files: tuple[str, ...]
+
+    def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
+                 split_seed: int = 0, batch_size: int = 100, num_workers: int = 0,
+                 eval_batch_size: int | None = None) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        check_range("data.val_size", val_size, low=1)
+        self.root = Path(root).expanduser()
+        self.download = download
+        self.val_size = val_size
+        self.split_seed = split_seed
+
+    @property
+    def directory(self) -> Path:
+        return (self.root / self.folder).resolve()
+
+    def missing_files(self) -> list[str]:
+        return [f for f in self.files if not (self.directory / f).is_file()]
+
+    def check_files(self) -> None:
+        """Raise a one-line BnnbenchError naming the directory and the files it lacks."""
+        missing = self.missing_files()
+        if missing:
+            partly = "" if len(missing) == len(self.files) else f" (missing: {', '.join(missing)})"
+            raise BnnbenchError(
+                f"{self.name} not found: expected {self.directory}/ holding "
+                f"{', '.join(self.files)}{partly} (torchvision's layout under data.root="
+                f"{self.root}); put the files there, or set data.download=true when online")
+
+    def prepare_data(self) -> None:
+        """Download once (rank 0 under DDP) when ``download`` is set and files are missing."""
+        if self.download and self.missing_files():
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self._download()
+            except Exception as err:  # no network, a mirror down, a bad checksum
+                raise BnnbenchError(
+                    f"could not download {self.name} to {self.directory} ({first_line(err)}); "
+                    f"offline, put {', '.join(self.files)} there by hand") from None
+        self.check_files()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.check_files()
+        self._load()
+
+    def _download(self) -> None:
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,562 @@
+"""Packed export: a trained run as one small safetensors file, and the model loaded back from it.
+
+File layout (safetensors: raw little-endian tensors + a JSON header; no pickle anywhere):
+
+* Every tensor the deployed model stores (:func:`bnnbench.size.deployed_tensors`: parameters and
+  persistent buffers, BatchNorm statistics, PReLU slopes, scale layers, activation-quantizer
+  parameters), under its state_dict key, as it is (float32 stays float32).
+* For each quantized layer ``L`` the deployed weight ``L.quantized_weight()`` (eval mode) instead of
+  the latent real weight, decomposed *from its values* and verified bit-exact (the float32 bit
+  patterns of the decoded weight equal those of ``quantized_weight()``; otherwise the export
+  fails):
+
+  - ``sign`` encoding, when every output channel holds values of one magnitude ``a_o``, i.e.
+    ``W_q = a_o * s`` with ``s`` in {-1, +1} (BinaryNet ``a = 1``, XNOR/BWN ``a_o = mean|W_o|``,
+    DoReFa 1-bit one ``a`` per tensor): ``L.weight.bits`` uint8 ``(1, ceil(n/8))``, the signs of
+    the flattened weight, 8 per byte, least-significant bit first, bit 1 = negative (the
+    convention of :mod:`bnnbench.kernels`); ``L.weight.scale`` float32 ``(O,)`` or ``(1,)``,
+    absent when every ``a = 1``.
+  - ``codebook`` encoding otherwise (ABC-Net ``sum_i alpha_i B_i``, DoReFa k-bit grid): the
+    ``u <= 2^k`` distinct values (``k`` = the quantizer's ``precision``) per tensor, or per output
+    channel when a tensor has more, in ``L.weight.codebook`` float32 ``(u,)`` or ``(O, u)``, and
+    the index of each weight in it as ``k`` bit planes ``L.weight.bits`` uint8
+    ``(k, ceil(n/8))``, same bit order. So ABC-Net's M bases cost M bit planes plus the ``u``
+    values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
+    M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's k-bit grid k
+    planes plus at most ``2^k`` values.
+  - ``quantizer`` encoding: a weight quantizer may define ``pack(w_q) -> dict[str, Tensor]`` and
+    ``unpack(tensors, shape) -> Tensor`` to store its own factorization; tensors go under
+    ``L.weight.<key>``. Used when present, verified the same way.
+
+* Metadata (safetensors ``__metadata__``, strings): ``format`` = ``bnnbench-packed``,
+  ``format_version``, ``config`` (the run's resolved config as JSON: model, method, data), the
+  data ``geometry``, the per-layer ``layers`` encodings, ``source`` and the accounting's
+  ``deployed_bytes``.
+
+The file's size on disk is the ``deployed`` accounting of :mod:`bnnbench.size` plus the header
+(and, per quantized layer, under one byte of bit padding per plane and the codebook values beyond
+the quantizer's declared scales: one float for ABC-Net, ``<= 2^k`` for DoReFa k-bit).
+
+Loading (:func:`load_packed`) rebuilds the architecture from the config (model + the method's
+``convert``), puts a :class:`PackedWeight` in place of each quantized layer's weight quantizer
+(the latent weight is dropped; ``quantized_weight()`` returns the decoded weight), and loads the
+rest. Every layer's own ``forward`` runs unchanged, so predictions equal the trained model's. Where
+a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscaled sign weights)
+and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
+(bit-exact: integer dot products).
+
+CLI: ``python -m bnnbench.export run_dir=<dir> [out=<file>] [checkpoint=last|best]`` writes
+``<run_dir>/packed.safetensors`` (never overwriting: a taken name gets ``-1``, ``-2``...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
+from bnnbench.nn.quantizers import Quantizer, SignQuantizer
+
+FORMAT = "bnnbench-packed"
+FORMAT_VERSION = "1"
+PACKED_FILE = "packed.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILES = ("config_resolved.yaml", ".hydra/config.yaml")
+GEOMETRY_KEYS = ("in_chans", "num_classes", "img_size")
+
+
+# ---------------------------------------------------------------------------------- CLI errors
+def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args)``; a BnnbenchError anywhere in the cause chain becomes one line, exit 2.
+
+    The unwrap of :func:`bnnbench.train.run_or_exit` for any callable (hydra's instantiate wraps
+    the errors its targets raise).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, BnnbenchError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"bnnbench: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ---------------------------------------------------------------------------------- rebuild
+def data_geometry(data_cfg: Any) -> dict[str, int]:
+    """``in_chans``, ``num_classes``, ``img_size`` of a data config (builds the datamodule, which
+    reads no file until ``setup``)."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(data_cfg)
+    return {k: int(getattr(dm, k)) for k in GEOMETRY_KEYS}
+
+
+def build_net(cfg: Any, geometry: dict[str, int]) -> nn.Module:
+    """The converted network of a run config: ``method.convert(model(geometry))`` (as train.py)."""
+    from hydra.utils import instantiate
+
+    from bnnbench.methods.fp import FullPrecision
+
+    net = instantiate(cfg.model, **geometry)
+    method = instantiate(cfg.method) if cfg.get("method") is not None else FullPrecision()
+    return method.convert(net)
+
+
+def load_run_config(run_dir: Path) -> Any:
+    """The run's config (``config_resolved.yaml``, else ``.hydra/config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BnnbenchError(f"run_dir={run_dir} is not a directory")
+    for name in CONFIG_FILES:
+        if (run_dir / name).exists():
+            return OmegaConf.load(run_dir / name)
+    raise BnnbenchError(f"{run_dir} holds no run config ({' or '.join(CONFIG_FILES)}); "
+                        "point run_dir at a directory written by `python -m bnnbench`")
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str = "last") -> Path:
+    """``<run_dir>/checkpoints/<checkpoint>.ckpt`` (or ``checkpoint`` as a path); must exist."""
+    path = Path(checkpoint)
+    if path.suffix != ".ckpt":
+        path = Path(run_dir) / CHECKPOINT_DIR / f"{checkpoint}.ckpt"
+    if not path.is_file():
+        raise BnnbenchError(f"no checkpoint at {path}: {run_dir} has no trained weights to "
+                            "export (train it first, or pass checkpoint=best|last|<file.ckpt>)")
+    return path
+
+
+def load_state(path: Path) -> dict[str, Tensor]:
+    """The network's state_dict from a Lightning checkpoint (keys without the ``net.`` prefix)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a readable checkpoint ({type(err).__name__})") from err
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise BnnbenchError(f"{path} has no state_dict; is it a bnnbench checkpoint?")
+    return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+
+
+def load_trained(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Any, dict[str, int]]:
+    """(network in eval mode with the checkpoint's weights, run config, data geometry)."""
+    cfg = load_run_config(run_dir)
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    geometry = data_geometry(cfg.data)
+    net = build_net(cfg, geometry)
+    missing, unexpected = net.load_state_dict(load_state(ckpt), strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise BnnbenchError(f"{ckpt} does not match the run's model: missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return net.eval(), cfg, geometry
+
+
+# ---------------------------------------------------------------------------------- bits
+_SHIFTS = torch.arange(8, dtype=torch.int32)
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    """Flattened bool/0-1 tensor -> uint8 ``(ceil(n/8),)``, 8 per byte, least-significant first."""
+    flat = bits.reshape(-1).to(torch.int32)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).view(-1, 8)
+    return (flat << _SHIFTS.to(flat.device)).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: Tensor, n: int) -> Tensor:
+    """Inverse of :func:`pack_bits`: ``(n,)`` bool."""
+    words = packed.reshape(-1, 1).to(torch.int32)
+    return ((words >> _SHIFTS.to(packed.device)) & 1).reshape(-1)[:n].bool()
+
+
+# ---------------------------------------------------------------------------------- encoding
+_MAG = 0x7FFFFFFF
+
+
+def _as_int(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float32).contiguous().view(torch.int32)
+
+
+def _float_of(bits: Tensor) -> Tensor:
+    return bits.contiguous().view(torch.float32)
+
+
+def encode_weight(wq: Tensor, precision: int,
+                  quantizer: Quantizer | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Decompose a deployed weight exactly: (layer metadata, tensors keyed by suffix)."""
+    shape = list(wq.shape)
+    if quantizer is not None and callable(getattr(quantizer, "pack", None)) \
+            and callable(getattr(quantizer, "unpack", None)):
+        tensors = {k: v.detach().contiguous().cpu() for k, v in quantizer.pack(wq).items()}
+        return {"encoding": "quantizer", "shape": shape}, tensors
+    out = shape[0]
+    ints = _as_int(wq.cpu()).reshape(out, -1)
+    mag = ints & _MAG
+    a = mag[:, :1]
+    if torch.equal(mag, a.expand_as(mag)):  # one magnitude per channel: a_o * sign
+        meta: dict[str, Any] = {"encoding": "sign", "shape": shape, "planes": 1}
+        tensors = {"bits": pack_bits(ints < 0).unsqueeze(0)}
+        scale = _float_of(a.reshape(-1))
+        if torch.all(scale == 1.0):
+            meta["scale"] = "none"
+        elif torch.equal(a, a[:1].expand_as(a)):
+            meta["scale"] = "tensor"
+            tensors["scale"] = scale[:1].clone()
+        else:
+            meta["scale"] = "channel"
+            tensors["scale"] = scale.clone()
+        return meta, tensors
+    limit = 2 ** max(1, int(precision))
+    uniq = torch.unique(ints)
+    planes = max(1, int(precision))  # the declared bits: what the accounting counts
+    if uniq.numel() <= limit:
+        codes = torch.searchsorted(uniq, ints.reshape(-1))
+        book = _float_of(uniq)
+        meta = {"encoding": "codebook", "shape": shape, "planes": planes, "codebook": "tensor"}
+    else:
+        rows = [torch.unique(r) for r in ints]
+        width = max(r.numel() for r in rows)
+        if width > limit:
+            raise BnnbenchError(
+                f"a quantized weight of shape {tuple(shape)} has {width} distinct values in one "
+                f"output channel, more than its precision ({precision} bits) allows; give its "
+                "quantizer pack()/unpack() methods or fix its precision")
+        padded = torch.stack([torch.nn.functional.pad(r, (0, width - r.numel()),
+                                                      value=int(r[-1])) for r in rows])
+        codes = torch.searchsorted(padded, ints).reshape(-1)
+        book = _float_of(padded)
+        meta = {"encoding": "codebook", "shape": shape, "planes": planes, "codebook": "channel"}
+    bits = torch.stack([pack_bits((codes >> p) & 1) for p in range(planes)])
+    return meta, {"bits": bits, "codebook": book.clone()}
+
+
+def decode_weight(meta: dict[str, Any], tensors: dict[str, Tensor],
+                  quantizer: Quantizer | None = None) -> Tensor:
+    """The float32 weight an encoding stores (bit-exact inverse of :func:`encode_weight`)."""
+    shape = [int(s) for s in meta["shape"]]
+    n = math.prod(shape)
+    out = shape[0]
+    enc = meta["encoding"]
+    if enc == "quantizer":
+        if quantizer is None or not callable(getattr(quantizer, "unpack", None)):
+            raise BnnbenchError("the file stores a quantizer-packed weight but the layer's "
+                                "quantizer has no unpack()")
+        return quantizer.unpack(tensors, shape).reshape(shape)
+    bits = tensors["bits"]
+    if enc == "sign":
+        neg = unpack_bits(bits[0], n).reshape(out, -1)
+        if meta["scale"] == "none":
+            a = torch.ones(out, 1, device=bits.device)
+        else:
+            a = tensors["scale"].to(torch.float32).reshape(-1, 1).expand(out, 1)
+        return torch.where(neg, -a, a).reshape(shape)
+    if enc == "codebook":
+        codes = torch.zeros(n, dtype=torch.int64, device=bits.device)
+        for p in range(int(meta["planes"])):
+            codes |= unpack_bits(bits[p], n).to(torch.int64) << p
+        book = tensors["codebook"].to(torch.float32)
+        if meta["codebook"] == "tensor":
+            return book[codes].reshape(shape)
+        return torch.gather(book, 1, codes.reshape(out, -1)).reshape(shape)
+    raise BnnbenchError(f"unknown weight encoding {enc!r} (file from a newer bnnbench?)")
+
+
+class PackedWeight(Quantizer):
+    """Stands in for a quantized layer's weight quantizer after loading: ignores its input and
+    returns the decoded deployed weight (decoded once, then cached). Carries the original
+    quantizer's ``precision`` and scale counts, so :mod:`bnnbench.size` still reads them."""
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, Tensor], original: Quantizer,
+                 cache: bool = True) -> None:
+        super().__init__()
+        self.meta = meta
+        self.precision = original.precision
+        self.scales_per_channel = original.scales_per_channel
+        self.scales_per_tensor = original.scales_per_tensor
+        self.original = [original]  # a list: not a submodule (its tensors are not deployed)
+        self.cache = cache
+        for key, t in tensors.items():
+            self.register_buffer(key, t)
+        self.keys = list(tensors)
+        self._decoded: Tensor | None = None
+
+    def packed(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k) for k in self.keys}
+
+    def decode(self) -> Tensor:
+        return decode_weight(self.meta, self.packed(), self.original[0])
+
+    def forward(self, _latent: Tensor | None = None) -> Tensor:
+        if not self.cache:
+            return self.decode()
+        if self._decoded is None or self._decoded.device != self.bits_device():
+            self._decoded = self.decode()
+        return self._decoded
+
+    def bits_device(self) -> torch.device:
+        return getattr(self, self.keys[0]).device
+
+    def extra_repr(self) -> str:
+        enc = self.meta["encoding"]
+        detail = {"sign": f"scale={self.meta.get('scale')}",
+                  "codebook": f"planes={self.meta.get('planes')}, "
+                              f"codebook={self.meta.get('codebook')}"}.get(enc, "")
+        return f"{enc}, shape={tuple(self.meta['shape'])}, {detail}".rstrip(", ")
+
+
+# ---------------------------------------------------------------------------------- export
+def packed_tensors(net: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors to write, per-layer encodings) for a network; quantized weights verified exact."""
+    from bnnbench.size import deployed_tensors
+
+    was_training = net.training
+    net.eval()
+    tensors: dict[str, Tensor] = {}
+    layers: dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            for name, module, key, tensor, _ in deployed_tensors(net):
+                full = f"{name}.{key}" if name else key
+                if isinstance(module, _QuantMixin) and key == "weight" and module.weight_bits < 32:
+                    q = module.weight_quantizer
+                    wq = module.quantized_weight().detach().to(torch.float32).cpu()
+                    meta, parts = encode_weight(wq, module.weight_bits, q)
+                    back = decode_weight(meta, parts, q)
+                    if not torch.equal(_as_int(back).reshape(-1), _as_int(wq).reshape(-1)):
+                        raise BnnbenchError(f"{name}: the packed weight does not decode to "
+                                            "quantized_weight() bit for bit (export bug)")
+                    layers[name] = meta
+                    for suffix, t in parts.items():
+                        tensors[f"{full}.{suffix}"] = t
+                else:
+                    tensors[full] = tensor.detach().cpu().contiguous()
+    finally:
+        net.train(was_training)
+    return tensors, layers
+
+
+def save_packed(net: nn.Module, path: Path, cfg: Any, geometry: dict[str, int],
+                source: str = "") -> Path:
+    """Write ``net`` (a converted, trained network) packed to ``path``; returns the path."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from bnnbench import __version__
+    from bnnbench.size import account
+
+    tensors, layers = packed_tensors(net)
+    if isinstance(cfg, dict):
+        config = cfg
+    else:
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # .hydra/config.yaml keeps ${hydra:...} for the logger: keep as text
+            config = OmegaConf.to_container(cfg, resolve=False)
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bnnbench_version": __version__,
+        "config": json.dumps(config),
+        "geometry": json.dumps(geometry),
+        "layers": json.dumps(layers),
+        "source": source,
+        "deployed_bytes": str(account(net, "deployed").total_bytes),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else ``stem-1.suffix``, ``stem-2.suffix``, ..."""
+    if not path.exists():
+        return path
+    i = 1
+    while (candidate := path.with_name(f"{path.stem}-{i}{path.suffix}")).exists():
+        i += 1
+    return candidate
+
+
+def export_run(run_dir: Path, out: Path | None = None, checkpoint: str = "last") -> Path:
+    """Export a trained run to one safetensors file; returns its path (never overwrites)."""
+    run_dir = Path(run_dir)
+    net, cfg, geometry = load_trained(run_dir, checkpoint)
+    path = Path(out) if out is not None else run_dir / PACKED_FILE
+    if path.is_dir():
+        path = path / PACKED_FILE
+    return save_packed(net, free_path(path), cfg, geometry,
+                       source=str(checkpoint_path(run_dir, checkpoint)))
+
+
+# ---------------------------------------------------------------------------------- load
+def read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors metadata of a bnnbench export; BnnbenchError for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BnnbenchError(f"{path} does not exist (export a run with "
+                            "`python -m bnnbench.export run_dir=<dir>`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a bnnbench export (not a safetensors file: "
+                            f"{str(err).splitlines()[0][:80]})") from err
+    if meta.get("format") != FORMAT:
+        raise BnnbenchError(f"{path} is not a bnnbench export (a safetensors file without "
+                            f"format={FORMAT} metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BnnbenchError(f"{path} has format version {meta.get('format_version')}; this "
+                            f"bnnbench reads version {FORMAT_VERSION}")
+    return meta
+
+
+def load_packed(path: Path, device: str | torch.device = "cpu",
+                kernels: str = "auto") -> nn.Module:
+    """The packed inference model of an export (eval mode).
+
+    ``kernels``: ``auto`` runs plain BinaryNet layers on :mod:`bnnbench.kernels` when it is
+    importable (bit-exact), ``never`` keeps every layer's own forward on decoded weights.
+    """
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    if kernels not in ("auto", "never"):
+        raise BnnbenchError(f"kernels={kernels!r} is not valid; choose auto or never")
+    meta = read_metadata(path)
+    cfg = OmegaConf.create(json.loads(meta["config"]))
+    geometry = json.loads(meta["geometry"])
+    layers: dict[str, Any] = json.loads(meta["layers"])
+    tensors = load_file(str(path), device="cpu")
+    net = build_net(cfg, geometry)
+    for name, lmeta in layers.items():
+        layer = net.get_submodule(name)
+        if not isinstance(layer, _QuantMixin):
+            raise BnnbenchError(f"{path}: layer {name} is not quantized in the rebuilt model")
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        packed = PackedWeight(lmeta, parts, layer.weight_quantizer)
+        layer.weight_quantizer = packed
+        layer.weight = None  # the latent weight is gone; quantized_weight() decodes
+    state = net.state_dict()
+    expected = {k for k in state if not k.endswith("num_batches_tracked")
+                and ".weight_quantizer." not in f".{k}"}
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    if missing or unexpected:
+        raise BnnbenchError(f"{path} does not match the model its config builds: missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]}")
+    net.load_state_dict(tensors, strict=False)
+    net = net.to(device).eval()
+    if kernels == "auto":
+        use_kernels(net)
+    return net
+
+
+# ---------------------------------------------------------------------------------- kernels
+def _kernels() -> Any | None:
+    try:
+        from bnnbench import kernels as K  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    needed = ("pack_signs", "xnor_gemm", "binary_conv2d")
+    return K if all(hasattr(K, n) for n in needed) else None
+
+
+def xnor_eligible(layer: nn.Module) -> bool:
+    """Plain BinaryNet layer: exact class QuantLinear/QuantConv2d, deterministic sign inputs,
+    unscaled sign weights (the popcount result is then bit-exact)."""
+    q = getattr(layer, "weight_quantizer", None)
+    iq = getattr(layer, "input_quantizer", None)
+    return (type(layer) in (QuantLinear, QuantConv2d) and isinstance(q, PackedWeight)
+            and q.meta["encoding"] == "sign" and q.meta.get("scale") == "none"
+            and type(iq) is SignQuantizer and not iq.stochastic
+            and (type(layer) is QuantLinear or layer.dilation == (1, 1)))
+
+
+def use_kernels(net: nn.Module) -> int:
+    """Route eligible layers through bnnbench.kernels; returns how many (0 without kernels)."""
+    K = _kernels()
+    if K is None:
+        return 0
+    count = 0
+    for _, layer in list(net.named_modules()):
+        if xnor_eligible(layer):
+            w = layer.weight_quantizer.forward()  # decoded +-1 weight
+            if isinstance(layer, QuantLinear):
+                packed = K.pack_signs(w)
+            else:  # (OC, C/g, KH, KW) -> (OC, KH, KW, words), packed along C
+                packed = K.pack_signs(w.permute(0, 2, 3, 1).contiguous())
+            layer.register_buffer("xnor_weight", packed, persistent=False)
+            layer.forward = _xnor_forward(layer, K).__get__(layer)  # type: ignore[method-assign]
+            count += 1
+    return count
+
+
+def _xnor_forward(layer: nn.Module, K: Any) -> Callable[..., Tensor]:
+    """conv(sign(x), W) + b / sign(x) W^T + b from packed signs: exact integer dot products."""
+    if isinstance(layer, QuantLinear):
+        def linear(self: nn.Module, x: Tensor) -> Tensor:
+            lead, k = x.shape[:-1], x.shape[-1]
+            y = K.xnor_gemm(K.pack_signs(x.reshape(-1, k)), self.xnor_weight, k).to(x.dtype)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*lead, -1)
+        return linear
+
+    def conv(self: nn.Module, x: Tensor) -> Tensor:
+        return K.binary_conv2d(x, self.xnor_weight, None, self.bias, stride=self.stride,
+                               padding=self.padding, groups=self.groups)
+    return conv
+
+
+# ---------------------------------------------------------------------------------- CLI
+USAGE = ("usage: python -m bnnbench.export run_dir=<dir> [out=<file.safetensors>] "
+         "[checkpoint=last|best|<file.ckpt>]")
+
+
+def parse_kv(argv: list[str], allowed: tuple[str, ...]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in allowed:
+            raise BnnbenchError(f"unexpected argument {arg!r}; {USAGE}")
+        opts[key] = value
+    return opts
+
+
+def _cli(argv: list[str]) -> Path:
+    from bnnbench.size import format_bytes
+
+    opts = parse_kv(argv, ("run_dir", "out", "checkpoint"))
+    if "run_dir" not in opts:
+        raise BnnbenchError(f"run_dir is required; {USAGE}")
+    path = export_run(Path(opts["run_dir"]), opts.get("out"), opts.get("checkpoint", "last"))
+    meta = read_metadata(path)
+    on_disk = path.stat().st_size
+    accounted = int(meta["deployed_bytes"])
+    print(f"wrote {path}: {format_bytes(on_disk)} ({on_disk:,} bytes) on disk; accounting "
+          f"(deployed) {accounted:,} bytes; header and padding {on_disk - accounted:,} bytes")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    call_or_exit(_cli, list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""XNOR-Net and Binary-Weight-Networks (Rastegari, Ordonez, Redmon, Farhadi, ECCV 2016).
+
+"XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks",
+arXiv:1603.05279. One paper, two methods: ``bwn`` (binary weights) and ``xnor`` (binary weights
+and inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from bnnbench.errors import check_range
+from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
+    register_method, replace_layers
+from bnnbench.nn.layers import QuantConv2d, QuantLinear
+from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, replace_relus, \
+    set_xnor_order
+from bnnbench.nn.paper_quantizers import ScaledSignQuantizer
+from bnnbench.nn.quantizers import SignQuantizer
+
+
+class _XnorBase(BinarizationMethod):
+    def __init__(self, latent_clip: float | None = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if latent_clip is not None:
+            check_range("method.latent_clip", latent_clip, low=0, low_inclusive=False)
+        self.latent_clip = latent_clip
+
+
+@register_method
+class BinaryWeightNetwork(_XnorBase):
+    """BWN: scaled binary weights, real activations (XNOR-Net paper, Sec. 3.1).
+
+    Forward: ``W~ = alpha_o sign(W)`` with ``alpha_o = mean |W_o|`` per output filter
+    (Eq. 4-6), ``y = W~ * x + b``. Backward: exact chain rule through ``alpha`` and the STE of
+    sign (:func:`bnnbench.functional.xnor_weight`). Latent weights clipped to
+    ``[-latent_clip, latent_clip]`` after each step (the authors' code clamps to [-1, 1]);
+    ``latent_clip: null`` disables it. First and last layers full precision; ReLUs kept.
+    Reproduces: ABC-Net Table (ResNet-18 BWN 60.8/83.0 top-1/top-5).
+    """
+
+    name = "bwn"
+    paper = "Rastegari et al. 2016"
+    binarizes = "weights (sign x per-filter mean|W|)"
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
+
+        def make(_: str, layer: nn.Module) -> nn.Module:
+            cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+            return cls.from_float(layer, weight_quantizer=ScaledSignQuantizer(),
+                                  latent_clip=self.latent_clip)
+
+        return replace_layers(model, names, make)
+
+
+@register_method
+class XnorNet(_XnorBase):
+    """XNOR-Net: scaled binary weights and binary inputs with the activation scale K (Sec. 3.2).
+
+    Forward: ``I * W ~ (sign(I) (*) sign(W)) . K alpha`` with ``alpha_o = mean|W_o|`` per filter
+    and ``K = box_{kh x kw}(mean_c |I|)`` at the conv's stride and padding (Linear: ``K =
+    mean|I|`` per sample); ``activation_scale=false`` drops K, as the authors' released code does.
+    Backward: STE ``1{|I| <= 1}`` for sign(I), exact chain rule for ``alpha`` (see
+    :func:`bnnbench.functional.xnor_weight`), autograd through K.
+
+    Block order (Fig. 3): BNorm -> BinActiv -> BinConv -> Pool. The binary layer binarizes its
+    own input, so on a host ``conv -> bn -> act`` stack the binarized value is the BatchNorm's
+    output once ``activation`` (default ``identity``: the XNOR block has no ReLU; ``sign(ReLU(x))``
+    would be constantly +1) replaces the ReLUs; :class:`~bnnbench.nn.blocks.ConvBlock` stacks are
+    reordered to ``bn -> act -> conv -> pool`` exactly. First and last layers full precision.
+    Reproduces: Tang Table 6 / ABC-Net Table (AlexNet 69.2/44.2, ResNet-18 73.2/51.2 top-5/top-1).
+    """
+
+    name = "xnor"
+    paper = "Rastegari et al. 2016"
+    binarizes = "weights (sign x per-filter scale) and activations (sign x K)"
+
+    def __init__(self, activation_scale: bool = True, activation: str = "identity",
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_choice("method.activation", activation, ACTIVATIONS)
+        self.activation_scale = activation_scale
+        self.activation = activation
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
+
+        def make(_: str, layer: nn.Module) -> nn.Module:
+            cls = XnorConv2d if isinstance(layer, nn.Conv2d) else XnorLinear
+            return cls.from_float(layer, weight_quantizer=ScaledSignQuantizer(),
+                                  input_quantizer=SignQuantizer(),
+                                  latent_clip=self.latent_clip,
+                                  activation_scale=self.activation_scale)
+
+        replace_layers(model, names, make)
+        if self.activation != "relu":
+            replace_relus(model, self.activation)
+        set_xnor_order(model)
+        return model

@@ -1,0 +1,165 @@
+"""Compile every Triton kernel ahead of time for CUDA targets, without a GPU.
+
+The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute, not whether they
+compile: the CUDA code generator (layouts, int8 ``tl.dot``, ``tl.reshape``, ``libdevice.popc``)
+and ``ptxas`` only run for real targets. This script lowers each kernel, for a representative
+config of each autotune set, to PTX and cubin for sm_80 and sm_90 through ``triton.compile``.
+
+Usage: ``python -m bnnbench.kernels.aot_check [--arch 80 90]`` (``TRITON_INTERPRET`` must be
+unset). Prints one line per compile and exits non-zero if any fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    raise SystemExit("aot_check: unset TRITON_INTERPRET (the kernels must be JIT functions)")
+
+if __package__ in (None, ""):  # python kernels/aot_check.py from a source checkout
+    _root = Path(__file__).resolve().parent
+    import bnnbench
+
+    if importlib.util.find_spec("bnnbench.kernels") is None:
+        _spec = importlib.util.spec_from_file_location(
+            "bnnbench.kernels", _root / "__init__.py", submodule_search_locations=[str(_root)])
+        _mod = importlib.util.module_from_spec(_spec)
+        sys.modules["bnnbench.kernels"] = _mod
+        _spec.loader.exec_module(_mod)
+        bnnbench.kernels = _mod
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+T = importlib.import_module("bnnbench.kernels.triton_kernels")
+
+
+def _sig(fn, types: dict[str, str], consts: dict[str, object]) -> tuple[dict, dict]:
+    """Signature for every argument: pointers/ints from ``types`` (default i32), constexprs."""
+    sig = {}
+    for name in fn.arg_names:
+        sig[name] = "constexpr" if name in consts else types.get(name, "i32")
+    return sig, consts
+
+
+def _ptr(*names: str, ty: str = "*i32") -> dict[str, str]:
+    return {n: ty for n in names}
+
+
+def cases(every_config: bool = False):
+    """(label, jit fn, pointer types, constexprs, num_warps, num_stages) per kernel/config/path.
+
+    By default the first and last config of each autotune set; ``every_config`` compiles all.
+    """
+    def pick(cfgs):
+        return cfgs if every_config else [cfgs[0], cfgs[-1]]
+
+    out = []
+    gemm_ptrs = _ptr("a_ptr", "w_ptr", "c_ptr")
+    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._dot_configs())):
+        path = "int8-dot" if use_dot else "popcount"
+        for cfg in pick(cfgs):
+            out.append((f"xnor_gemm {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._xnor_gemm_kernel, gemm_ptrs,
+                        {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True}, cfg.num_warps,
+                        cfg.num_stages))
+    mb_ptrs = {**_ptr("a_ptr", "w_ptr"), **_ptr("alpha_ptr", "scale_ptr", "bias_ptr", "y_ptr",
+                                                 ty="*fp32")}
+    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._dot_configs())):
+        path = "int8-dot" if use_dot else "popcount"
+        for cfg in pick(cfgs):
+            out.append((f"multibit {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._multibit_gemm_kernel, mb_ptrs,
+                        {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True, "HAS_SCALE": True,
+                         "HAS_BIAS": True}, cfg.num_warps, cfg.num_stages))
+    for dt, ieee in (("bf16", False), ("fp16", False), ("fp32", True)):
+        cfgs = T._bw_configs_for(torch_dtype(dt))
+        for cfg in pick(cfgs):
+            ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                    "y_ptr": f"*{dt}"}
+            out.append((f"binary_weight_gemm {dt} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._binary_weight_gemm_kernel, ptrs,
+                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True, "IEEE_FP32": ieee},
+                        cfg.num_warps, cfg.num_stages))
+    conv_ptrs = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                 "y_ptr": "*bf16"}
+    for use_dot in (False, True):
+        path = "int8-dot" if use_dot else "popcount"
+        for cfg in pick(T._conv_configs(use_dot)):
+            out.append((f"binary_conv2d {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._binary_conv2d_kernel, conv_ptrs,
+                        {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True, "HAS_SCALE": True,
+                         "HAS_BIAS": True}, cfg.num_warps, cfg.num_stages))
+    out.append(("pack_signs", T._pack_signs_kernel, {"x_ptr": "*bf16", "out_ptr": "*i32"},
+                {"BLOCK_R": 16, "BLOCK_W": 4}, 4, 1))
+    out.append(("unpack_signs", T._unpack_signs_kernel, {"p_ptr": "*i32", "out_ptr": "*fp16"},
+                {"BLOCK_R": 16, "BLOCK_K": 128}, 4, 1))
+    out.append(("pack_conv_input", T._pack_conv_input_kernel,
+                {"x_ptr": "*fp32", "out_ptr": "*i32"}, {"BLOCK_R": 32, "BLOCK_CW": 2}, 4, 1))
+    return out
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers / spill stack / shared memory from ``cuobjdump --dump-resource-usage``."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return f"{len(cubin)} B cubin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        res = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, check=False)
+    fields = re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res.stdout)
+    return " ".join(f"{k}:{v}" for k, v in fields) or f"{len(cubin)} B cubin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    ap.add_argument("--only", default="", help="substring filter on the case label")
+    ap.add_argument("--all", action="store_true", help="every autotune config, not 2 per set")
+    args = ap.parse_args(argv)
+    failed = spilled = 0
+    for arch in args.arch:
+        target = GPUTarget("cuda", arch, 32)
+        for label, fn, ptrs, consts, warps, stages in cases(args.all):
+            if args.only not in label:
+                continue
+            sig, const = _sig(fn, ptrs, consts)
+            t0 = time.perf_counter()
+            try:
+                k = triton.compile(ASTSource(fn, sig, const), target=target,
+                                   options={"num_warps": warps, "num_stages": stages})
+                usage = _resource_usage(k.asm["cubin"])
+                spill = re.search(r"STACK:(\d+)", usage)
+                if spill and int(spill.group(1)) > 0:
+                    spilled += 1
+                status = f"ok   {usage}"
+            except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
+                failed += 1
+                msg = str(e).strip().splitlines()
+                status = "FAIL " + (msg[-1] if msg else type(e).__name__)[:300]
+            print(f"sm_{arch} {label:<90} {status} ({time.perf_counter() - t0:.1f}s)",
+                  flush=True)
+    print(f"{failed} failed, {spilled} compiled with register spills")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

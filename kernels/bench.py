@@ -1,0 +1,390 @@
+"""Benchmark the packed kernels and write ``reports/kernels.md``.
+
+Usage::
+
+    python -m bnnbench.kernels.bench                 # full run, writes reports/kernels.md
+    python -m bnnbench.kernels.bench --quick --out /tmp/k.md   # smoke run
+    python kernels/bench.py ...                      # same, from a source checkout
+
+CPU rows always run (``backend="cpu"`` vs torch fp32 on the same shapes, medians over
+interleaved repeats). GPU rows run when CUDA is available (Triton kernels vs torch bf16, timed
+with ``triton.testing.do_bench_cudagraph``, weights rotated through more copies than fit in L2
+so that GEMV rows measure HBM traffic); otherwise they are written as pending. Every number in
+the report comes from this script; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import importlib.util
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a script from a source checkout: python kernels/bench.py
+    _root = Path(__file__).resolve().parent
+    import bnnbench
+
+    if importlib.util.find_spec("bnnbench.kernels") is None:
+        _spec = importlib.util.spec_from_file_location(
+            "bnnbench.kernels", _root / "__init__.py", submodule_search_locations=[str(_root)])
+        _mod = importlib.util.module_from_spec(_spec)
+        sys.modules["bnnbench.kernels"] = _mod
+        _spec.loader.exec_module(_mod)
+        bnnbench.kernels = _mod
+
+K = importlib.import_module("bnnbench.kernels")
+
+PENDING = "pending (no GPU in this session)"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "reports" / "kernels.md"
+
+# nominal HBM bandwidth (GB/s) of common parts, for the "fraction of HBM" column
+NOMINAL_BW = {"H100 80GB HBM3": 3350, "H100 SXM": 3350, "H100 PCIe": 2000, "H100 NVL": 3900,
+              "H200": 4800, "A100-SXM4-80GB": 2039, "A100-SXM4-40GB": 1555, "A100 80GB PCIe": 1935,
+              "L40S": 864, "RTX 4090": 1008}
+
+
+# =============================================================================================
+# machine description
+# =============================================================================================
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                keep = ["avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bf16",
+                        "amx_int8"]
+                return " ".join(f for f in keep if f in flags)
+    except OSError:
+        pass
+    return "?"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# =============================================================================================
+# CPU timing
+# =============================================================================================
+def time_pair(base: Callable[[], object], packed: Callable[[], object], repeats: int,
+              warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Interleaved wall-clock timings (ms) of two callables, so load changes hit both alike."""
+    for _ in range(warmup):
+        base()
+        packed()
+    tb, tp = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        base()
+        t1 = time.perf_counter()
+        packed()
+        t2 = time.perf_counter()
+        tb.append((t1 - t0) * 1e3)
+        tp.append((t2 - t1) * 1e3)
+    return tb, tp
+
+
+def _fmt_ms(ts: list[float]) -> str:
+    med = statistics.median(ts)
+    if len(ts) >= 4:
+        q = statistics.quantiles(ts, n=4)
+        return f"{med:.3f} ({q[0]:.3f}-{q[2]:.3f})"
+    return f"{med:.3f}"
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.2f}"
+
+
+def cpu_rows(quick: bool, repeats: int) -> list[list[str]]:
+    rows: list[list[str]] = []
+    g = torch.Generator().manual_seed(0)
+
+    def add(case, shape, base_name, tb, tp, wb_base, wb_packed):
+        speed = statistics.median(tb) / statistics.median(tp)
+        rows.append([case, shape, base_name, _fmt_ms(tb), _fmt_ms(tp), f"{speed:.2f}x",
+                     f"{_mb(wb_base)} -> {_mb(wb_packed)}"])
+        print(f"  {case:<34} {shape:<28} base {statistics.median(tb):9.3f} ms  packed "
+              f"{statistics.median(tp):9.3f} ms  {speed:6.2f}x", flush=True)
+
+    sizes = (4096,) if quick else (4096, 8192)
+    ms = (1, 16) if quick else (1, 4, 16)
+    # -- both-binary GEMV-like: sign+pack activations, xnor_gemm vs fp32 x @ W.T ---------------
+    for n in sizes:
+        w = torch.randn(n, n, generator=g)
+        wp = K.pack_signs(w)
+        for m in ms:
+            x = torch.randn(m, n, generator=g)
+            tb, tp = time_pair(lambda: x @ w.T,
+                               lambda: K.xnor_gemm(K.pack_signs(x), wp, n, backend="cpu"),
+                               repeats)
+            add("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch fp32 matmul", tb, tp,
+                w.numel() * 4, wp.numel() * 4)
+    # -- both-binary GEMM 1024^3 ----------------------------------------------------------------
+    n = 512 if quick else 1024
+    a, w = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    wp = K.pack_signs(w)
+    tb, tp = time_pair(lambda: a @ w.T, lambda: K.xnor_gemm(K.pack_signs(a), wp, n,
+                                                            backend="cpu"), max(3, repeats // 2))
+    add("xnor GEMM (both binary, int8 mm)", f"M=N=K={n}", "torch fp32 matmul", tb, tp,
+        w.numel() * 4, wp.numel() * 4)
+    # -- binary weights x fp32 activations ------------------------------------------------------
+    for n in sizes:
+        w = torch.randn(n, n, generator=g)
+        wp = K.pack_signs(w)
+        scale = w.abs().mean(1)
+        for m in ms:
+            x = torch.randn(m, n, generator=g)
+            tb, tp = time_pair(lambda: x @ w.T,
+                               lambda: K.binary_weight_gemm(x, wp, scale, backend="cpu"), repeats)
+            add("binary-weight GEMV (fp32 x)", f"M={m} N=K={n}", "torch fp32 matmul", tb, tp,
+                w.numel() * 4, wp.numel() * 4 + scale.numel() * 4)
+    # -- multiple binarization (Tang et al.): residual planes + one multibit call ---------------
+    n = 4096
+    w = torch.randn(n, n, generator=g)
+    wp = K.pack_signs(w)
+    x = torch.randn(1, n, generator=g)
+    for p in ((2,) if quick else (2, 3)):
+        def packed(p=p):
+            planes, alpha = K.residual_binarize(x, p, backend="cpu")
+            return K.multibit_xnor_gemm(planes, wp, alpha, n, backend="cpu")
+        tb, tp = time_pair(lambda: x @ w.T, packed, repeats)
+        add(f"multibit GEMV ({p} planes)", f"M=1 N=K={n}", "torch fp32 matmul", tb, tp,
+            w.numel() * 4, wp.numel() * 4)
+    # -- packed conv (sign(x) * sign(w), zero padding) vs float conv -----------------------------
+    convs = [(1, 64, 56, 64, 1), (1, 256, 14, 256, 1), (8, 128, 28, 128, 1), (1, 256, 13, 384, 2)]
+    if quick:
+        convs = convs[1:2]
+    for nb, c, hw, oc, groups in convs:
+        x = torch.randn(nb, c, hw, hw, generator=g)
+        w = torch.randn(oc, c // groups, 3, 3, generator=g)
+        wp = K.pack_conv_weight(w)
+        scale = w.abs().mean((1, 2, 3))
+        tb, tp = time_pair(lambda: F.conv2d(x, w, padding=1, groups=groups),
+                           lambda: K.binary_conv2d(x, wp, scale, padding=1, groups=groups,
+                                                   backend="cpu"), max(3, repeats // 2))
+        add("binary conv2d 3x3 pad 1" + (f" groups={groups}" if groups > 1 else ""),
+            f"N={nb} C={c} HW={hw} OC={oc}", "torch fp32 conv2d", tb, tp, w.numel() * 4,
+            wp.numel() * 4)
+    return rows
+
+
+# =============================================================================================
+# GPU timing (runs only when CUDA is available)
+# =============================================================================================
+GPU_PLAN = [  # (section, case, shape, baseline) for the pending table
+    *[("gemv", "xnor GEMV (both binary)", f"M={m} N=K={n}", "torch bf16 matmul")
+      for n in (4096, 8192) for m in (1, 4, 16)],
+    *[("gemv", "binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul")
+      for n in (4096, 8192) for m in (1, 4, 16)],
+    *[("gemm", "xnor GEMM (int8 tensor cores)", f"M=N=K={n}", "torch bf16 matmul")
+      for n in (4096, 8192)],
+]
+
+
+def _nominal_bw(name: str) -> float | None:
+    for key, bw in NOMINAL_BW.items():
+        if key.lower() in name.lower():
+            return bw * 1e9
+    return None
+
+
+def _gpu_time_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    fn()  # autotune outside the timed region
+    torch.cuda.synchronize()
+    try:
+        return float(do_bench_cudagraph(fn, rep=200, return_mode="median"))
+    except Exception:  # noqa: BLE001 - fall back to stream timing if capture is impossible
+        return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
+
+
+def gpu_rows(quick: bool) -> tuple[list[list[str]], dict[str, str]]:
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name(dev)
+    props = torch.cuda.get_device_properties(dev)
+    l2 = int(getattr(props, "L2_cache_size", 50 * 2**20))
+    nominal = _nominal_bw(name)
+    # achievable HBM bandwidth: device-to-device copy of 1 GiB (read + write)
+    src = torch.empty(2**28, dtype=torch.float32, device=dev)
+    dst = torch.empty_like(src)
+    t_copy = _gpu_time_ms(lambda: dst.copy_(src))
+    copy_bw = 2 * src.numel() * 4 / (t_copy * 1e-3)
+    del src, dst
+    info = {"GPU": name, "SMs": str(props.multi_processor_count), "L2": f"{l2 / 2**20:.0f} MiB",
+            "copy bandwidth (measured)": f"{copy_bw / 1e9:.0f} GB/s",
+            "nominal HBM bandwidth": f"{nominal / 1e9:.0f} GB/s" if nominal else "unknown"}
+    ref_bw = nominal or copy_bw
+    rows: list[list[str]] = []
+
+    def rotated(make: Callable[[int], tuple], fn: Callable, bytes_per_copy: int):
+        """Run fn over R weight copies totalling > 4x L2, so every call reads HBM."""
+        r = max(2, min(64, math.ceil(4 * l2 / max(bytes_per_copy, 1))))
+        copies = [make(i) for i in range(r)]
+        t = _gpu_time_ms(lambda: [fn(*c) for c in copies])
+        return t / r
+
+    def row(case, shape, base, tb, tp, moved_bytes=None, macs=None):
+        speed = tb / tp
+        extra = ""
+        if moved_bytes is not None:
+            extra = f"{moved_bytes / (tp * 1e-3) / ref_bw * 100:.0f}% of HBM"
+        elif macs is not None:
+            extra = f"{macs / (tp * 1e-3) / 1e12:.0f} T MAC/s"
+        rows.append([case, shape, base, f"{tb * 1e3:.1f}", f"{tp * 1e3:.1f}", f"{speed:.2f}x",
+                     extra])
+        print(f"  {case:<32} {shape:<16} base {tb * 1e3:9.1f} us packed {tp * 1e3:9.1f} us "
+              f"{speed:6.2f}x {extra}", flush=True)
+
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for n in ((4096,) if quick else (4096, 8192)):
+        for m in (1, 4, 16):
+            try:
+                x = torch.randn(m, n, device=dev, dtype=torch.bfloat16, generator=gen)
+                ap = K.pack_signs(x)
+
+                def mk_bf16(i, n=n):
+                    return (torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen),)
+
+                def mk_packed(i, n=n):
+                    w = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+                    return (K.pack_signs(w), w.float().abs().mean(1))
+
+                tb = rotated(mk_bf16, lambda w: torch.matmul(x, w.T), n * n * 2)
+                tp = rotated(mk_packed, lambda wp, s: K.xnor_gemm(ap, wp, n), n * n // 8)
+                row("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tp,
+                    moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
+                tw = rotated(mk_packed, lambda wp, s: K.binary_weight_gemm(x, wp, s), n * n // 8)
+                row("binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tw,
+                    moved_bytes=n * n // 8 + n * 4 + x.numel() * 2 + m * n * 2)
+            except Exception as e:  # noqa: BLE001 - record, keep going
+                rows.append(["GEMV-like", f"M={m} N=K={n}", "-", "-", "-", "-",
+                             f"failed: {type(e).__name__}: {e}"[:200]])
+    for n in ((4096,) if quick else (4096, 8192)):
+        try:
+            a = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+            w = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+            ap, wp = K.pack_signs(a), K.pack_signs(w)
+            tb = _gpu_time_ms(lambda: torch.matmul(a, w.T))
+            tp = _gpu_time_ms(lambda: K.xnor_gemm(ap, wp, n))
+            row("xnor GEMM (int8 tensor cores)", f"M=N=K={n}", "torch bf16 matmul", tb, tp,
+                macs=n**3)
+        except Exception as e:  # noqa: BLE001
+            rows.append(["xnor GEMM", f"M=N=K={n}", "-", "-", "-", "-",
+                         f"failed: {type(e).__name__}: {e}"[:200]])
+    return rows, info
+
+
+# =============================================================================================
+# report
+# =============================================================================================
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
+    ap.add_argument("--repeats", type=int, default=21, help="timed repeats per CPU row")
+    ap.add_argument("--quick", action="store_true", help="few shapes, few repeats (smoke test)")
+    ap.add_argument("--no-gpu", action="store_true", help="skip GPU rows even if CUDA exists")
+    args = ap.parse_args(argv)
+    repeats = 5 if args.quick else args.repeats
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_before = loadavg()
+    print(f"CPU rows ({cpu_model()}, {os.cpu_count()} cores, torch threads "
+          f"{torch.get_num_threads()})", flush=True)
+    c_rows = cpu_rows(args.quick, repeats)
+    load_after = loadavg()
+
+    have_gpu = torch.cuda.is_available() and not args.no_gpu
+    if have_gpu:
+        print("GPU rows", flush=True)
+        g_rows, g_info = gpu_rows(args.quick)
+    else:
+        g_rows = [[case, shape, base, "-", "-", "-", PENDING] for _, case, shape, base in GPU_PLAN]
+        g_info = {"GPU": "none: " + PENDING}
+
+    import numpy as np
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover
+        triton_version = "not installed"
+    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "")
+    lines = [
+        "# Packed kernel benchmarks",
+        "",
+        f"Written by `{cmd}` (from a source checkout also `python kernels/bench.py`); "
+        "do not edit by hand, rerun the command to regenerate.",
+        "",
+        "## Machine",
+        "",
+        f"- date (UTC): {started:%Y-%m-%d %H:%M}",
+        f"- CPU: {cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}",
+        f"- load average (1/5/15 min) before / after the CPU rows: {load_before} / {load_after}"
+        " (other jobs share this machine: timings are interleaved packed/baseline pairs)",
+        f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"triton {triton_version}",
+        *[f"- {k}: {v}" for k, v in g_info.items()],
+        "",
+        "## CPU (`backend=\"cpu\"`)",
+        "",
+        f"Median wall time over {repeats} interleaved repeats (interquartile range in "
+        "brackets), after 2 warm-ups. Packed rows include packing the activations "
+        "(`pack_signs`) or taking their signs (conv); weights are packed once, beforehand. "
+        "Speedup = baseline median / packed median.",
+        "",
+        _table(["case", "shape", "baseline", "baseline ms", "packed ms", "speedup",
+                "weight MiB (baseline -> packed)"], c_rows),
+        "",
+        "## GPU (Triton, `backend=\"auto\"` on CUDA)",
+        "",
+        "Median of `triton.testing.do_bench_cudagraph`; GEMV-like rows cycle through enough "
+        "weight copies to exceed 4x L2, so weights come from HBM. Targets: both-binary GEMV "
+        ">= 10x bf16 (byte-ratio limit 16x), binary weights x bf16 >= 6x, GEMM >= 1.5x.",
+        "",
+        _table(["case", "shape", "baseline", "baseline us", "packed us", "speedup",
+                "HBM fraction / throughput"], g_rows),
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

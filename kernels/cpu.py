@@ -1,0 +1,239 @@
+"""Fast CPU implementations (numpy + torch, no Triton) of the packed kernels.
+
+Used when the tensors are on CPU and ``backend`` is ``"auto"`` or ``"cpu"``. Three strategies,
+chosen by the number of activation rows ``M`` (thresholds measured on a 2-core AVX-512 EPYC,
+see ``reports/kernels.md``):
+
+* **popcount** (both operands binary, tiny M): ``numpy.bitwise_count`` (numpy >= 2, a hardware
+  popcount ufunc) over ``a XOR w`` viewed as uint64 words; dot = k - 2 * popcount.
+* **byte LUT** (float or +-1 activations, small M): for every group of 8 inputs the 256 possible
+  signed partial sums are tabulated, ``lut[g, b, m] = sum_j (1 - 2 bit_j(b)) x[m, 8g + j]``, and
+  each weight byte is one ``embedding_bag`` lookup: ``y[m, n] = sum_g lut[g, w_byte[n, g], m]``.
+  It touches the 1-bit weights once (no unpacking) and does K/8 vector adds per output.
+* **int8 matmul** (large M, conv): unpack to int8 +-1 and ``torch._int_mm`` (VNNI on AVX-512
+  CPUs), the CPU analogue of the int8 tensor-core path; zero padding of convolutions is exact
+  because padded taps are int8 zeros.
+
+All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
+public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._common import WORD_BITS, num_words
+
+if sys.byteorder != "little":  # pragma: no cover - every supported CPU is little endian
+    raise ImportError("bnnbench.kernels.cpu assumes a little-endian host (int32 words as bytes)")
+
+HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
+
+#: both-binary GEMM: numpy popcount for M <= this, byte-LUT up to INT8_MIN_M, int8 matmul above.
+POPCOUNT_MAX_M = 2
+#: rows from which the unpack + int8 (or float) matmul beats the byte LUT.
+INT8_MIN_M = 64
+#: binary-weight GEMM: LUT for M < this, unpack + float matmul above.
+BW_LUT_MAX_M = 48
+#: LUT with byte groups up to this many rows, nibble groups above.
+LUT_BYTE_MAX_M = 2
+
+# pm_table[b, j] = +1 if bit j of byte b is 0 else -1  (LSB first).
+_PM_TABLE = (1.0 - 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1)).to(torch.float32)
+_OFFSETS: dict[tuple[int, int], Tensor] = {}
+
+
+def _byte_offsets(groups: int, entries: int) -> Tensor:
+    """Row offset of each group in the stacked lookup table: arange(groups) * entries."""
+    off = _OFFSETS.get((groups, entries))
+    if off is None:
+        off = _OFFSETS[(groups, entries)] = torch.arange(groups, dtype=torch.int32) * entries
+    return off
+
+
+# ---------------------------------------------------------------------------------------------
+# pack / unpack
+# ---------------------------------------------------------------------------------------------
+def pack_signs(x: Tensor) -> Tensor:
+    """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32 (bit 1 = x < 0)."""
+    k = x.shape[-1]
+    nbytes = num_words(k) * 4
+    neg = (x.detach() < 0).contiguous().numpy()
+    by = np.packbits(neg, axis=-1, bitorder="little")
+    if by.shape[-1] != nbytes:
+        full = np.zeros(by.shape[:-1] + (nbytes,), dtype=np.uint8)
+        full[..., : by.shape[-1]] = by
+        by = full
+    return torch.from_numpy(np.ascontiguousarray(by)).view(torch.int32)
+
+
+def unpack_bits(packed: Tensor, n: int) -> np.ndarray:
+    """(..., KW) int32 -> (..., n) uint8 bits in {0, 1} (numpy)."""
+    by = packed.contiguous().numpy().view(np.uint8)
+    return np.unpackbits(by, axis=-1, count=n, bitorder="little")
+
+
+def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(..., KW) int32 -> (..., n) values in {-1, +1} of ``dtype``."""
+    bits = torch.from_numpy(unpack_bits(packed, n))
+    if dtype == torch.int8:
+        return (1 - 2 * bits.view(torch.int8)).to(torch.int8)
+    return bits.to(dtype).mul_(-2).add_(1)
+
+
+def _unpack_int8_padded(packed: Tensor) -> Tensor:
+    """(R, KW) -> (R, KW*32) int8 +-1 over all bits (zero pad bits become +1)."""
+    bits = np.unpackbits(packed.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
+    return torch.from_numpy((1 - 2 * bits.view(np.int8)).astype(np.int8, copy=False))
+
+
+def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
+    """a (M, K) int8 @ b_t (N, K).T int8 -> (M, N) int32, exact."""
+    try:
+        return torch._int_mm(a, b_t.T)
+    except (RuntimeError, AttributeError):  # pragma: no cover - builds without CPU _int_mm
+        return (a.to(torch.float64) @ b_t.to(torch.float64).T).to(torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMMs
+# ---------------------------------------------------------------------------------------------
+def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """dot = k - 2 * popcount(a ^ w), numpy bitwise_count over uint64 (uint32 if odd words)."""
+    a = a_packed.contiguous().numpy()
+    w = w_packed.contiguous().numpy()
+    if a.shape[1] % 2 == 0:
+        a, w = a.view(np.uint64), w.view(np.uint64)
+    else:
+        a, w = a.view(np.uint32), w.view(np.uint32)
+    m, n = a.shape[0], w.shape[0]
+    out = np.empty((m, n), dtype=np.int32)
+    xor = np.empty_like(w)
+    cnt = np.empty(w.shape, dtype=np.uint8)
+    for i in range(m):
+        np.bitwise_xor(a[i], w, out=xor)
+        np.bitwise_count(xor, out=cnt)
+        out[i] = cnt.sum(axis=1, dtype=np.int32)
+    res = torch.from_numpy(out)
+    return res.mul_(-2).add_(k)
+
+
+_PM_NIBBLE = _PM_TABLE[:16, :4].contiguous()  # (16, 4): the same table for 4-bit groups
+
+
+def lut_matmul(x: Tensor, w_packed: Tensor, group_bits: int | None = None) -> Tensor:
+    """y = x @ w_sign.T via a lookup table; x (M, KW*32) float32 (zeros past K), w (N, KW).
+
+    With g-bit groups (g = 8: bytes, g = 4: nibbles) and pm[b, j] = 1 - 2 bit_j(b):
+    ``lut[grp, b, m] = sum_j pm[b, j] x[m, g grp + j]`` and
+    ``y[m, n] = sum_grp lut[grp, group(w[n], grp), m]``, one ``embedding_bag`` lookup per
+    group (no weight unpacking). Bytes for small M (fewer lookups), nibbles for larger M (a
+    16x smaller table that stays in cache).
+    """
+    m = x.shape[0]
+    n, kw = w_packed.shape
+    if group_bits is None:
+        group_bits = 8 if m <= LUT_BYTE_MAX_M else 4
+    wb = w_packed.contiguous().numpy().view(np.uint8)  # (N, 4 KW) weight bytes, LSB-first bits
+    nbytes = wb.shape[1]
+    if group_bits == 8:
+        groups, table = nbytes, _PM_TABLE
+        idx = np.empty(wb.shape, dtype=np.int32)
+        np.add(wb, _byte_offsets(groups, 256).numpy(), out=idx, dtype=np.int32)
+    else:
+        groups, table = 2 * nbytes, _PM_NIBBLE
+        idx = np.empty((n, nbytes, 2), dtype=np.int32)
+        off = _byte_offsets(groups, 16).numpy().reshape(nbytes, 2)
+        np.add(wb & 15, off[:, 0], out=idx[:, :, 0], dtype=np.int32)
+        np.add(wb >> 4, off[:, 1], out=idx[:, :, 1], dtype=np.int32)
+        idx = idx.reshape(n, groups)
+    entries = table.shape[0]
+    # (E, g) @ (groups, g, M) -> (groups, E, M), contiguous: the (groups*E, M) view has unit stride
+    xg = x.reshape(m, groups, group_bits).permute(1, 2, 0)
+    lut = torch.matmul(table, xg).view(groups * entries, m)
+    return F.embedding_bag(torch.from_numpy(idx), lut, mode="sum").T
+
+
+def _pad_cols(x: Tensor, width: int) -> Tensor:
+    if x.shape[1] == width:
+        return x
+    return F.pad(x, (0, width - x.shape[1]))
+
+
+def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """Exact int32 dot products of +-1 matrices packed along K (a: M x KW, w: N x KW)."""
+    m, kw = a_packed.shape
+    if m <= POPCOUNT_MAX_M and HAS_BITWISE_COUNT:
+        return _popcount_gemm(a_packed, w_packed, k)
+    if m < INT8_MIN_M:
+        a = _pad_cols(unpack_signs(a_packed, k, torch.float32), kw * WORD_BITS)
+        return lut_matmul(a, w_packed).round_().to(torch.int32)
+    a8 = _unpack_int8_padded(a_packed)
+    w8 = _unpack_int8_padded(w_packed)
+    return int8_matmul(a8, w8).sub_(kw * WORD_BITS - k)
+
+
+def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+                       bias: Tensor | None) -> Tensor:
+    """y = scale * (x @ w_sign.T) + bias for float x (M, K); returns x.dtype."""
+    m, k = x.shape
+    kw = w_packed.shape[1]
+    if m < BW_LUT_MAX_M:
+        y = lut_matmul(_pad_cols(x.to(torch.float32), kw * WORD_BITS), w_packed)
+    else:
+        cd = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        w = unpack_signs(w_packed, k, cd)
+        y = (x.to(cd) @ w.T).to(torch.float32)
+    if scale is not None:
+        y = y * scale.to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype)
+
+
+def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                       scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call."""
+    p, m, kw = a_planes.shape
+    dots = xnor_gemm(a_planes.reshape(p * m, kw), w_packed, k).view(p, m, -1)
+    y = torch.einsum("pm,pmn->mn", alpha.to(torch.float32), dots.to(torch.float32))
+    if scale is not None:
+        y = y * scale.to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y
+
+
+def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
+                  stride: tuple[int, int], padding: tuple[int, int], groups: int) -> Tensor:
+    """conv2d(sign(x), w_sign) with zero padding: int8 im2col + int8 matmul per group."""
+    n, c, h, w = x.shape
+    oc, kh, kwid, _ = w_packed.shape
+    cg, ocg = c // groups, oc // groups
+    sh, sw = stride
+    ph, pw = padding
+    # +-1 int8 in NHWC (sign(0) = +1), so that every im2col row is a run of contiguous channels
+    xs = (x.detach().permute(0, 2, 3, 1) < 0).to(torch.int8, memory_format=torch.contiguous_format)
+    xs = xs.mul_(-2).add_(1)
+    if ph or pw:
+        xs = F.pad(xs, (0, 0, pw, pw, ph, ph))  # zero padding: padded taps contribute exactly 0
+    cols = xs.unfold(1, kh, sh).unfold(2, kwid, sw)  # (N, OH, OW, C, KH, KW)
+    oh, ow = cols.shape[1], cols.shape[2]
+    w8 = unpack_signs(w_packed, cg, torch.int8)  # (OC, KH, KW, Cg)
+    out = torch.empty(n, oh, ow, oc, dtype=torch.int32)
+    for gi in range(groups):
+        a = cols[:, :, :, gi * cg:(gi + 1) * cg].permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
+        b = w8[gi * ocg:(gi + 1) * ocg].reshape(ocg, -1)  # (OCg, KH*KW*Cg), same tap order
+        out[..., gi * ocg:(gi + 1) * ocg] = int8_matmul(a, b).view(n, oh, ow, ocg)
+    y = out.to(torch.float32)
+    if scale is not None:
+        y.mul_(scale.to(torch.float32))
+    if bias is not None:
+        y.add_(bias.to(torch.float32))
+    odt = x.dtype if x.is_floating_point() else torch.float32
+    return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)

@@ -1,0 +1,323 @@
+"""Public packed-kernel API: checks, backend dispatch and ``torch.library`` custom ops.
+
+Every public function validates its inputs once (one :class:`~bnnbench.errors.BnnbenchError`
+naming the bad argument), resolves ``backend`` and calls a ``bnnbench::*`` custom op. The ops
+have fake (meta) implementations, so ``torch.compile`` traces through them without running a
+kernel. ``backend`` (keyword-only everywhere):
+
+* ``"auto"`` (default): CUDA tensors -> Triton kernels; CPU tensors -> the fast CPU
+  implementation (:mod:`bnnbench.kernels.cpu`); never the Triton interpreter.
+* ``"triton"``: Triton kernels; on CPU tensors only when ``TRITON_INTERPRET=1`` (tests).
+* ``"cpu"``: numpy/torch CPU implementation (CPU tensors only).
+* ``"reference"``: unpacked float64 math from :mod:`bnnbench.kernels.reference` (any device).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import reference as ref
+from ._common import (
+    FLOAT_DTYPES,
+    check,
+    check_channel_vec,
+    check_packed,
+    check_same_device,
+    check_words,
+    num_words,
+    pair,
+    resolve_backend,
+)
+
+# ---------------------------------------------------------------------------------------------
+# backend table: every backend exposes the same canonical (last-dim, 2-D) functions
+# ---------------------------------------------------------------------------------------------
+_REFERENCE = SimpleNamespace(
+    pack_signs=lambda x: ref.pack_signs_ref(x, -1),
+    unpack_signs=lambda p, n, dtype: ref.unpack_signs_ref(p, n, -1, dtype),
+    xnor_gemm=ref.xnor_gemm_ref,
+    binary_weight_gemm=ref.binary_weight_gemm_ref,
+    multibit_xnor_gemm=ref.multibit_xnor_gemm_ref,
+    binary_conv2d=lambda x, w, scale, bias, stride, padding, groups: ref.binary_conv2d_ref(
+        x, w, scale, bias, stride, padding, groups),
+)
+
+
+def _impl(backend: str):
+    if backend == "cpu":
+        return importlib.import_module(".cpu", __package__)
+    if backend == "triton":  # lazy: Triton reads TRITON_INTERPRET when the kernels are defined
+        return importlib.import_module(".triton_kernels", __package__)
+    return _REFERENCE
+
+
+# ---------------------------------------------------------------------------------------------
+# custom ops (canonical shapes) + fake implementations
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("bnnbench::pack_signs", mutates_args=())
+def _pack_signs_op(x: Tensor, backend: str) -> Tensor:
+    return _impl(backend).pack_signs(x).contiguous()
+
+
+@_pack_signs_op.register_fake
+def _(x: Tensor, backend: str) -> Tensor:
+    return x.new_empty((*x.shape[:-1], num_words(x.shape[-1])), dtype=torch.int32)
+
+
+@torch.library.custom_op("bnnbench::unpack_signs", mutates_args=())
+def _unpack_signs_op(packed: Tensor, n: int, dtype: torch.dtype, backend: str) -> Tensor:
+    return _impl(backend).unpack_signs(packed, n, dtype).contiguous()
+
+
+@_unpack_signs_op.register_fake
+def _(packed: Tensor, n: int, dtype: torch.dtype, backend: str) -> Tensor:
+    return packed.new_empty((*packed.shape[:-1], n), dtype=dtype)
+
+
+@torch.library.custom_op("bnnbench::xnor_gemm", mutates_args=())
+def _xnor_gemm_op(a_packed: Tensor, w_packed: Tensor, k: int, backend: str) -> Tensor:
+    return _impl(backend).xnor_gemm(a_packed, w_packed, k).contiguous()
+
+
+@_xnor_gemm_op.register_fake
+def _(a_packed: Tensor, w_packed: Tensor, k: int, backend: str) -> Tensor:
+    return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.custom_op("bnnbench::binary_weight_gemm", mutates_args=())
+def _binary_weight_gemm_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
+                           bias: Optional[Tensor], backend: str) -> Tensor:
+    return _impl(backend).binary_weight_gemm(x, w_packed, scale, bias).contiguous()
+
+
+@_binary_weight_gemm_op.register_fake
+def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+      backend: str) -> Tensor:
+    return x.new_empty((x.shape[0], w_packed.shape[0]))
+
+
+@torch.library.custom_op("bnnbench::multibit_xnor_gemm", mutates_args=())
+def _multibit_xnor_gemm_op(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                           scale: Optional[Tensor], bias: Optional[Tensor],
+                           backend: str) -> Tensor:
+    return _impl(backend).multibit_xnor_gemm(a_planes, w_packed, alpha, k, scale,
+                                             bias).contiguous()
+
+
+@_multibit_xnor_gemm_op.register_fake
+def _(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int, scale: Optional[Tensor],
+      bias: Optional[Tensor], backend: str) -> Tensor:
+    return a_planes.new_empty((a_planes.shape[1], w_packed.shape[0]), dtype=torch.float32)
+
+
+def _conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
+                 padding: Sequence[int]) -> tuple[int, int]:
+    return ((h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
+
+
+@torch.library.custom_op("bnnbench::binary_conv2d", mutates_args=())
+def _binary_conv2d_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
+                      bias: Optional[Tensor], stride: list[int], padding: list[int],
+                      groups: int, backend: str) -> Tensor:
+    return _impl(backend).binary_conv2d(x, w_packed, scale, bias, tuple(stride), tuple(padding),
+                                        groups).contiguous()
+
+
+@_binary_conv2d_op.register_fake
+def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+      stride: list[int], padding: list[int], groups: int, backend: str) -> Tensor:
+    oh, ow = _conv_out_hw(x.shape[2], x.shape[3], w_packed.shape[1], w_packed.shape[2],
+                          stride, padding)
+    odt = x.dtype if x.is_floating_point() else torch.float32
+    return x.new_empty((x.shape[0], w_packed.shape[0], oh, ow), dtype=odt)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+def _check_float(t: Tensor, name: str, op: str) -> None:
+    check(isinstance(t, Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check(t.dtype in FLOAT_DTYPES, op,
+          f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
+def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
+    """Pack the signs of ``x`` along ``dim``: 32 per int32 word, LSB first.
+
+    ``word[j] = sum_{b<32} [x[32 j + b] < 0] << b``: bit 1 = -1 (``x < 0``), bit 0 = +1
+    (``x >= 0``: sign(0) = +1), zero padded to a multiple of 32. Output has
+    ``ceil(x.shape[dim] / 32)`` words along ``dim``.
+    """
+    op = "pack_signs"
+    _check_float(x, "x", op)
+    check(x.dim() >= 1 and x.shape[dim] >= 1, op,
+          f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
+    be = resolve_backend(backend, x.device, op)
+    out = _pack_signs_op(x.movedim(dim, -1), be)
+    return out.movedim(-1, dim)
+
+
+def unpack_signs(packed: Tensor, n: int, dim: int = -1, *, dtype: torch.dtype = torch.float32,
+                 backend: str = "auto") -> Tensor:
+    """Inverse of :func:`pack_signs`: ``n`` values in {-1, +1} (of ``dtype``) along ``dim``."""
+    op = "unpack_signs"
+    check_packed(packed, "packed", op)
+    check(packed.dim() >= 1, op, "packed must have at least one dim")
+    check(isinstance(n, int) and n >= 1, op, f"n must be a positive int, got {n!r}")
+    check_words(packed, "packed", n, op, dim)
+    check(dtype in FLOAT_DTYPES or dtype == torch.int8, op,
+          f"dtype must be float16, bfloat16, float32 or int8, got {dtype}")
+    be = resolve_backend(backend, packed.device, op)
+    out = _unpack_signs_op(packed.movedim(dim, -1), n, dtype, be)
+    return out.movedim(-1, dim)
+
+
+def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, backend: str = "auto") -> Tensor:
+    """Exact dot products of +-1 matrices, packed along K: int32 ``(..., N)``.
+
+    ``dot[m, n] = sum_k a[m, k] w[n, k] = k - 2 * popcount(a[m] XOR w[n])``; a is (..., KW),
+    w is (N, KW), ``KW = ceil(k/32)`` and ``k`` the true K (zero pads cancel in the XOR).
+    """
+    op = "xnor_gemm"
+    check_packed(a_packed, "a_packed", op)
+    check_packed(w_packed, "w_packed", op, 2)
+    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check(a_packed.dim() >= 1, op, "a_packed must have at least one dim")
+    check_words(a_packed, "a_packed", k, op)
+    check_words(w_packed, "w_packed", k, op)
+    dev = check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    be = resolve_backend(backend, dev, op)
+    lead = a_packed.shape[:-1]
+    out = _xnor_gemm_op(a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k, be)
+    return out.reshape(*lead, w_packed.shape[0])
+
+
+def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
+                       bias: Tensor | None = None, *, backend: str = "auto") -> Tensor:
+    """Binary-weight linear layer: ``y[m, n] = scale[n] * sum_k x[m, k] w[n, k] + bias[n]``.
+
+    x (..., K) fp16/bf16/fp32 activations; w_packed (N, ceil(K/32)) 1-bit weights from
+    :func:`pack_signs`; scale, bias optional (N,) per-output-channel. Returns x.dtype (..., N).
+    """
+    op = "binary_weight_gemm"
+    _check_float(x, "x", op)
+    check(x.dim() >= 1 and x.shape[-1] >= 1, op, f"x must be (..., K), got {tuple(x.shape)}")
+    check_packed(w_packed, "w_packed", op, 2)
+    k = x.shape[-1]
+    check_words(w_packed, "w_packed", k, op)
+    n = w_packed.shape[0]
+    check_channel_vec(scale, "scale", n, op)
+    check_channel_vec(bias, "bias", n, op)
+    dev = check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    be = resolve_backend(backend, dev, op)
+    out = _binary_weight_gemm_op(x.reshape(-1, k), w_packed, scale, bias, be)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                       scale: Tensor | None = None, bias: Tensor | None = None, *,
+                       backend: str = "auto") -> Tensor:
+    """Multiple binarization (Tang et al. 2017), all planes in one kernel launch.
+
+    Activations approximated as ``A ~ sum_i alpha_i H_i`` (H_i in {-1, +1}, packed):
+    ``y[m, n] = scale[n] * sum_i alpha[i, m] * xnor_dot(H_i, W)[m, n] + bias[n]`` (float32).
+    a_planes (P, M, ceil(k/32)); alpha (P,) per-plane scalars or (P, M) per-row; w (N, KW).
+    """
+    op = "multibit_xnor_gemm"
+    check_packed(a_planes, "a_planes", op, 3)
+    check_packed(w_packed, "w_packed", op, 2)
+    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check_words(a_planes, "a_planes", k, op)
+    check_words(w_packed, "w_packed", k, op)
+    p, m = a_planes.shape[0], a_planes.shape[1]
+    check(isinstance(alpha, Tensor) and alpha.is_floating_point(), op,
+          "alpha must be a floating tensor of shape (P,) or (P, M)")
+    check(tuple(alpha.shape) in ((p,), (p, m)), op,
+          f"alpha must have shape ({p},) or ({p}, {m}), got {tuple(alpha.shape)}")
+    n = w_packed.shape[0]
+    check_channel_vec(scale, "scale", n, op)
+    check_channel_vec(bias, "bias", n, op)
+    dev = check_same_device(op, a_planes=a_planes, w_packed=w_packed, alpha=alpha, scale=scale,
+                            bias=bias)
+    be = resolve_backend(backend, dev, op)
+    al = alpha.to(torch.float32)
+    if al.dim() == 1:
+        al = al[:, None].expand(p, m).contiguous()
+    return _multibit_xnor_gemm_op(a_planes, w_packed, al, k, scale, bias, be)
+
+
+def pack_conv_weight(w: Tensor, *, backend: str = "auto") -> Tensor:
+    """(OC, C/groups, KH, KW) float -> (OC, KH, KW, ceil(C/groups/32)) int32, packed along C."""
+    _check_float(w, "w", "pack_conv_weight")
+    check(w.dim() == 4, "pack_conv_weight", f"w must be (OC, C/groups, KH, KW), got {tuple(w.shape)}")
+    return pack_signs(w.permute(0, 2, 3, 1), dim=-1, backend=backend).contiguous()
+
+
+def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
+                  bias: Tensor | None = None, stride: int | Sequence[int] = 1,
+                  padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+                  groups: int = 1, *, backend: str = "auto") -> Tensor:
+    """Packed binary conv2d with exact ZERO padding: ``conv2d(sign(x), sign(w))*scale + bias``.
+
+    x (N, C, H, W) float (signs taken inside, sign(0) = +1); w_packed from
+    :func:`pack_conv_weight`. Padded taps contribute 0 (the function a BNN trained with zero
+    padding on +-1 inputs computes), not -1 or +1: ``dot = sum over valid taps only``.
+    Returns (N, OC, OH, OW) in x.dtype. dilation must be 1.
+    """
+    op = "binary_conv2d"
+    _check_float(x, "x", op)
+    check(x.dim() == 4, op, f"x must be (N, C, H, W), got {tuple(x.shape)}")
+    check_packed(w_packed, "w_packed", op, 4)
+    check(isinstance(groups, int) and groups >= 1, op, f"groups must be >= 1, got {groups!r}")
+    nb, c, h, w = x.shape
+    oc, kh, kw, cw = w_packed.shape
+    check(c % groups == 0 and oc % groups == 0, op,
+          f"groups={groups} must divide in_channels={c} and out_channels={oc}")
+    cg = c // groups
+    check(cw == num_words(cg), op, f"w_packed has {cw} words per tap but C/groups={cg} needs "
+          f"{num_words(cg)}: pack it with pack_conv_weight(w) for w of shape (OC, {cg}, KH, KW)")
+    st, pd, dl = pair(stride, "stride", op), pair(padding, "padding", op), pair(dilation,
+                                                                               "dilation", op)
+    check(min(st) >= 1, op, f"stride must be >= 1, got {st}")
+    check(min(pd) >= 0, op, f"padding must be >= 0, got {pd}")
+    check(dl == (1, 1), op, f"dilation={dl} is not supported (only 1)")
+    oh, ow = _conv_out_hw(h, w, kh, kw, st, pd)
+    check(oh >= 1 and ow >= 1, op, f"kernel ({kh}, {kw}) is larger than the padded input "
+          f"({h + 2 * pd[0]}, {w + 2 * pd[1]})")
+    check_channel_vec(scale, "scale", oc, op)
+    check_channel_vec(bias, "bias", oc, op)
+    dev = check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    be = resolve_backend(backend, dev, op)
+    return _binary_conv2d_op(x, w_packed, scale, bias, list(st), list(pd), groups, be)
+
+
+def residual_binarize(x: Tensor, num_planes: int, per_row: bool = True, *,
+                      backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Residual binarization (Tang et al. 2017): ``x ~ sum_i alpha_i H_i``.
+
+    ``r_0 = x``; ``alpha_i = mean|r_i|`` (per row when ``per_row``); ``H_i = sign(r_i)``;
+    ``r_{i+1} = r_i - alpha_i H_i``. x is (M, K); returns ``(planes, alpha)`` with planes
+    (P, M, ceil(K/32)) int32 packed and alpha (P, M) (``per_row``) or (P,) float32, ready for
+    :func:`multibit_xnor_gemm`.
+    """
+    op = "residual_binarize"
+    _check_float(x, "x", op)
+    check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
+    check(isinstance(num_planes, int) and num_planes >= 1, op,
+          f"num_planes must be >= 1, got {num_planes!r}")
+    r = x.to(torch.float32)
+    hs, alphas = [], []
+    for _ in range(num_planes):
+        a = r.abs().mean(dim=-1) if per_row else r.abs().mean()
+        h = torch.where(r < 0, -1.0, 1.0)
+        hs.append(h)
+        alphas.append(a)
+        r = r - (a[:, None] if per_row else a) * h
+    planes = pack_signs(torch.stack(hs), dim=-1, backend=backend)
+    return planes, torch.stack(alphas)

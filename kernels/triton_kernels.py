@@ -1,0 +1,702 @@
+"""Triton kernels for bitpacked binary layers, and their launchers (Triton tutorial 03 style).
+
+This module is imported lazily (first ``backend="triton"`` call), because Triton reads
+``TRITON_INTERPRET`` when the ``@triton.jit`` decorators below run: on a CPU-only machine set
+``TRITON_INTERPRET=1`` before that first call to run these kernels in the (slow) interpreter.
+
+Packing (see :mod:`bnnbench.kernels.reference`): 32 signs per int32 word, LSB first, bit 1 =
+-1, zero padded (pad = +1 on both operands).
+
+Two strategies for the +-1 dot products, chosen by the number of activation rows M:
+
+* **popcount** (M <= 16, memory-bound GEMV regime): ``dot = k - 2 * popcount(a ^ w)`` on
+  whole words, with the hardware ``popc`` on CUDA (``libdevice.popc``) and a SWAR
+  shift-and-mask popcount under the interpreter. 1-bit weights move 16x fewer bytes than bf16.
+* **int8 dot** (larger M, compute-bound): words are expanded in registers to int8 +-1 tiles
+  (``((w << (31 - b)) >> 31) | 1``) and multiplied with ``tl.dot(..., out_dtype=int32)``, which
+  maps to int8 tensor cores (~989 T MAC/s on H100 vs ~124 T popcount MAC/s on CUDA cores).
+  Zero pad bits expand to +1 on both sides, so ``dot = acc - (bits_processed - k)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import WORD_BITS, check, check_packed, check_same_device, check_words, num_words
+
+try:  # hardware popcount for compiled CUDA/HIP kernels (not usable under the interpreter)
+    from triton.language.extra import libdevice
+except ImportError:  # pragma: no cover
+    libdevice = None
+
+try:
+    from triton import knobs as _knobs
+
+    INTERPRET: bool = bool(_knobs.runtime.interpret)
+except (ImportError, AttributeError):  # pragma: no cover - older Triton
+    import os
+
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: xnor GEMM / multi-plane GEMM: int8 tensor-core path from this many rows on.
+DOT_MIN_M = 32
+#: packed conv: int8 tensor-core path from this many output positions (N * OH * OW) on.
+CONV_DOT_MIN_P = 64
+
+
+# =============================================================================================
+# device helpers and autotune pruning
+# =============================================================================================
+@functools.lru_cache(maxsize=None)
+def _max_shared_mem(device_index: int) -> int:
+    try:
+        props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+        return int(props["max_shared_mem"])
+    except Exception:  # pragma: no cover - conservative default (A100/H100 have more)
+        return 99 * 1024
+
+
+def _current_smem() -> int:
+    return _max_shared_mem(torch.cuda.current_device()) if torch.cuda.is_available() else 1 << 30
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _rows_block(configs, m: int, key: str = "BLOCK_M"):
+    """Keep the configs whose row block is the smallest available one covering ``m``."""
+    sizes = sorted({c.kwargs[key] for c in configs})
+    want = next((s for s in sizes if s >= m), sizes[-1])
+    return [c for c in configs if c.kwargs[key] == want]
+
+
+def _interp(**kw) -> list[triton.Config]:
+    """The single config used under TRITON_INTERPRET (no benchmarking, small numpy blocks)."""
+    return [triton.Config(kw, num_warps=1, num_stages=1)]
+
+
+def _popcount_configs() -> list[triton.Config]:
+    cfgs = []
+    for bm in (1, 4, 16):
+        for bn in (16, 32, 64, 128):
+            for bkw in (4, 8, 16):
+                if bm * bn * bkw > 16384:
+                    continue
+                for st in (2, 3):
+                    cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw,
+                                               "GROUP_M": 1}, num_warps=4, num_stages=st))
+    return cfgs
+
+
+def _dot_configs() -> list[triton.Config]:
+    shapes = [  # (BM, BN, BKW, warps, stages); BK = 32 * BKW bits
+        (128, 256, 4, 8, 3), (256, 128, 4, 8, 3), (128, 128, 4, 8, 3), (128, 128, 2, 4, 4),
+        (128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (64, 64, 4, 4, 4), (32, 64, 4, 4, 4),
+        (16, 64, 4, 4, 4), (16, 128, 2, 4, 4),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8},
+                          num_warps=w, num_stages=s) for bm, bn, bkw, w, s in shapes]
+
+
+def _smem_bytes(cfg: triton.Config, int8_tiles: bool) -> int:
+    bm, bn, bkw = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_KW"]
+    words = cfg.num_stages * (bm + bn) * bkw * 4
+    return words + ((bm + bn) * bkw * WORD_BITS if int8_tiles else 0)
+
+
+def _prune_popcount(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1)
+    smem = _current_smem()
+    keep = [c for c in configs if _smem_bytes(c, False) <= smem]
+    return _rows_block(keep, named_args["M"])
+
+
+def _prune_dot(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4)
+    smem = _current_smem()
+    m = named_args["M"]
+    keep = [c for c in configs if _smem_bytes(c, True) <= smem]
+    # no row block much larger than M (wasted MMA rows); keep at least the smallest ones
+    small = [c for c in keep if c.kwargs["BLOCK_M"] <= max(16, _pow2_at_least(m))]
+    return small or keep[-2:]
+
+
+def _prune_bw(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4)
+    smem = _current_smem()
+    m = named_args["M"]
+    esz = named_args["x_ptr"].element_size()
+    keep = []
+    for c in configs:
+        bm, bn, bkw = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"]
+        need = c.num_stages * (bm * bkw * WORD_BITS * esz + bn * bkw * 4) + bn * bkw * 32 * esz
+        if need <= smem and bm <= max(16, _pow2_at_least(m)):
+            keep.append(c)
+    return keep or configs[-1:]
+
+
+def _bw_configs() -> list[triton.Config]:
+    shapes = [  # (BM, BN, BKW, warps, stages): GEMV-like (BM=16) first, then GEMM tiles
+        (16, 32, 4, 4, 4), (16, 64, 4, 4, 4), (16, 64, 8, 4, 3), (16, 128, 4, 4, 4),
+        (16, 256, 2, 8, 3), (32, 64, 4, 4, 4), (64, 64, 2, 4, 4), (64, 128, 2, 4, 3),
+        (128, 128, 2, 8, 3), (128, 256, 1, 8, 3),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8},
+                          num_warps=w, num_stages=s) for bm, bn, bkw, w, s in shapes]
+
+
+def _bw_configs_for(dtype: torch.dtype) -> list[triton.Config]:
+    """The binary-weight configs usable for activations of ``dtype`` (before device pruning)."""
+    cfgs = _bw_configs()
+    return cfgs
+
+
+def _conv_configs(dot: bool) -> list[triton.Config]:
+    if dot:
+        shapes = [(128, 128, 4, 8, 3), (128, 64, 4, 4, 3), (64, 128, 4, 4, 3), (64, 64, 2, 4, 3),
+                  (32, 64, 2, 4, 3), (16, 64, 2, 4, 3)]
+    else:
+        shapes = [(16, 32, 4, 4, 2), (16, 64, 4, 4, 2), (32, 32, 4, 4, 2), (32, 64, 2, 4, 2),
+                  (64, 32, 2, 4, 2)]
+    return [triton.Config({"BLOCK_P": bp, "BLOCK_OC": boc, "BLOCK_CW": bcw},
+                          num_warps=w, num_stages=s) for bp, boc, bcw, w, s in shapes]
+
+
+def _prune_conv(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_P=16, BLOCK_OC=16, BLOCK_CW=2)
+    cw = named_args["CW"]
+    keep = [c for c in configs if c.kwargs["BLOCK_CW"] <= max(1, _pow2_at_least(cw))]
+    return keep or configs[-1:]
+
+
+# =============================================================================================
+# jit helpers
+# =============================================================================================
+@triton.jit
+def _popcount(x, HW_POPC: tl.constexpr):
+    """Per-lane popcount of int32 words (hardware popc on CUDA, SWAR otherwise)."""
+    if HW_POPC:
+        r = libdevice.popc(x)
+    else:
+        u = x.to(tl.uint32, bitcast=True)  # logical shifts below
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        u = (u * 0x01010101) >> 24
+        r = u.to(tl.int32)
+    return r
+
+
+@triton.jit
+def _expand_pm1(words, bit):
+    """int32 words (broadcast against ``bit`` = arange(32)) -> +1 (bit 0) / -1 (bit 1) int32."""
+    return ((words << (31 - bit)) >> 31) | 1
+
+
+@triton.jit
+def _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
+                        stride_am, stride_ak, stride_wn, stride_wk,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+                        HW_POPC: tl.constexpr):
+    """sum_words popcount(a[m] ^ w[n]) for a (BLOCK_M, BLOCK_N) tile (masked words are 0)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    offs_w = tl.arange(0, BLOCK_KW)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    for kw0 in range(0, KW, BLOCK_KW):
+        kk = kw0 + offs_w
+        k_mask = kk < KW
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
+                    mask=m_mask[:, None] & k_mask[None, :], other=0)
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
+                    mask=n_mask[:, None] & k_mask[None, :], other=0)
+        x = a[:, None, :] ^ w[None, :, :]
+        acc += tl.sum(_popcount(x, HW_POPC), axis=2)
+    return acc
+
+
+@triton.jit
+def _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
+                   stride_am, stride_ak, stride_wn, stride_wk,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """int8 tensor-core +-1 dot over all bits of ceil(KW/BLOCK_KW)*BLOCK_KW words (pads = +1)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    offs_w = tl.arange(0, BLOCK_KW)
+    bit = tl.arange(0, 32)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    for kw0 in range(0, KW, BLOCK_KW):
+        kk = kw0 + offs_w
+        k_mask = kk < KW
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
+                    mask=m_mask[:, None] & k_mask[None, :], other=0)            # (BM, BKW)
+        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + kk[:, None] * stride_wk,
+                    mask=n_mask[None, :] & k_mask[:, None], other=0)            # (BKW, BN)
+        av = _expand_pm1(a[:, :, None], bit[None, None, :])                     # (BM, BKW, 32)
+        wv = _expand_pm1(w[:, None, :], bit[None, :, None])                     # (BKW, 32, BN)
+        av = tl.reshape(av, (BLOCK_M, BLOCK_KW * 32)).to(tl.int8)
+        wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(tl.int8)
+        acc = tl.dot(av, wv, acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped (L2-friendly) program ordering from Triton tutorial 03."""
+    pid = tl.program_id(axis=0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+# =============================================================================================
+# kernels
+# =============================================================================================
+@triton.jit
+def _pack_signs_kernel(x_ptr, out_ptr, R, K, KW, stride_xr, stride_xk, stride_or,
+                       BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[r, j] = sum_b [x[r, 32 j + b] < 0] << b   (zero for 32 j + b >= K)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    bit = tl.arange(0, 32)
+    kk = offs_w[:, None] * 32 + bit[None, :]                                    # (BW, 32)
+    mask = (offs_r[:, None, None] < R) & (kk[None, :, :] < K)
+    x = tl.load(x_ptr + offs_r[:, None, None] * stride_xr + kk[None, :, :] * stride_xk,
+                mask=mask, other=0.0)
+    neg = (x < 0).to(tl.int32)
+    words = tl.sum(neg << bit[None, None, :], axis=2)  # distinct bits: the sum is an OR
+    tl.store(out_ptr + offs_r[:, None] * stride_or + offs_w[None, :], words,
+             mask=(offs_r[:, None] < R) & (offs_w[None, :] < KW))
+
+
+@triton.jit
+def _unpack_signs_kernel(p_ptr, out_ptr, R, n, stride_pr, stride_or,
+                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[r, k] = 1 - 2 * ((p[r, k // 32] >> (k % 32)) & 1)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (offs_r[:, None] < R) & (offs_k[None, :] < n)
+    w = tl.load(p_ptr + offs_r[:, None] * stride_pr + (offs_k[None, :] // 32), mask=mask, other=0)
+    v = _expand_pm1(w, offs_k[None, :] % 32)
+    tl.store(out_ptr + offs_r[:, None] * stride_or + offs_k[None, :],
+             v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
+                      stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
+                      USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+                      GROUP_M: tl.constexpr):
+    """c[m, n] = sum_k a_pm[m, k] * w_pm[n, k]  (int32, exact)."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if USE_DOT:
+        acc = _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
+                             stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
+        dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
+    else:
+        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
+                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC)
+        dot = k - 2 * pop
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, dot, mask=mask)
+
+
+@triton.jit
+def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
+                          P, M, N, KW, k,
+                          stride_ap, stride_am, stride_ak, stride_wn, stride_wk,
+                          stride_alp, stride_alm, stride_ym, stride_yn,
+                          HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    """y[m, n] = scale[n] * sum_p alpha[p, m] * xnor_dot(H_p[m], W[n]) + bias[n], one launch."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for p in range(P):
+        ap = a_ptr + p * stride_ap
+        if USE_DOT:
+            acc = _xnor_tile_dot(ap, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
+                                 stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
+            dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
+        else:
+            pop = _xnor_tile_popcount(ap, w_ptr, offs_m, offs_n, M, N, KW, stride_am,
+                                      stride_ak, stride_wn, stride_wk, BLOCK_M, BLOCK_N,
+                                      BLOCK_KW, HW_POPC)
+            dot = k - 2 * pop
+        al = tl.load(alpha_ptr + p * stride_alp + offs_m * stride_alm, mask=m_mask, other=0.0)
+        y += al[:, None] * dot.to(tl.float32)
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
+                               stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+                               HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               IEEE_FP32: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr):
+    """y[m, n] = scale[n] * sum_k x[m, k] * w_pm[n, k] + bias[n]; weights expanded in registers."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_w = tl.arange(0, BLOCK_KW)
+    offs_b = tl.arange(0, BLOCK_KW * 32)
+    bit = tl.arange(0, 32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kw0 in range(0, KW, BLOCK_KW):
+        kb = kw0 * 32 + offs_b
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kb[None, :] * stride_xk,
+                    mask=m_mask[:, None] & (kb[None, :] < K), other=0.0)         # (BM, BK)
+        kk = kw0 + offs_w
+        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + kk[:, None] * stride_wk,
+                    mask=n_mask[None, :] & (kk[:, None] < KW), other=0)         # (BKW, BN)
+        wv = _expand_pm1(w[:, None, :], bit[None, :, None])                     # (BKW, 32, BN)
+        wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(x_ptr.dtype.element_ty)
+        if IEEE_FP32:
+            acc = tl.dot(x, wv, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, wv, acc)
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _pack_conv_input_kernel(x_ptr, out_ptr, R, H, W, G, Cg, CW,
+                            stride_xn, stride_xc, stride_xh, stride_xw,
+                            BLOCK_R: tl.constexpr, BLOCK_CW: tl.constexpr):
+    """NCHW float -> (N, H, W, G, CW) channel-packed signs, row r = ((n H + h) W + w) G + g."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_w = tl.program_id(1) * BLOCK_CW + tl.arange(0, BLOCK_CW)
+    bit = tl.arange(0, 32)
+    g = offs_r % G
+    t = offs_r // G
+    w_ = t % W
+    t = t // W
+    h = t % H
+    n = t // H
+    c = offs_w[:, None] * 32 + bit[None, :]                                     # (BCW, 32)
+    base = n * stride_xn + (g * Cg) * stride_xc + h * stride_xh + w_ * stride_xw
+    mask = (offs_r[:, None, None] < R) & (c[None, :, :] < Cg)
+    x = tl.load(x_ptr + base[:, None, None] + c[None, :, :] * stride_xc, mask=mask, other=0.0)
+    words = tl.sum((x < 0).to(tl.int32) << bit[None, None, :], axis=2)
+    tl.store(out_ptr + offs_r[:, None] * CW + offs_w[None, :], words,
+             mask=(offs_r[:, None] < R) & (offs_w[None, :] < CW))
+
+
+@triton.jit
+def _binary_conv2d_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr,
+                          NB, H, W, OH, OW, CW, Cg, OCg, KH, KWD,
+                          stride_h, stride_w, pad_h, pad_w,
+                          sx_n, sx_h, sx_w, sx_g, sx_c, sw_o, sw_r, sw_s, sw_c,
+                          sy_n, sy_c, sy_h, sy_w,
+                          HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_OC: tl.constexpr,
+                          BLOCK_CW: tl.constexpr):
+    """Implicit-GEMM conv of channel-packed signs, exact ZERO padding.
+
+    popcount path: dot[p, o] = sum_{valid taps} (Cg - 2 popcount(x_tap ^ w_tap)), i.e.
+    n_valid(p) * Cg - 2 * popcount over valid taps only (padded taps contribute 0).
+    int8 path: expanded x is 0 at padded taps and pad channels, +-1 elsewhere.
+    """
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    g = tl.program_id(2)
+    P = NB * OH * OW
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = offs_p < P
+    n = offs_p // (OH * OW)
+    rem = offs_p % (OH * OW)
+    oh = rem // OW
+    ow = rem % OW
+    offs_ocl = pid_c * BLOCK_OC + tl.arange(0, BLOCK_OC)
+    oc_mask = offs_ocl < OCg
+    offs_oc = g * OCg + offs_ocl
+    offs_cw = tl.arange(0, BLOCK_CW)
+    bit = tl.arange(0, 32)
+    acc = tl.zeros((BLOCK_P, BLOCK_OC), dtype=tl.int32)
+    nvalid = tl.zeros((BLOCK_P,), dtype=tl.int32)
+    for r in range(KH):
+        ih = oh * stride_h - pad_h + r
+        for s in range(KWD):
+            iw = ow * stride_w - pad_w + s
+            valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_base = x_ptr + n * sx_n + ih * sx_h + iw * sx_w + g * sx_g
+            w_base = w_ptr + offs_oc * sw_o + r * sw_r + s * sw_s
+            for c0 in range(0, CW, BLOCK_CW):
+                cc = c0 + offs_cw
+                c_mask = cc < CW
+                xw = tl.load(x_base[:, None] + cc[None, :] * sx_c,
+                             mask=valid[:, None] & c_mask[None, :], other=0)   # (BP, BCW)
+                if USE_DOT:
+                    ww = tl.load(w_base[None, :] + cc[:, None] * sw_c,
+                                 mask=oc_mask[None, :] & c_mask[:, None], other=0)  # (BCW, BOC)
+                    ch = cc[:, None] * 32 + bit[None, :]                         # (BCW, 32)
+                    xv = _expand_pm1(xw[:, :, None], bit[None, None, :])
+                    keep = valid[:, None, None] & (ch[None, :, :] < Cg)
+                    xv = tl.where(keep, xv, 0)
+                    xv = tl.reshape(xv, (BLOCK_P, BLOCK_CW * 32)).to(tl.int8)
+                    wv = _expand_pm1(ww[:, None, :], bit[None, :, None])
+                    wv = tl.reshape(wv, (BLOCK_CW * 32, BLOCK_OC)).to(tl.int8)
+                    acc = tl.dot(xv, wv, acc, out_dtype=tl.int32)
+                else:
+                    ww = tl.load(w_base[:, None] + cc[None, :] * sw_c,
+                                 mask=oc_mask[:, None] & c_mask[None, :], other=0)  # (BOC, BCW)
+                    pc = tl.sum(_popcount(xw[:, None, :] ^ ww[None, :, :], HW_POPC), axis=2)
+                    acc += tl.where(valid[:, None], pc, 0)
+            nvalid += valid.to(tl.int32)
+    if USE_DOT:
+        dot = acc
+    else:
+        dot = nvalid[:, None] * Cg - 2 * acc
+    y = dot.to(tl.float32)
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + offs_oc, mask=oc_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_oc, mask=oc_mask, other=0.0)[None, :]
+    y_off = n * sy_n + oh * sy_h + ow * sy_w
+    tl.store(y_ptr + y_off[:, None] + offs_oc[None, :] * sy_c, y.to(y_ptr.dtype.element_ty),
+             mask=p_mask[:, None] & oc_mask[None, :])
+
+
+# autotuned entry points (one jit body, two config sets where there are two paths)
+_xnor_gemm_popcount = triton.autotune(_popcount_configs(), key=["M", "N", "KW"],
+                                      prune_configs_by={"early_config_prune": _prune_popcount}
+                                      )(_xnor_gemm_kernel)
+_xnor_gemm_dot = triton.autotune(_dot_configs(), key=["M", "N", "KW"],
+                                 prune_configs_by={"early_config_prune": _prune_dot}
+                                 )(_xnor_gemm_kernel)
+_multibit_popcount = triton.autotune(_popcount_configs(), key=["P", "M", "N", "KW"],
+                                     prune_configs_by={"early_config_prune": _prune_popcount}
+                                     )(_multibit_gemm_kernel)
+_multibit_dot = triton.autotune(_dot_configs(), key=["P", "M", "N", "KW"],
+                                prune_configs_by={"early_config_prune": _prune_dot}
+                                )(_multibit_gemm_kernel)
+_binary_weight_gemm = triton.autotune(_bw_configs(), key=["M", "N", "KW"],
+                                      prune_configs_by={"early_config_prune": _prune_bw}
+                                      )(_binary_weight_gemm_kernel)
+_conv_popcount = triton.autotune(_conv_configs(False), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
+                                 prune_configs_by={"early_config_prune": _prune_conv}
+                                 )(_binary_conv2d_kernel)
+_conv_dot = triton.autotune(_conv_configs(True), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
+                            prune_configs_by={"early_config_prune": _prune_conv}
+                            )(_binary_conv2d_kernel)
+
+
+# =============================================================================================
+# launchers
+# =============================================================================================
+def _check_launchable(op: str, device: torch.device) -> None:
+    check(device.type == "cuda" or (device.type == "cpu" and INTERPRET), op,
+          f"Triton kernels need CUDA tensors, got {device}; on CPU set TRITON_INTERPRET=1 before "
+          "the first Triton call (tests only) or use backend='cpu'")
+
+
+def _hw_popc(device: torch.device) -> bool:
+    return device.type == "cuda" and not INTERPRET and libdevice is not None
+
+
+def _use_dot(path: str, size: int, threshold: int, op: str) -> bool:
+    check(path in ("auto", "popcount", "dot"), op,
+          f"path={path!r} must be 'auto', 'popcount' or 'dot'")
+    return path == "dot" or (path == "auto" and size >= threshold)
+
+
+def pack_signs(x: Tensor) -> Tensor:
+    """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32."""
+    op = "pack_signs"
+    check(x.is_floating_point(), op, f"x must be floating, got {x.dtype}")
+    _check_launchable(op, x.device)
+    k = x.shape[-1]
+    kw = num_words(k)
+    x2 = x.reshape(-1, k)
+    r = x2.shape[0]
+    out = torch.empty((r, kw), dtype=torch.int32, device=x.device)
+    if r and kw:
+        br, bw = 16, 4
+        grid = (triton.cdiv(r, br), triton.cdiv(kw, bw))
+        _pack_signs_kernel[grid](x2, out, r, k, kw, x2.stride(0), x2.stride(1), out.stride(0),
+                                 BLOCK_R=br, BLOCK_W=bw)
+    return out.reshape(*x.shape[:-1], kw)
+
+
+def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(..., KW) int32 -> (..., n) +-1 of ``dtype``."""
+    op = "unpack_signs"
+    check_packed(packed, "packed", op)
+    check_words(packed, "packed", n, op)
+    _check_launchable(op, packed.device)
+    p2 = packed.reshape(-1, packed.shape[-1])
+    r = p2.shape[0]
+    out = torch.empty((r, n), dtype=dtype, device=packed.device)
+    if r and n:
+        br, bk = 16, 128
+        grid = (triton.cdiv(r, br), triton.cdiv(n, bk))
+        _unpack_signs_kernel[grid](p2, out, r, n, p2.stride(0), out.stride(0),
+                                   BLOCK_R=br, BLOCK_K=bk)
+    return out.reshape(*packed.shape[:-1], n)
+
+
+def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto") -> Tensor:
+    """int32 ``a_pm @ w_pm.T`` for a (M, KW), w (N, KW) packed along K; k = true K.
+
+    ``path``: ``"popcount"`` (words, GEMV regime), ``"dot"`` (int8 tensor cores) or ``"auto"``
+    (int8 from :data:`DOT_MIN_M` rows).
+    """
+    op = "xnor_gemm"
+    check_packed(a_packed, "a_packed", op, 2)
+    check_packed(w_packed, "w_packed", op, 2)
+    check_words(a_packed, "a_packed", k, op)
+    check_words(w_packed, "w_packed", k, op)
+    dev = check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    _check_launchable(op, dev)
+    m, kw = a_packed.shape
+    n = w_packed.shape[0]
+    c = torch.empty((m, n), dtype=torch.int32, device=dev)
+    if m == 0 or n == 0:
+        return c
+    use_dot = _use_dot(path, m, DOT_MIN_M, op)
+    kern = _xnor_gemm_dot if use_dot else _xnor_gemm_popcount
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kern[grid](a_packed, w_packed, c, m, n, kw, k,
+               a_packed.stride(0), a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
+               c.stride(0), c.stride(1), USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
+    return c
+
+
+def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                       scale: Tensor | None = None, bias: Tensor | None = None, *,
+                       path: str = "auto") -> Tensor:
+    """float32 y[m, n] = scale[n] * sum_p alpha[p, m] * xnor_dot(H_p, W)[m, n] + bias[n].
+
+    a_planes (P, M, KW); alpha (P,) or (P, M); one launch, planes looped inside the kernel.
+    """
+    op = "multibit_xnor_gemm"
+    pn, m, kw = a_planes.shape
+    n = w_packed.shape[0]
+    dev = a_planes.device
+    _check_launchable(op, dev)
+    al = alpha.to(device=dev, dtype=torch.float32)
+    stride_alm = 0 if al.dim() == 1 else al.stride(1)
+    y = torch.empty((m, n), dtype=torch.float32, device=dev)
+    if m == 0 or n == 0:
+        return y
+    use_dot = _use_dot(path, m, DOT_MIN_M, op)
+    kern = _multibit_dot if use_dot else _multibit_popcount
+    sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
+    bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kern[grid](a_planes, w_packed, al, sc, bi, y, pn, m, n, kw, k,
+               a_planes.stride(0), a_planes.stride(1), a_planes.stride(2),
+               w_packed.stride(0), w_packed.stride(1), al.stride(0), stride_alm,
+               y.stride(0), y.stride(1), HAS_SCALE=scale is not None,
+               HAS_BIAS=bias is not None, USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
+    return y
+
+
+def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
+                       bias: Tensor | None = None) -> Tensor:
+    """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32."""
+    op = "binary_weight_gemm"
+    m, k = x.shape
+    n, kw = w_packed.shape
+    dev = x.device
+    _check_launchable(op, dev)
+    y = torch.empty((m, n), dtype=x.dtype, device=dev)
+    if m == 0 or n == 0:
+        return y
+    sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
+    bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
+                              x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
+                              y.stride(0), y.stride(1), HAS_SCALE=scale is not None,
+                              HAS_BIAS=bias is not None, IEEE_FP32=x.dtype == torch.float32)
+    return y
+
+
+def pack_conv_input(x: Tensor, groups: int) -> Tensor:
+    """NCHW float -> (N, H, W, groups, ceil(C/groups/32)) int32 channel-packed signs."""
+    nb, c, h, w = x.shape
+    cg = c // groups
+    cw = num_words(cg)
+    out = torch.empty((nb, h, w, groups, cw), dtype=torch.int32, device=x.device)
+    r = nb * h * w * groups
+    if r:
+        br, bcw = 32, 2
+        grid = (triton.cdiv(r, br), triton.cdiv(cw, bcw))
+        _pack_conv_input_kernel[grid](x, out, r, h, w, groups, cg, cw, x.stride(0), x.stride(1),
+                                      x.stride(2), x.stride(3), BLOCK_R=br, BLOCK_CW=bcw)
+    return out
+
+
+def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
+                  bias: Tensor | None = None, stride: tuple[int, int] = (1, 1),
+                  padding: tuple[int, int] = (0, 0), groups: int = 1, *,
+                  path: str = "auto") -> Tensor:
+    """conv2d(sign(x), w_sign) with zero padding, per-channel scale and bias; x.dtype out.
+
+    x (N, C, H, W) float; w_packed (OC, KH, KW, ceil(C/groups/32)) from ``pack_conv_weight``.
+    """
+    op = "binary_conv2d"
+    nb, c, h, w = x.shape
+    oc, kh, kwd, cw = w_packed.shape
+    dev = x.device
+    _check_launchable(op, dev)
+    cg, ocg = c // groups, oc // groups
+    (sh, sw), (ph, pw) = stride, padding
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kwd) // sw + 1
+    odt = x.dtype if x.is_floating_point() else torch.float32
+    y = torch.empty((nb, oc, oh, ow), dtype=odt, device=dev)
+    if y.numel() == 0:
+        return y
+    xp = pack_conv_input(x, groups)
+    wp = w_packed.contiguous()
+    p = nb * oh * ow
+    use_dot = _use_dot(path, p, CONV_DOT_MIN_P, op)
+    kern = _conv_dot if use_dot else _conv_popcount
+    sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
+    bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(ocg, meta["BLOCK_OC"]),  # noqa: E731
+                         groups)
+    kern[grid](xp, wp, sc, bi, y, nb, h, w, oh, ow, cw, cg, ocg, kh, kwd, sh, sw, ph, pw,
+               *xp.stride(), *wp.stride(), *y.stride(),
+               HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+               USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
+    return y

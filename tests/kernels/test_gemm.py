@@ -1,0 +1,196 @@
+"""xnor_gemm, binary_weight_gemm and multibit_xnor_gemm on odd shapes, every backend and path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bnnbench.kernels as K
+import bnnbench.kernels.cpu as C
+from bnnbench.kernels import reference as R
+
+from ._util import fp_bound, rand_signs_source, sign
+
+# (M, N, K): M = 1, N = 1, K not a multiple of 32 (odd word counts too), large K.
+GEMM_SHAPES = [(1, 1, 1), (1, 37, 1031), (3, 1, 33), (5, 19, 64), (2, 40, 95), (33, 17, 200)]
+
+
+def _operands(m, n, k, seed=0):
+    a = rand_signs_source((m, k), seed=seed)
+    w = rand_signs_source((n, k), seed=seed + 1)
+    return a, w
+
+
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_reference_is_signed_matmul(m, n, k):
+    a, w = _operands(m, n, k)
+    got = R.xnor_gemm_ref(R.pack_signs_ref(a), R.pack_signs_ref(w), k)
+    assert torch.equal(got.double(), sign(a) @ sign(w).T)
+
+
+@pytest.fixture(params=["popcount", "lut", "int8"])
+def cpu_path(request, monkeypatch):
+    """Force one of the three CPU strategies regardless of M."""
+    big = 1 << 30
+    if request.param == "popcount":
+        monkeypatch.setattr(C, "POPCOUNT_MAX_M", big)
+    elif request.param == "lut":
+        monkeypatch.setattr(C, "POPCOUNT_MAX_M", 0)
+        monkeypatch.setattr(C, "INT8_MIN_M", big)
+    else:
+        monkeypatch.setattr(C, "POPCOUNT_MAX_M", 0)
+        monkeypatch.setattr(C, "INT8_MIN_M", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_xnor_gemm_cpu(m, n, k, cpu_path):
+    a, w = _operands(m, n, k)
+    ap, wp = R.pack_signs_ref(a), R.pack_signs_ref(w)
+    got = K.xnor_gemm(ap, wp, k, backend="cpu")
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    assert torch.equal(got, R.xnor_gemm_ref(ap, wp, k))
+
+
+@pytest.mark.parametrize("path", ["popcount", "dot"])
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_xnor_gemm_triton_paths(m, n, k, path):
+    from bnnbench.kernels import triton_kernels as T
+
+    a, w = _operands(m, n, k)
+    ap, wp = R.pack_signs_ref(a), R.pack_signs_ref(w)
+    got = T.xnor_gemm(ap, wp, k, path=path)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, R.xnor_gemm_ref(ap, wp, k))
+
+
+@pytest.mark.parametrize("m", [1, 33])  # auto: popcount below DOT_MIN_M rows, int8 dot above
+def test_xnor_gemm_public_triton(m):
+    a, w = _operands(m, 9, 70)
+    ap, wp = K.pack_signs(a, backend="triton"), K.pack_signs(w, backend="triton")
+    assert torch.equal(K.xnor_gemm(ap, wp, 70, backend="triton"), R.xnor_gemm_ref(ap, wp, 70))
+
+
+def test_xnor_gemm_leading_dims():
+    a, w = _operands(6, 5, 40)
+    ap, wp = K.pack_signs(a).view(2, 3, -1), K.pack_signs(w)
+    got = K.xnor_gemm(ap, wp, 40)
+    assert got.shape == (2, 3, 5)
+    assert torch.equal(got.view(6, 5).double(), sign(a) @ sign(w).T)
+
+
+# ---------------------------------------------------------------------------------------------
+BW_SHAPES = [(1, 1, 1), (1, 37, 1031), (3, 1, 33), (17, 19, 95), (2, 40, 64)]
+
+
+def _bw_check(y, x, wp, scale, bias):
+    ref = R.binary_weight_gemm_ref(x.double(), wp, scale, bias)  # float64 ground truth
+    assert y.dtype == x.dtype
+    err = (y.double() - ref).abs()
+    bound = fp_bound(x, ref, scale, x.dtype)
+    assert bool((err <= bound).all()), f"max err {err.max().item()} vs bound {bound.min().item()}"
+
+
+@pytest.mark.parametrize("with_scale,with_bias", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("lut", [True, False])
+@pytest.mark.parametrize("m,n,k", BW_SHAPES)
+def test_binary_weight_gemm_cpu(m, n, k, lut, dtype, with_scale, with_bias, monkeypatch):
+    monkeypatch.setattr(C, "BW_LUT_MAX_M", 1 << 30 if lut else 0)
+    x = rand_signs_source((m, k)).to(dtype)
+    wp = R.pack_signs_ref(rand_signs_source((n, k), seed=3))
+    scale = torch.rand(n) + 0.5 if with_scale else None
+    bias = torch.randn(n) if with_bias else None
+    _bw_check(K.binary_weight_gemm(x, wp, scale, bias, backend="cpu"), x, wp, scale, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # bf16 dot is wrong in the interpreter
+@pytest.mark.parametrize("m,n,k", BW_SHAPES)
+def test_binary_weight_gemm_triton(m, n, k, dtype):
+    x = rand_signs_source((m, k)).to(dtype)
+    wp = R.pack_signs_ref(rand_signs_source((n, k), seed=3))
+    scale, bias = torch.rand(n) + 0.5, torch.randn(n)
+    _bw_check(K.binary_weight_gemm(x, wp, scale, bias, backend="triton"), x, wp, scale, bias)
+
+
+def test_binary_weight_gemm_triton_no_scale():
+    x = rand_signs_source((3, 50))
+    wp = R.pack_signs_ref(rand_signs_source((7, 50), seed=3))
+    _bw_check(K.binary_weight_gemm(x, wp, backend="triton"), x, wp, None, None)
+
+
+def test_binary_weight_gemm_leading_dims():
+    x = rand_signs_source((2, 3, 45))
+    wp = K.pack_signs(rand_signs_source((6, 45), seed=2))
+    y = K.binary_weight_gemm(x, wp)
+    assert y.shape == (2, 3, 6)
+    want = x.double() @ sign(rand_signs_source((6, 45), seed=2)).T
+    torch.testing.assert_close(y, want.float())
+
+
+# ---------------------------------------------------------------------------------------------
+MB_SHAPES = [(1, 5, 1031, 2), (3, 1, 33, 3), (33, 7, 70, 2)]
+
+
+def _mb_operands(m, n, k, p, per_row):
+    planes, alpha = K.residual_binarize(rand_signs_source((m, k)), p, per_row=per_row)
+    wp = R.pack_signs_ref(rand_signs_source((n, k), seed=5))
+    return planes, alpha, wp, torch.rand(n) + 0.5, torch.randn(n)
+
+
+def _mb_check(y, planes, alpha, wp, k, scale, bias):
+    ref = R.multibit_xnor_gemm_ref(planes, wp, alpha, k, scale, bias).double()
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_residual_binarize_reconstructs():
+    x = rand_signs_source((4, 100))
+    err = []
+    for p in (1, 2, 3):
+        planes, alpha = K.residual_binarize(x, p)
+        h = R.unpack_signs_ref(planes, 100)
+        approx = (alpha[:, :, None] * h).sum(0)
+        err.append((approx - x).norm().item())
+    assert err[0] > err[1] > err[2]
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("m,n,k,p", MB_SHAPES)
+def test_multibit_cpu(m, n, k, p, per_row):
+    planes, alpha, wp, scale, bias = _mb_operands(m, n, k, p, per_row)
+    y = K.multibit_xnor_gemm(planes, wp, alpha, k, scale, bias, backend="cpu")
+    _mb_check(y, planes, alpha, wp, k, scale, bias)
+
+
+@pytest.mark.parametrize("path", ["popcount", "dot"])
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("m,n,k,p", MB_SHAPES)
+def test_multibit_triton_paths(m, n, k, p, per_row, path):
+    from bnnbench.kernels import triton_kernels as T
+
+    planes, alpha, wp, scale, bias = _mb_operands(m, n, k, p, per_row)
+    al = alpha if per_row else alpha[:, None].expand(p, m)
+    y = T.multibit_xnor_gemm(planes, wp, al, k, scale, bias, path=path)
+    _mb_check(y, planes, alpha, wp, k, scale, bias)
+
+
+def test_multibit_is_sum_of_planes():
+    """y = sum_i alpha_i * xnor_gemm(H_i, W), without scale/bias, per-plane scalar alphas."""
+    planes, alpha, wp, _, _ = _mb_operands(4, 6, 77, 3, per_row=False)
+    want = sum(alpha[i].double() * K.xnor_gemm(planes[i], wp, 77).double() for i in range(3))
+    for backend in ("cpu", "triton"):
+        y = K.multibit_xnor_gemm(planes, wp, alpha, 77, backend=backend)
+        torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("group_bits", [8, 4])
+@pytest.mark.parametrize("m,n,k", [(1, 7, 1031), (5, 3, 33), (16, 9, 64)])
+def test_cpu_lut_group_sizes(m, n, k, group_bits):
+    """Both lookup-table widths of the CPU LUT path equal a float64 matmul."""
+    x = rand_signs_source((m, k))
+    w = rand_signs_source((n, k), seed=4)
+    wp = R.pack_signs_ref(w)
+    xpad = torch.nn.functional.pad(x, (0, wp.shape[1] * 32 - k))
+    got = C.lut_matmul(xpad, wp, group_bits)
+    torch.testing.assert_close(got.double(), x.double() @ sign(w).T, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,61 @@
+"""Every shipped config file composes and instantiates (from the YAML, not configs built by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from bnnbench.methods import list_methods
+from tests.conftest import CONF
+
+GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method")
+# Options that need a value the user must give (``???`` in the YAML).
+REQUIRED = {("model", "timm"): ["model.name=resnet18"]}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def override(group: str, option: str) -> str:
+    # `method` is not in the defaults list: it is added with `+method=...`, as users type it.
+    return f"+method={option}" if group == "method" else f"{group}={option}"
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+@pytest.mark.parametrize("group, option", CASES, ids=[f"{g}/{o}" for g, o in CASES])
+def test_config_file_composes_and_instantiates(make_cfg, group, option):
+    cfg = make_cfg([override(group, option), *REQUIRED.get((group, option), [])])
+    node = cfg[group]
+    if group == "model":
+        data = instantiate(cfg.data)
+        obj = instantiate(node, in_chans=data.in_chans, num_classes=data.num_classes,
+                          img_size=data.img_size)
+    elif group == "optimizer":
+        import torch
+
+        obj = instantiate(node)([torch.nn.Parameter(torch.zeros(1))])
+    elif group == "scheduler":
+        import torch
+
+        opt = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        obj = instantiate(node)(opt)
+    elif group == "trainer":
+        obj = instantiate(node, logger=False, accelerator="cpu", devices=1, strategy="auto")
+    else:
+        obj = instantiate(node)
+    assert obj is not None
+
+
+def test_method_registry_equals_config_files():
+    assert list_methods() == options("method")
+
+
+def test_every_config_file_is_tested():
+    tested = {(g, o) for g, o in CASES}
+    on_disk = {(p.parent.name, p.stem) for p in Path(CONF).glob("*/*.yaml")}
+    assert on_disk <= tested, f"config groups not covered: {sorted(on_disk - tested)}"

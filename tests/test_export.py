@@ -1,0 +1,248 @@
+"""Packed export: exact weight decompositions, round trips for every method, file size, errors."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from torch import nn
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.export import (
+    decode_weight,
+    encode_weight,
+    export_run,
+    load_packed,
+    load_trained,
+    pack_bits,
+    save_packed,
+    unpack_bits,
+)
+from bnnbench.lit import predict
+from bnnbench.methods import list_methods
+from bnnbench.nn.blocks import ConvBlock
+from bnnbench.nn.layers import is_quantized, quantized_layers
+from bnnbench.size import account
+from bnnbench.train import run
+from tests.conftest import FAST
+
+GEOMETRY = {"in_chans": 3, "num_classes": 10, "img_size": 8}
+
+
+def tiny_convnet(*, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
+    """ConvBlocks (one grouped, one strided), then an MLP head: every layer kind the methods
+    touch, small enough to round-trip in milliseconds (8 x 8 inputs)."""
+    return nn.Sequential(
+        ConvBlock(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                  nn.MaxPool2d(2)),
+        ConvBlock(nn.Conv2d(8, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU()),
+        ConvBlock(nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Flatten(), nn.Linear(16 * (img_size // 4) ** 2, 32), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Linear(32, num_classes))
+
+
+def header_bytes(path: Path) -> int:
+    """Safetensors: 8-byte little-endian header length, then the JSON header."""
+    with path.open("rb") as fh:
+        return 8 + struct.unpack("<Q", fh.read(8))[0]
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().contiguous().view(torch.int32)
+
+
+# ---------------------------------------------------------------------------------- encodings
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 33, 1000])
+def test_pack_bits_round_trip(n):
+    bits = torch.rand(n) < 0.5
+    packed = pack_bits(bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (n + 7) // 8
+    assert torch.equal(unpack_bits(packed, n), bits)
+    # LSB first, bit 1 = negative: the kernels' convention (32 per int32 word = 4 such bytes)
+    assert int(pack_bits(torch.tensor([True, False, False, True]))[0]) == 0b1001
+
+
+def _weights() -> dict[str, tuple[torch.Tensor, int, str]]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, generator=g)
+    sign = torch.where(w >= 0, 1.0, -1.0)
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    dead = alpha.clone()
+    dead[0] = 0.0  # a dead filter: its -0.0 values must survive bit for bit
+    grid = torch.round((w.tanh() / 2 / w.tanh().abs().max() + 0.5) * 3) / 3 * 2 - 1  # 2 bits
+    bases = torch.stack([torch.where(w - u >= 0, 1.0, -1.0) for u in (-0.5, 0.0, 0.5)])
+    abc = torch.tensordot(torch.tensor([0.2, 0.7, 0.3]), bases, dims=1)
+    per_channel_grid = grid * torch.arange(1, 7.0).view(6, 1, 1, 1)
+    return {
+        "binarynet": (torch.where(w >= 0, 1.0, -1.0), 1, "sign/none"),
+        "xnor": (alpha * torch.where(w >= 0, 1.0, -1.0), 1, "sign/channel"),
+        "dorefa1": (w.abs().mean() * torch.where(w >= 0, 1.0, -1.0), 1, "sign/tensor"),
+        "negzero": (dead * sign, 1, "sign/channel"),
+        "dorefa2": (grid, 2, "codebook/tensor"),
+        "abc3": (abc, 3, "codebook/tensor"),
+        "per_channel_codebook": (per_channel_grid, 2, "codebook/channel"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_weights()))
+def test_encodings_are_bit_exact(case):
+    wq, precision, expected = _weights()[case]
+    meta, tensors = encode_weight(wq, precision)
+    kind = f"{meta['encoding']}/{meta.get('scale') or meta.get('codebook')}"
+    assert kind == expected
+    assert torch.equal(as_bits(decode_weight(meta, tensors)), as_bits(wq))
+    # stored bits: ceil(n / 8) bytes per plane, planes <= precision
+    n = wq.numel()
+    assert tensors["bits"].shape == (meta["planes"], (n + 7) // 8) and meta["planes"] <= precision
+
+
+def test_too_many_values_for_the_precision_is_refused():
+    with pytest.raises(BnnbenchError, match="distinct values"):
+        encode_weight(torch.randn(4, 16), precision=2)
+
+
+def test_a_quantizer_may_pack_its_own_factorization():
+    class Halves(nn.Module):
+        precision = 1
+
+        def pack(self, wq):
+            return {"bits": pack_bits(wq < 0), "half": torch.tensor([0.5])}
+
+        def unpack(self, tensors, shape):
+            neg = unpack_bits(tensors["bits"], int(torch.tensor(shape).prod()))
+            return torch.where(neg, -tensors["half"], tensors["half"]).reshape(shape)
+
+    wq = torch.where(torch.randn(3, 5) >= 0, 0.5, -0.5)
+    meta, tensors = encode_weight(wq, 1, Halves())
+    assert meta["encoding"] == "quantizer"
+    assert torch.equal(decode_weight(meta, tensors, Halves()), wq)
+
+
+# ---------------------------------------------------------------------------------- round trips
+def _randomize_bn(net: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_conv_round_trip_is_exact_for_every_method(method, make_cfg, tmp_path):
+    """Every registered method, on convs (grouped, strided) and linears: export -> load gives the
+    same logits bit for bit, and the file is the accounting plus its header."""
+    from bnnbench.export import build_net
+
+    cfg = make_cfg([f"+method={method}"])
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
+    torch.manual_seed(0)
+    net = build_net(cfg, GEOMETRY)
+    _randomize_bn(net)
+    net.eval()
+    path = save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
+    packed = load_packed(path)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(packed(x), net(x))
+    on_disk = path.stat().st_size
+    accounted = account(net, "deployed").total_bytes
+    assert accounted <= on_disk - header_bytes(path) <= accounted * 1.02 + 64
+    # the packed model holds no latent weights, and accounts to the same bytes
+    assert all(layer.weight is None for _, layer in quantized_layers(packed) if
+               is_quantized(layer))
+    assert account(packed, "deployed").total_bytes == accounted
+
+
+def test_bnn_layers_run_on_the_packed_kernels(make_cfg, tmp_path):
+    """With bnnbench.kernels importable, BinaryNet's sign x sign layers run as XNOR-popcount
+    (integer dot products), bit-exact with the trained float forward."""
+    pytest.importorskip("bnnbench.kernels")
+    from bnnbench.export import build_net, use_kernels
+
+    cfg = make_cfg(["+method=bnn"])
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
+    net = build_net(cfg, GEOMETRY)
+    _randomize_bn(net)
+    net.eval()
+    path = save_packed(net, tmp_path / "bnn.safetensors", cfg, GEOMETRY)
+    plain, fast = load_packed(path, kernels="never"), load_packed(path, kernels="never")
+    assert use_kernels(fast) == 3  # two binary convs (one grouped) and the binary linear
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fast(x), net(x)) and torch.equal(plain(x), net(x))
+
+
+@lru_cache(maxsize=2)
+def cached_test_loader(data_yaml: str):
+    """The test split of a data config, loaded once for every parametrization."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(OmegaConf.create(data_yaml))
+    dm.setup("test")
+    return dm.test_dataloader()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_trained_run_round_trip_predictions_and_size(method, make_cfg):
+    """Train a few batches, export the run, load it packed: the same predictions on the whole
+    test split, and a file whose size is the accounting plus the header."""
+    run(make_cfg([f"+method={method}", *FAST, "model.hidden_features=128"]))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    path = export_run(run_dir)
+    assert path == run_dir / "packed.safetensors"
+    trained, cfg, _ = load_trained(run_dir)
+    packed = load_packed(path)
+    loader = cached_test_loader(OmegaConf.to_yaml(cfg.data))
+    expected = predict(trained, loader)
+    assert len(expected) == 1000
+    assert torch.equal(predict(packed, loader), expected)
+    meta_bytes = header_bytes(path)
+    accounted = account(trained, "deployed").total_bytes
+    assert abs(path.stat().st_size - meta_bytes - accounted) <= 0.02 * accounted
+    if method != "fp":
+        fp32 = account(trained, "deployed").fp32_bytes
+        assert path.stat().st_size < fp32
+    again = export_run(run_dir)  # never overwrites
+    assert again.name == "packed-1.safetensors"
+
+
+# ---------------------------------------------------------------------------------- bad input
+def test_export_without_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "config_resolved.yaml").write_text("model: {}\n")
+    with pytest.raises(BnnbenchError, match="no checkpoint at .*last.ckpt"):
+        export_run(tmp_path)
+    with pytest.raises(BnnbenchError, match="holds no run config"):
+        export_run(tmp_path / "..")
+
+
+def test_loading_a_file_that_is_not_an_export_is_one_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(BnnbenchError, match="is not a bnnbench export"):
+        load_packed(text)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain), metadata={"format": "pt"})
+    with pytest.raises(BnnbenchError, match="is not a bnnbench export"):
+        load_packed(plain)
+    with pytest.raises(BnnbenchError, match="does not exist"):
+        load_packed(tmp_path / "missing.safetensors")
+
+
+def test_export_cli_bad_input_is_one_line(tmp_path):
+    (tmp_path / "config_resolved.yaml").write_text("model: {}\n")
+    proc = subprocess.run([sys.executable, "-m", "bnnbench.export", f"run_dir={tmp_path}"],
+                          text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("bnnbench: error: no checkpoint at")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -1,0 +1,193 @@
+"""Size accounting: hand arithmetic on small models, conventions, the CLI, and Tang's tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.nn.layers import QuantConv2d, QuantLinear
+from bnnbench.nn.paper_quantizers import ABCActivationQuantizer, ScaledSignQuantizer
+from bnnbench.nn.quantizers import SignQuantizer
+from bnnbench.size import CONVENTIONS, MIB, Convention, account, get_convention
+from tests.conftest import ROOT
+
+
+def small_net() -> nn.Sequential:
+    """3x8x8 input: FP conv (8x3x3x3 + 8) -> BN(8) -> binary conv 8->16 3x3 (+bias, sign x sign)
+    -> BN(16) -> PReLU(16) -> flatten 16*4*4 -> XNOR-scaled binary linear 256->10 (+bias) with
+    ABC-Net activation bases (2 shifts + 2 betas)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8),
+        QuantConv2d(8, 16, 3, weight_quantizer=SignQuantizer(), input_quantizer=SignQuantizer()),
+        nn.BatchNorm2d(16), nn.PReLU(16), nn.Flatten(),
+        QuantLinear(256, 10, weight_quantizer=ScaledSignQuantizer(),
+                    input_quantizer=ABCActivationQuantizer(2)),
+    )
+
+
+def test_deployed_counts_every_stored_bit():
+    size = account(small_net(), "deployed", input_shape=(3, 8, 8))
+    by_name = {r.name: r for r in size.layers}
+    assert by_name["0"].bytes == (8 * 27 + 8) * 4                 # FP conv: weights + bias
+    assert by_name["1"].bytes == 4 * 8 * 4                        # BN: weight, bias, mean, var
+    assert by_name["2"].bytes == 16 * 72 // 8 + 16 * 4            # 1 bit/weight + bias
+    assert by_name["3"].bytes == 4 * 16 * 4
+    assert by_name["4"].bytes == 16 * 4                           # PReLU slopes
+    assert by_name["6"].bytes == 2560 // 8 + 10 * 4 + 10 * 4      # bits + alpha/channel + bias
+    assert by_name["6.input_quantizer"].bytes == 4 * 4            # 2 shifts + 2 betas
+    assert size.total_bytes == 896 + 128 + 208 + 256 + 64 + 400 + 16 == 1968
+    # the same tensors in float32, no scales
+    assert size.fp32_bytes == 896 + 128 + (1152 + 16) * 4 + 256 + 64 + (2560 + 10) * 4 + 16
+    assert size.compression == pytest.approx(size.fp32_bytes / 1968)
+    assert by_name["2"].weight_bits == 1 and by_name["2"].input_bits == 1
+    assert by_name["6"].weight_bits == 1 and by_name["6"].input_bits == 2
+    # MACs per sample: conv 6x6x8 outputs x 27, conv 4x4x16 x 72, linear 10 x 256
+    assert (size.macs, by_name["0"].macs, by_name["2"].macs, by_name["6"].macs) == (
+        7776 + 18432 + 2560, 7776, 18432, 2560)
+    assert size.binary_macs == size.xnor_macs == 18432 + 2560
+    assert size.macs_by_bits == {"w32a32": 7776, "w1a1": 18432, "w1a2": 2560}
+    data = size.to_dict()
+    assert {"total_bytes", "fp32_bytes", "compression", "layers", "binary_mac_share"} <= set(data)
+
+
+def test_bn_counters_and_buffers_are_conventions():
+    net = small_net()
+    base = account(net, "deployed").total_bytes
+    no_stats = account(net, Convention("x", count_buffers=False)).total_bytes
+    assert base - no_stats == (8 + 16) * 2 * 4                   # running mean + var
+    no_bn = account(net, Convention("x", count_bn=False, count_buffers=False)).total_bytes
+    assert no_stats - no_bn == (8 + 16) * 2 * 4
+    no_other = account(net, Convention("x", count_other=False)).total_bytes
+    assert base - no_other == 16 * 4 + 4 * 4                      # PReLU + activation bases
+    no_bias = account(net, Convention("x", count_bias=False)).total_bytes
+    assert base - no_bias == (8 + 16 + 10) * 4
+
+
+def test_tang_convention_by_hand():
+    # first layer FP (weights + bias); binary layer 1 bit + 1 float/out-channel; binary last
+    # layer 1 bit only; nothing else
+    size = account(small_net(), "tang2017")
+    assert size.total_bytes == 896 + (144 + 16 * 4) + 320
+    two = account(small_net(), dataclasses.replace(CONVENTIONS["tang2017"], floats_per_channel=2))
+    assert two.total_bytes == size.total_bytes + 16 * 4
+    # rules on an unconverted float model give the same as reading the converted one
+    float_net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 3),
+                              nn.BatchNorm2d(16), nn.PReLU(16), nn.Flatten(), nn.Linear(256, 10))
+    assert account(float_net, "tang2017").total_bytes == size.total_bytes
+    by_layers = dataclasses.replace(CONVENTIONS["tang2017"], full_precision=None)
+    assert account(small_net(), by_layers).total_bytes == size.total_bytes
+    fp32 = account(float_net, "fp32")
+    assert fp32.total_bytes == 4 * sum(p.numel() for p in float_net.parameters())
+    assert fp32.compression == 1
+
+
+def test_bad_conventions_are_one_line():
+    with pytest.raises(BnnbenchError, match="size.convention='nosuch'"):
+        get_convention("nosuch")
+    with pytest.raises(BnnbenchError, match="unknown rule 'middle'"):
+        get_convention("deployed", full_precision=["middle"])
+    with pytest.raises(BnnbenchError, match="floats_per_channel"):
+        get_convention("tang2017", floats_per_channel=-1)
+    assert get_convention("tang2017", full_precision="layers").full_precision is None
+
+
+def test_method_converted_model_reads_precision():
+    from bnnbench.methods import create_method
+    from bnnbench.models import create_model
+
+    net = create_method("bnn").convert(
+        create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=64, depth=2))
+    size = account(net, "deployed", input_shape=(1, 28, 28))
+    # 784x64 FP + 64x64 binary (no bias, BinaryNet has no scale) + 64x10 FP; BN 4 floats each
+    assert size.total_bytes == 784 * 64 * 4 + 64 * 64 // 8 + 64 * 10 * 4 + (64 * 2 + 10) * 16
+    assert size.binary_macs == 64 * 64
+
+
+def test_size_cli_writes_size_json(tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnbench.size", "+method=bnn", "model.hidden_features=64",
+         f"out={out}", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "size.json").read_text())
+    assert data["method"] == "bnn" and data["model"] == "mlp"
+    # 784x64 FP, two 64x64 binary (1 bit, no bias, no scale), 64x10 FP, 4 BatchNorms (4 floats)
+    assert data["total_bytes"] == 784 * 64 * 4 + 2 * 64 * 64 // 8 + 64 * 10 * 4 + (3 * 64 + 10) * 16
+    assert data["compression"] == pytest.approx(data["fp32_bytes"] / data["total_bytes"])
+    assert [r["name"] for r in data["layers"]][:2] == ["2", "3"]
+    assert "QuantLinear" in proc.stdout and "compression" in proc.stdout
+
+
+def test_cli_errors_are_one_line(capsys):
+    from bnnbench.export import call_or_exit
+
+    def fails() -> None:
+        try:
+            get_convention("nosuch")
+        except BnnbenchError as err:  # as hydra.instantiate wraps a target's error
+            raise RuntimeError("wrapped") from err
+
+    with pytest.raises(SystemExit) as exc:
+        call_or_exit(fails)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "size.convention='nosuch'" in err
+    with pytest.raises(KeyError):  # anything else is a bug: keep the traceback
+        call_or_exit(lambda: {}["x"])
+
+
+# ---------------------------------------------------------------------------------- Tang
+def test_tang_tables_reproduce_every_printed_number(tmp_path):
+    from bnnbench.report import tang_size
+
+    results = tang_size.compute()
+    assert len(results) == 23
+    bad = {f"T{r.row.table} {r.row.row}": r.checks for r in results if not r.ok}
+    assert not bad
+    by_row = {(r.row.table, r.row.row): r for r in results}
+    # the arithmetic of reference/paper-tables.md, exactly
+    alex = by_row[("6", "Our method AlexNet")]
+    assert alex.before_mib == pytest.approx(60_965_224 * 4 / MIB)
+    assert round(alex.after_mib, 2) == 7.43
+    assert round(by_row[("6", "BNN AlexNet")].after_mib, 2) == 22.57
+    assert round(by_row[("6", "Our method NIN-net")].after_mib, 3) == 1.228
+    assert round(by_row[("6", "XNOR-net ResNet-18")].after_mib, 3) == 3.341
+    assert round(by_row[("6", "XNOR-net ResNet-18")].before_mib, 2) == 44.59
+    assert str(alex.ratio) == "31.2" and str(by_row[("6", "Our method NIN-net")].ratio_alexnet) \
+        == "189"
+    assert by_row[("6", "Our method NIN-net")].checks["size before"] == "match"  # 28.97 -> 29
+    assert by_row[("6", "BNN AlexNet")].checks["size before"] == "match (truncated)"
+    for key, ratio in ((("2", "BNN lr 0.01 ReLU"), "6.02"), (("2", "BNN lr 0.0001 PReLU"), "5.98"),
+                       (("3", "BNN last Binary scale"), "27.1")):
+        assert str(by_row[key].ratio) == ratio
+    tang_size.main(["--out", str(tmp_path), "--no-deployed"])
+    text = (tmp_path / "tang_sizes.md").read_text()
+    assert "python -m bnnbench.report.tang_size" in text and "23 of 23 rows" in text
+    assert (tmp_path / "tang_sizes.csv").read_text().count("\n") == 25
+
+
+def test_paper_rounding_rules():
+    from bnnbench.report.tang_size import compare, sig_digits
+
+    assert [sig_digits(s) for s in ("22.6", "29", "70", "189", "1", "0.5", "7.40")] == \
+        [3, 2, 1, 3, 1, 1, 3]
+    assert compare(69.46, "70") == "match"
+    assert compare(232.56, "232") == "match (truncated)"
+    assert compare(22.57, "22.6") == "match" and compare(22.57, "22.5") == "match (truncated)"
+    assert compare(13.35, "13.3") == "match (truncated)" and compare(13.2, "13.4") == "MISMATCH"
+
+
+def test_shipped_report_is_current():
+    md = ROOT / "reports" / "tang_sizes.md"
+    assert md.exists(), "run python -m bnnbench.report.tang_size"
+    text = md.read_text()
+    assert "23 of 23 rows reproduce every printed number" in text
+    assert Path(ROOT / "reports" / "reference" / "tang2017.csv").exists()
