@@ -1,4 +1,10 @@
-"""The one exception type that the CLI turns into a one-line message (no traceback)."""
+"""The one exception type that the CLIs turn into a one-line message (no traceback)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class BnnbenchError(ValueError):
@@ -14,3 +20,18 @@ def check_range(key: str, value: float, *, low: float | None = None, high: float
         lo = "" if low is None else (f"{low} <= " if low_inclusive else f"{low} < ")
         hi = "" if high is None else f" <= {high}"
         raise BnnbenchError(f"{key}={value} is out of range: need {lo}{key}{hi}")
+
+
+def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a BnnbenchError anywhere in the cause chain becomes one line on
+    stderr and exit status 2 (hydra's ``instantiate`` wraps the errors its targets raise)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, BnnbenchError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"bnnbench: error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, call_or_exit
 from bnnbench.export import (
     GEOMETRY_KEYS,
     PACKED_FILE,
-    call_or_exit,
     data_geometry,
     export_run,
     free_path,
@@ -52,7 +51,7 @@ def compose_data(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from bnnbench.__main__ import CONFIG_DIR
+    from bnnbench import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     try:

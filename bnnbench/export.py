@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, call_or_exit
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
 from bnnbench.nn.quantizers import Quantizer, SignQuantizer
 
@@ -74,24 +74,6 @@ GEOMETRY_KEYS = ("in_chans", "num_classes", "img_size")
 
 
 # ---------------------------------------------------------------------------------- CLI errors
-def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args)``; a BnnbenchError anywhere in the cause chain becomes one line, exit 2.
-
-    The unwrap of :func:`bnnbench.train.run_or_exit` for any callable (hydra's instantiate wraps
-    the errors its targets raise).
-    """
-    try:
-        return fn(*args, **kwargs)
-    except Exception as err:
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, BnnbenchError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        print(f"bnnbench: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 # ---------------------------------------------------------------------------------- rebuild
 def data_geometry(data_cfg: Any) -> dict[str, int]:
     """``in_chans``, ``num_classes``, ``img_size`` of a data config (builds the datamodule, which

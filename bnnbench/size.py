@@ -560,8 +560,8 @@ def input_shape_for(net: nn.Module, geometry: dict[str, int]) -> tuple[int, ...]
 def main() -> None:
     import hydra
 
-    from bnnbench.__main__ import CONFIG_DIR
-    from bnnbench.export import call_or_exit
+    from bnnbench import CONFIG_DIR
+    from bnnbench.errors import call_or_exit
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="size")
     def _app(cfg: Any) -> None:

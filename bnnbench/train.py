@@ -6,6 +6,7 @@ plain arguments.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,12 @@ def choice(group: str, default: str) -> str:
 
 
 def guard_run_dir(run_dir: Path) -> None:
-    """Refuse to train into a directory that already holds a finished run or checkpoints."""
+    """Refuse to train into a directory that already holds a finished run or checkpoints.
+
+    DDP workers (LOCAL_RANK > 0) are launched by rank 0 into its run directory: not checked.
+    """
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        return
     taken = [p for p in (run_dir / METRICS_FILE, run_dir / CHECKPOINT_DIR) if p.exists()]
     if taken:
         raise BnnbenchError(f"{run_dir} already holds a run ({taken[0].name}); choose a new "
@@ -106,19 +112,3 @@ def describe_device(trainer: pl.Trainer) -> str:
     name = torch.cuda.get_device_name(root) if root.type == "cuda" else root.type
     strategy = type(trainer.strategy).__name__.replace("Strategy", "").lower()
     return f"{name} x{trainer.world_size} ({strategy})"
-
-
-def run_or_exit(cfg: DictConfig) -> Any:
-    """The CLI's wrapper: a BnnbenchError becomes one line on stderr and exit status 2."""
-    import sys
-
-    try:
-        return run(cfg)
-    except Exception as err:  # hydra.instantiate wraps errors raised by targets: unwrap them
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, BnnbenchError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        print(f"bnnbench: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -255,13 +255,14 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 def pack_conv_weight(w: Tensor, *, backend: str = "auto") -> Tensor:
     """(OC, C/groups, KH, KW) float -> (OC, KH, KW, ceil(C/groups/32)) int32, packed along C."""
     _check_float(w, "w", "pack_conv_weight")
-    check(w.dim() == 4, "pack_conv_weight", f"w must be (OC, C/groups, KH, KW), got {tuple(w.shape)}")
+    check(w.dim() == 4, "pack_conv_weight",
+          f"w must be (OC, C/groups, KH, KW), got {tuple(w.shape)}")
     return pack_signs(w.permute(0, 2, 3, 1), dim=-1, backend=backend).contiguous()
 
 
 def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                   bias: Tensor | None = None, stride: int | Sequence[int] = 1,
-                  padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
+                  padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
                   groups: int = 1, *, backend: str = "auto") -> Tensor:
     """Packed binary conv2d with exact ZERO padding: ``conv2d(sign(x), sign(w))*scale + bias``.
 
@@ -282,8 +283,18 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     cg = c // groups
     check(cw == num_words(cg), op, f"w_packed has {cw} words per tap but C/groups={cg} needs "
           f"{num_words(cg)}: pack it with pack_conv_weight(w) for w of shape (OC, {cg}, KH, KW)")
-    st, pd, dl = pair(stride, "stride", op), pair(padding, "padding", op), pair(dilation,
-                                                                               "dilation", op)
+    st, dl = pair(stride, "stride", op), pair(dilation, "dilation", op)
+    if isinstance(padding, str):  # nn.Conv2d's string forms
+        check(padding in ("valid", "same"), op, f"padding={padding!r} must be 'valid', 'same' "
+              "or ints")
+        if padding == "valid":
+            pd = (0, 0)
+        else:
+            check(st == (1, 1) and kh % 2 == 1 and kw % 2 == 1, op,
+                  "padding='same' needs stride 1 and odd kernel sizes (symmetric zero padding)")
+            pd = ((kh - 1) // 2, (kw - 1) // 2)
+    else:
+        pd = pair(padding, "padding", op)
     check(min(st) >= 1, op, f"stride must be >= 1, got {st}")
     check(min(pd) >= 0, op, f"padding must be >= 0, got {pd}")
     check(dl == (1, 1), op, f"dilation={dl} is not supported (only 1)")

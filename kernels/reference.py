@@ -114,7 +114,8 @@ def binary_conv2d_ref(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     return y.to(x.dtype if x.is_floating_point() else torch.float32)
 
 
-def residual_binarize_ref(x: Tensor, num_planes: int, per_row: bool = True) -> tuple[Tensor, Tensor]:
+def residual_binarize_ref(x: Tensor, num_planes: int,
+                          per_row: bool = True) -> tuple[Tensor, Tensor]:
     """Tang et al. (2017) residual binarization: x ~ sum_i alpha_i H_i, H_i = sign(r_i).
 
     r_0 = x, alpha_i = mean|r_i| (per row of x when ``per_row``), r_{i+1} = r_i - alpha_i H_i.

@@ -531,6 +531,11 @@ def _hw_popc(device: torch.device) -> bool:
     return device.type == "cuda" and not INTERPRET and libdevice is not None
 
 
+def _gemm_grid(m: int, n: int):
+    """1-D launch grid over (BLOCK_M x BLOCK_N) output tiles, as in Triton tutorial 03."""
+    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+
 def _use_dot(path: str, size: int, threshold: int, op: str) -> bool:
     check(path in ("auto", "popcount", "dot"), op,
           f"path={path!r} must be 'auto', 'popcount' or 'dot'")
@@ -592,7 +597,7 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
         return c
     use_dot = _use_dot(path, m, DOT_MIN_M, op)
     kern = _xnor_gemm_dot if use_dot else _xnor_gemm_popcount
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = _gemm_grid(m, n)
     kern[grid](a_packed, w_packed, c, m, n, kw, k,
                a_packed.stride(0), a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
                c.stride(0), c.stride(1), USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
@@ -620,7 +625,7 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     kern = _multibit_dot if use_dot else _multibit_popcount
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = _gemm_grid(m, n)
     kern[grid](a_planes, w_packed, al, sc, bi, y, pn, m, n, kw, k,
                a_planes.stride(0), a_planes.stride(1), a_planes.stride(2),
                w_packed.stride(0), w_packed.stride(1), al.stride(0), stride_alm,
@@ -642,7 +647,7 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
         return y
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = _gemm_grid(m, n)
     _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
                               y.stride(0), y.stride(1), HAS_SCALE=scale is not None,
@@ -693,8 +698,9 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     kern = _conv_dot if use_dot else _conv_popcount
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(ocg, meta["BLOCK_OC"]),  # noqa: E731
-                         groups)
+    def grid(meta):
+        return (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(ocg, meta["BLOCK_OC"]), groups)
+
     kern[grid](xp, wp, sc, bi, y, nb, h, w, oh, ow, cw, cg, ocg, kh, kwd, sh, sw, ph, pw,
                *xp.stride(), *wp.stride(), *y.stride(),
                HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,

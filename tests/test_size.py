@@ -127,7 +127,7 @@ def test_size_cli_writes_size_json(tmp_path):
 
 
 def test_cli_errors_are_one_line(capsys):
-    from bnnbench.export import call_or_exit
+    from bnnbench.errors import call_or_exit
 
     def fails() -> None:
         try:

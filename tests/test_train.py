@@ -96,3 +96,20 @@ def test_cli_runs_end_to_end(tmp_path):
     proc = cli("+method=bnn", *FAST, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["method"] == "bnn"
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """Real DDP: two gloo processes on CPU, Lightning's Hydra-aware launcher, one run record."""
+    proc = cli("+method=bnn", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+               *[o for o in FAST if not o.startswith("trainer.accelerator")],
+               f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["device"] == "cpu x2 (ddp)"
+
+
+def test_wandb_logger_works_offline(make_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = run(make_cfg(["+method=bnn", *FAST, "logger=wandb"]))
+    assert math.isfinite(record.test_top1)
+    assert list((run_dir() / "wandb").glob("offline-run-*")), "wandb wrote no offline run"

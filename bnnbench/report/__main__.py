@@ -16,13 +16,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnnbench import CONFIG_DIR
 from bnnbench.errors import BnnbenchError
 from bnnbench.report.collect import find_runs, group_rows, load_published
 from bnnbench.report.record import RunRecord
 from bnnbench.report.render import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEPS = ROOT / "conf" / "sweep"
+SWEEPS = Path(CONFIG_DIR) / "sweep"
 PUBLISHED = ROOT / "reports" / "reference" / "published.csv"
 
 

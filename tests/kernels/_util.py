@@ -23,7 +23,7 @@ def sign(x: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
 
 
 def fp_bound(x: torch.Tensor, ref: torch.Tensor, scale, dtype) -> torch.Tensor:
-    """Error bound for sum_k x_k * (+-1) in ``dtype`` then scaled: c * eps * (sum|x| |s| + |ref|)."""
+    """Error bound of sum_k x_k (+-1) in ``dtype``, scaled: c eps (sum|x| |s| + |ref|)."""
     eps = torch.finfo(dtype).eps
     s = 1.0 if scale is None else scale.abs().double()
     mag = x.double().abs().sum(-1, keepdim=True) * s

@@ -85,3 +85,11 @@ def test_conv_weight_pack_roundtrip():
     wp = K.pack_conv_weight(wt)
     assert wp.shape == (5, 3, 2, 2) and wp.dtype == torch.int32
     assert torch.equal(R.unpack_conv_weight_ref(wp, 37, torch.float64), sign(wt))
+
+
+def test_conv_string_padding():
+    """nn.Conv2d's padding='same' / 'valid' (odd kernels, stride 1) map to symmetric zero pads."""
+    x, wt = _case(1, 5, 6, 7, 3, 3, 1)
+    wp = K.pack_conv_weight(wt)
+    assert torch.equal(K.binary_conv2d(x, wp, padding="same").double(), _expected(x, wt, 1, 1, 1))
+    assert torch.equal(K.binary_conv2d(x, wp, padding="valid").double(), _expected(x, wt, 1, 0, 1))

@@ -1,0 +1,1 @@
+"""Benchmarks that write their own report files (``python -m bnnbench.bench.<name>``)."""
