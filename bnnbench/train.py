@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.methods.fp import FullPrecision
+from bnnbench.size import account
 from bnnbench.report.record import (
     METRICS_FILE,
     EpochRecorder,
@@ -29,6 +30,8 @@ from bnnbench.report.record import (
 )
 
 CHECKPOINT_DIR = "checkpoints"
+# What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
+SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -70,6 +73,8 @@ def run(cfg: DictConfig) -> RunRecord:
                       num_classes=datamodule.num_classes, img_size=datamodule.img_size)
     method = instantiate(cfg.method) if "method" in cfg else FullPrecision()
     net = method.convert(net)
+    size = account(net, "deployed", (datamodule.in_chans, datamodule.img_size,
+                                     datamodule.img_size)).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
@@ -99,6 +104,7 @@ def run(cfg: DictConfig) -> RunRecord:
         wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=recorder.curves,
         config_hash=config_hash(recipe), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
+        extra={"size": {k: size[k] for k in SIZE_SUMMARY}},
     )
     if trainer.is_global_zero:
         (run_dir / "config_resolved.yaml").write_text(resolved)

@@ -75,21 +75,21 @@ def cases(every_config: bool = False):
                         cfg.num_stages))
     mb_ptrs = {**_ptr("a_ptr", "w_ptr"), **_ptr("alpha_ptr", "scale_ptr", "bias_ptr", "y_ptr",
                                                  ty="*fp32")}
-    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._dot_configs())):
+    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._multibit_dot_configs())):
         path = "int8-dot" if use_dot else "popcount"
         for cfg in pick(cfgs):
             out.append((f"multibit {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
                         T._multibit_gemm_kernel, mb_ptrs,
                         {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True, "HAS_SCALE": True,
                          "HAS_BIAS": True}, cfg.num_warps, cfg.num_stages))
-    for dt, ieee in (("bf16", False), ("fp16", False), ("fp32", True)):
+    for dt, fp32_mode in (("bf16", 0), ("fp16", 0), ("fp32", 2)):
         cfgs = T._bw_configs_for(torch_dtype(dt))
         for cfg in pick(cfgs):
             ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                     "y_ptr": f"*{dt}"}
             out.append((f"binary_weight_gemm {dt} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
                         T._binary_weight_gemm_kernel, ptrs,
-                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True, "IEEE_FP32": ieee},
+                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True, "FP32_MODE": fp32_mode},
                         cfg.num_warps, cfg.num_stages))
     conv_ptrs = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                  "y_ptr": "*bf16"}

@@ -85,8 +85,8 @@ def _popcount_configs() -> list[triton.Config]:
     cfgs = []
     for bm in (1, 4, 16):
         for bn in (16, 32, 64, 128):
-            for bkw in (4, 8, 16):
-                if bm * bn * bkw > 16384:
+            for bkw in (8, 16, 32):  # >= 32 contiguous bytes per weight row and step
+                if bm * bn * bkw > 8192:  # the (BM, BN, BKW) xor tile lives in registers
                     continue
                 for st in (2, 3):
                     cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw,
@@ -94,14 +94,27 @@ def _popcount_configs() -> list[triton.Config]:
     return cfgs
 
 
-def _dot_configs() -> list[triton.Config]:
-    shapes = [  # (BM, BN, BKW, warps, stages); BK = 32 * BKW bits
-        (128, 256, 4, 8, 3), (256, 128, 4, 8, 3), (128, 128, 4, 8, 3), (128, 128, 2, 4, 4),
-        (128, 64, 4, 4, 4), (64, 128, 4, 4, 4), (64, 64, 4, 4, 4), (32, 64, 4, 4, 4),
-        (16, 64, 4, 4, 4), (16, 128, 2, 4, 4),
-    ]
+# Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
+# --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
+def _gemm_cfgs(shapes) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8},
                           num_warps=w, num_stages=s) for bm, bn, bkw, w, s in shapes]
+
+
+def _dot_configs() -> list[triton.Config]:
+    return _gemm_cfgs([  # (BM, BN, BKW, warps, stages); BK = 32 * BKW bits
+        (128, 256, 4, 8, 3), (128, 128, 4, 8, 3), (128, 128, 2, 8, 4), (128, 64, 4, 8, 4),
+        (64, 128, 4, 8, 4), (64, 64, 4, 4, 4), (32, 64, 4, 4, 4), (16, 64, 4, 4, 4),
+        (16, 128, 2, 4, 4),
+    ])
+
+
+def _multibit_dot_configs() -> list[triton.Config]:
+    """Smaller tiles than :func:`_dot_configs`: the float accumulator adds register pressure."""
+    return _gemm_cfgs([
+        (128, 128, 4, 8, 3), (128, 64, 4, 8, 4), (64, 128, 4, 8, 4), (64, 64, 4, 4, 4),
+        (32, 64, 4, 4, 4), (16, 64, 2, 4, 4),
+    ])
 
 
 def _smem_bytes(cfg: triton.Config, int8_tiles: bool) -> int:
@@ -134,9 +147,13 @@ def _prune_bw(configs, named_args, **kwargs):
         return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4)
     smem = _current_smem()
     m = named_args["M"]
-    esz = named_args["x_ptr"].element_size()
+    x = named_args["x_ptr"]
+    esz = x.element_size()
+    allowed = {str(c) for c in _bw_configs_for(x.dtype)}
     keep = []
     for c in configs:
+        if str(c) not in allowed:
+            continue
         bm, bn, bkw = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"]
         need = c.num_stages * (bm * bkw * WORD_BITS * esz + bn * bkw * 4) + bn * bkw * 32 * esz
         if need <= smem and bm <= max(16, _pow2_at_least(m)):
@@ -145,28 +162,33 @@ def _prune_bw(configs, named_args, **kwargs):
 
 
 def _bw_configs() -> list[triton.Config]:
-    shapes = [  # (BM, BN, BKW, warps, stages): GEMV-like (BM=16) first, then GEMM tiles
+    return _gemm_cfgs([  # (BM, BN, BKW, warps, stages): GEMV-like (BM=16) first, then GEMM
         (16, 32, 4, 4, 4), (16, 64, 4, 4, 4), (16, 64, 8, 4, 3), (16, 128, 4, 4, 4),
         (16, 256, 2, 8, 3), (32, 64, 4, 4, 4), (64, 64, 2, 4, 4), (64, 128, 2, 4, 3),
         (128, 128, 2, 8, 3), (128, 256, 1, 8, 3),
-    ]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8},
-                          num_warps=w, num_stages=s) for bm, bn, bkw, w, s in shapes]
+    ])
 
 
 def _bw_configs_for(dtype: torch.dtype) -> list[triton.Config]:
-    """The binary-weight configs usable for activations of ``dtype`` (before device pruning)."""
+    """The binary-weight configs usable for activations of ``dtype`` (before device pruning).
+
+    fp32 runs as 3xTF32 (``input_precision="tf32x3"``: the +-1 weights are exact in tf32 and
+    x is split in two tf32 parts), which needs more registers: smaller tiles only.
+    """
     cfgs = _bw_configs()
+    if dtype == torch.float32:
+        cfgs = [c for c in cfgs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] *
+                c.kwargs["BLOCK_KW"] <= 64 * 64 * 2]
     return cfgs
 
 
 def _conv_configs(dot: bool) -> list[triton.Config]:
-    if dot:
-        shapes = [(128, 128, 4, 8, 3), (128, 64, 4, 4, 3), (64, 128, 4, 4, 3), (64, 64, 2, 4, 3),
+    if dot:  # (BLOCK_P, BLOCK_OC, BLOCK_CW, warps, stages)
+        shapes = [(128, 64, 2, 8, 3), (64, 128, 2, 8, 3), (64, 64, 2, 8, 3), (64, 64, 1, 4, 3),
                   (32, 64, 2, 4, 3), (16, 64, 2, 4, 3)]
     else:
-        shapes = [(16, 32, 4, 4, 2), (16, 64, 4, 4, 2), (32, 32, 4, 4, 2), (32, 64, 2, 4, 2),
-                  (64, 32, 2, 4, 2)]
+        shapes = [(16, 32, 4, 4, 2), (16, 64, 2, 4, 2), (32, 32, 2, 4, 2), (32, 64, 1, 4, 2),
+                  (64, 32, 1, 4, 2), (16, 64, 4, 8, 2)]
     return [triton.Config({"BLOCK_P": bp, "BLOCK_OC": boc, "BLOCK_CW": bcw},
                           num_warps=w, num_stages=s) for bp, boc, bcw, w, s in shapes]
 
@@ -361,7 +383,7 @@ def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
 def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
                                stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
                                HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                               IEEE_FP32: tl.constexpr,
+                               FP32_MODE: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr):
     """y[m, n] = scale[n] * sum_k x[m, k] * w_pm[n, k] + bias[n]; weights expanded in registers."""
@@ -383,9 +405,11 @@ def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
                     mask=n_mask[None, :] & (kk[:, None] < KW), other=0)         # (BKW, BN)
         wv = _expand_pm1(w[:, None, :], bit[None, :, None])                     # (BKW, 32, BN)
         wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(x_ptr.dtype.element_ty)
-        if IEEE_FP32:
+        if FP32_MODE == 1:  # interpreter: exact fp32
             acc = tl.dot(x, wv, acc, input_precision="ieee")
-        else:
+        elif FP32_MODE == 2:  # CUDA fp32 activations: 3xTF32 tensor-core products
+            acc = tl.dot(x, wv, acc, input_precision="tf32x3")
+        else:  # fp16 / bf16
             acc = tl.dot(x, wv, acc)
     if HAS_SCALE:
         acc = acc * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
@@ -504,7 +528,7 @@ _xnor_gemm_dot = triton.autotune(_dot_configs(), key=["M", "N", "KW"],
 _multibit_popcount = triton.autotune(_popcount_configs(), key=["P", "M", "N", "KW"],
                                      prune_configs_by={"early_config_prune": _prune_popcount}
                                      )(_multibit_gemm_kernel)
-_multibit_dot = triton.autotune(_dot_configs(), key=["P", "M", "N", "KW"],
+_multibit_dot = triton.autotune(_multibit_dot_configs(), key=["P", "M", "N", "KW"],
                                 prune_configs_by={"early_config_prune": _prune_dot}
                                 )(_multibit_gemm_kernel)
 _binary_weight_gemm = triton.autotune(_bw_configs(), key=["M", "N", "KW"],
@@ -651,7 +675,8 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
                               y.stride(0), y.stride(1), HAS_SCALE=scale is not None,
-                              HAS_BIAS=bias is not None, IEEE_FP32=x.dtype == torch.float32)
+                              HAS_BIAS=bias is not None,
+                              FP32_MODE=0 if x.dtype != torch.float32 else (1 if INTERPRET else 2))
     return y
 
 

@@ -24,8 +24,17 @@ def fmt_opt(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-HEADER = ["setting", "top-1 (%)", "top-5 (%)", "seeds", "params", "s / epoch",
+HEADER = ["setting", "top-1 (%)", "top-5 (%)", "seeds", "params", "size (MiB)", "compression",
+          "s / epoch",
           "paper top-1", "paper top-5", "paper setting (tag)"]
+
+
+def size_cells(row: Row) -> list[str]:
+    """Deployed size (every stored bit, bnnbench.size 'deployed' convention) and fp32 / size."""
+    size = row.records[0].extra.get("size")
+    if not size:
+        return ["-", "-"]
+    return [f"{size['total_bytes'] / 2**20:.3f}", f"{size['compression']:.1f}x"]
 
 
 def table_rows(rows: list[Row], published: dict[str, Published]) -> list[list[str]]:
@@ -39,6 +48,7 @@ def table_rows(rows: list[Row], published: dict[str, Published]) -> list[list[st
             fmt(*row.stat("test_top5")),
             ",".join(map(str, row.seeds)),
             f"{row.records[0].num_params:,}",
+            *size_cells(row),
             f"{sum(epoch_s) / len(epoch_s):.1f}",
             fmt_opt(paper.top1) if paper else "-",
             fmt_opt(paper.top5) if paper else "-",
