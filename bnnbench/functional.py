@@ -65,7 +65,8 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 def _pm1(x: Tensor) -> Tensor:
     """sign with sign(0) = +1, same dtype as x (no gradient)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(x >= 0, one, -one)
 
 
 def _hardtanh_mask(x: Tensor, dtype: torch.dtype) -> Tensor:

@@ -101,3 +101,101 @@ def pair(v: int | Sequence[int], name: str, op: str) -> tuple[int, int]:
     vals = tuple(int(x) for x in v)
     check(len(vals) in (1, 2), op, f"{name} must be an int or a pair, got {v!r}")
     return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
+
+
+def check_float(t: Tensor, name: str, op: str) -> None:
+    check(isinstance(t, Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check(t.dtype in FLOAT_DTYPES, op,
+          f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+
+
+def conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
+                padding: Sequence[int]) -> tuple[int, int]:
+    return ((h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# one validator per op, shared by the public functions and the Triton launchers
+# ---------------------------------------------------------------------------------------------
+def validate_xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, op: str) -> torch.device:
+    """a (..., KW) and w (N, KW) int32 packed along K, KW = ceil(k/32), one device."""
+    check_packed(a_packed, "a_packed", op)
+    check_packed(w_packed, "w_packed", op, 2)
+    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check(a_packed.dim() >= 1, op, "a_packed must have at least one dim")
+    check_words(a_packed, "a_packed", k, op)
+    check_words(w_packed, "w_packed", k, op)
+    return check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+
+
+def validate_binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+                                bias: Tensor | None, op: str) -> torch.device:
+    """x (..., K) float, w (N, ceil(K/32)) int32, scale/bias (N,) float or None, one device."""
+    check_float(x, "x", op)
+    check(x.dim() >= 1 and x.shape[-1] >= 1, op, f"x must be (..., K), got {tuple(x.shape)}")
+    check_packed(w_packed, "w_packed", op, 2)
+    check_words(w_packed, "w_packed", x.shape[-1], op)
+    n = w_packed.shape[0]
+    check_channel_vec(scale, "scale", n, op)
+    check_channel_vec(bias, "bias", n, op)
+    return check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+
+
+def validate_multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                                scale: Tensor | None, bias: Tensor | None,
+                                op: str) -> torch.device:
+    """planes (P, M, KW), w (N, KW), alpha (P,) or (P, M) float, scale/bias (N,) or None."""
+    check_packed(a_planes, "a_planes", op, 3)
+    check_packed(w_packed, "w_packed", op, 2)
+    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check_words(a_planes, "a_planes", k, op)
+    check_words(w_packed, "w_packed", k, op)
+    p, m = a_planes.shape[0], a_planes.shape[1]
+    check(isinstance(alpha, Tensor) and alpha.is_floating_point(), op,
+          "alpha must be a floating tensor of shape (P,) or (P, M)")
+    check(tuple(alpha.shape) in ((p,), (p, m)), op,
+          f"alpha must have shape ({p},) or ({p}, {m}), got {tuple(alpha.shape)}")
+    n = w_packed.shape[0]
+    check_channel_vec(scale, "scale", n, op)
+    check_channel_vec(bias, "bias", n, op)
+    return check_same_device(op, a_planes=a_planes, w_packed=w_packed, alpha=alpha, scale=scale,
+                             bias=bias)
+
+
+def validate_binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+                           bias: Tensor | None, stride, padding, dilation, groups: int,
+                           op: str) -> tuple[tuple[int, int], tuple[int, int], torch.device]:
+    """x (N, C, H, W) float, w (OC, KH, KW, ceil(C/groups/32)) int32; returns the normalized
+    ``(stride, padding, device)``; ``padding`` may be an int, a pair, 'valid' or 'same'."""
+    check_float(x, "x", op)
+    check(x.dim() == 4, op, f"x must be (N, C, H, W), got {tuple(x.shape)}")
+    check_packed(w_packed, "w_packed", op, 4)
+    check(isinstance(groups, int) and groups >= 1, op, f"groups must be >= 1, got {groups!r}")
+    _, c, h, w = x.shape
+    oc, kh, kw, cw = w_packed.shape
+    check(c % groups == 0 and oc % groups == 0, op,
+          f"groups={groups} must divide in_channels={c} and out_channels={oc}")
+    cg = c // groups
+    check(cw == num_words(cg), op, f"w_packed has {cw} words per tap but C/groups={cg} needs "
+          f"{num_words(cg)}: pack it with pack_conv_weight(w) for w of shape (OC, {cg}, KH, KW)")
+    st, dl = pair(stride, "stride", op), pair(dilation, "dilation", op)
+    if isinstance(padding, str):  # nn.Conv2d's string forms
+        check(padding in ("valid", "same"), op,
+              f"padding={padding!r} must be 'valid', 'same' or ints")
+        if padding == "valid":
+            pd = (0, 0)
+        else:
+            check(st == (1, 1) and kh % 2 == 1 and kw % 2 == 1, op,
+                  "padding='same' needs stride 1 and odd kernel sizes (symmetric zero padding)")
+            pd = ((kh - 1) // 2, (kw - 1) // 2)
+    else:
+        pd = pair(padding, "padding", op)
+    check(min(st) >= 1, op, f"stride must be >= 1, got {st}")
+    check(min(pd) >= 0, op, f"padding must be >= 0, got {pd}")
+    check(dl == (1, 1), op, f"dilation={dl} is not supported (only 1)")
+    oh, ow = conv_out_hw(h, w, kh, kw, st, pd)
+    check(oh >= 1 and ow >= 1, op, f"kernel ({kh}, {kw}) is larger than the padded input "
+          f"({h + 2 * pd[0]}, {w + 2 * pd[1]})")
+    check_channel_vec(scale, "scale", oc, op)
+    check_channel_vec(bias, "bias", oc, op)
+    return st, pd, check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)

@@ -225,6 +225,14 @@ def _gpu_time_ms(fn: Callable[[], object]) -> float:
         return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
 
 
+def _copy_bandwidth(dev: torch.device, nbytes: int = 2**30) -> float:
+    """Achievable HBM bandwidth (bytes/s) of a device-to-device copy (read + write)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=dev)
+    dst = torch.empty_like(src)
+    t = _gpu_time_ms(lambda: dst.copy_(src))
+    return 2 * nbytes / (t * 1e-3)
+
+
 def gpu_rows(quick: bool) -> tuple[list[list[str]], dict[str, str]]:
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
@@ -232,11 +240,7 @@ def gpu_rows(quick: bool) -> tuple[list[list[str]], dict[str, str]]:
     l2 = int(getattr(props, "L2_cache_size", 50 * 2**20))
     nominal = _nominal_bw(name)
     # achievable HBM bandwidth: device-to-device copy of 1 GiB (read + write)
-    src = torch.empty(2**28, dtype=torch.float32, device=dev)
-    dst = torch.empty_like(src)
-    t_copy = _gpu_time_ms(lambda: dst.copy_(src))
-    copy_bw = 2 * src.numel() * 4 / (t_copy * 1e-3)
-    del src, dst
+    copy_bw = _copy_bandwidth(dev)
     info = {"GPU": name, "SMs": str(props.multi_processor_count), "L2": f"{l2 / 2**20:.0f} MiB",
             "copy bandwidth (measured)": f"{copy_bw / 1e9:.0f} GB/s",
             "nominal HBM bandwidth": f"{nominal / 1e9:.0f} GB/s" if nominal else "unknown"}
@@ -316,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=21, help="timed repeats per CPU row")
     ap.add_argument("--quick", action="store_true", help="few shapes, few repeats (smoke test)")
     ap.add_argument("--no-gpu", action="store_true", help="skip GPU rows even if CUDA exists")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default: torch's default, i.e. all cores)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     repeats = 5 if args.quick else args.repeats
 
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -342,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         triton_version = triton.__version__
     except ImportError:  # pragma: no cover
         triton_version = "not installed"
-    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "")
+    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "") + (
+        f" --threads {args.threads}" if args.threads > 0 else "")
     lines = [
         "# Packed kernel benchmarks",
         "",

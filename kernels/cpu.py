@@ -1,18 +1,21 @@
 """Fast CPU implementations (numpy + torch, no Triton) of the packed kernels.
 
-Used when the tensors are on CPU and ``backend`` is ``"auto"`` or ``"cpu"``. Three strategies,
-chosen by the number of activation rows ``M`` (thresholds measured on a 2-core AVX-512 EPYC,
-see ``reports/kernels.md``):
+Used when the tensors are on CPU and ``backend`` is ``"auto"`` or ``"cpu"``. Strategies,
+chosen by the number of activation rows ``M`` (thresholds below, measured on a 2-core AVX-512
+EPYC; see ``reports/kernels.md``):
 
-* **popcount** (both operands binary, tiny M): ``numpy.bitwise_count`` (numpy >= 2, a hardware
-  popcount ufunc) over ``a XOR w`` viewed as uint64 words; dot = k - 2 * popcount.
-* **byte LUT** (float or +-1 activations, small M): for every group of 8 inputs the 256 possible
-  signed partial sums are tabulated, ``lut[g, b, m] = sum_j (1 - 2 bit_j(b)) x[m, 8g + j]``, and
-  each weight byte is one ``embedding_bag`` lookup: ``y[m, n] = sum_g lut[g, w_byte[n, g], m]``.
-  It touches the 1-bit weights once (no unpacking) and does K/8 vector adds per output.
-* **int8 matmul** (large M, conv): unpack to int8 +-1 and ``torch._int_mm`` (VNNI on AVX-512
-  CPUs), the CPU analogue of the int8 tensor-core path; zero padding of convolutions is exact
-  because padded taps are int8 zeros.
+* **popcount** (both operands binary, M <= ``POPCOUNT_MAX_M``): ``numpy.bitwise_count``
+  (numpy >= 2, a hardware popcount ufunc) over ``a XOR w`` viewed as uint64 words (uint32 when
+  the word count is odd); dot = k - 2 * popcount. One pass over the 1-bit weights per row.
+* **int8 matmul** (both binary, larger M; every conv): unpack to int8 +-1 and
+  ``torch._int_mm`` (VNNI on AVX-512 CPUs), the CPU analogue of the int8 tensor-core path.
+  Zero padding of convolutions is exact because padded taps are int8 zeros.
+* **lookup table** (binary weights x float activations, M <= ``BW_LUT_MAX_M``): for every group
+  of g inputs (g = 8 bits for M <= ``LUT_BYTE_MAX_M``, else 4) the 2^g signed partial sums are
+  tabulated, ``lut[grp, b, m] = sum_j (1 - 2 bit_j(b)) x[m, g grp + j]``, and each weight group
+  is one ``embedding_bag`` lookup: ``y[m, n] = sum_grp lut[grp, group(w[n], grp), m]``. The
+  1-bit weights are read once and never unpacked. Above ``BW_LUT_MAX_M`` rows: unpack the
+  weights to +-1 floats and use a float matmul (bf16 for bf16 activations).
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
@@ -34,14 +37,14 @@ if sys.byteorder != "little":  # pragma: no cover - every supported CPU is littl
 
 HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 
-#: both-binary GEMM: numpy popcount for M <= this, byte-LUT up to INT8_MIN_M, int8 matmul above.
-POPCOUNT_MAX_M = 2
-#: rows from which the unpack + int8 (or float) matmul beats the byte LUT.
-INT8_MIN_M = 64
-#: binary-weight GEMM: LUT for M < this, unpack + float matmul above.
-BW_LUT_MAX_M = 48
-#: LUT with byte groups up to this many rows, nibble groups above.
-LUT_BYTE_MAX_M = 2
+#: both-binary GEMM: numpy popcount for M <= this, unpack + int8 matmul above.
+POPCOUNT_MAX_M = 64
+#: binary-weight GEMM: lookup table for M <= this, unpack + float matmul above.
+BW_LUT_MAX_M = 256
+#: lookup table with byte groups up to this many rows, nibble groups above.
+LUT_BYTE_MAX_M = 8
+#: rows per lookup-table pass (bounds the table: 16 * K * rows bytes for nibbles).
+LUT_ROW_CHUNK = 64
 
 # pm_table[b, j] = +1 if bit j of byte b is 0 else -1  (LSB first).
 _PM_TABLE = (1.0 - 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1)).to(torch.float32)
@@ -137,6 +140,8 @@ def lut_matmul(x: Tensor, w_packed: Tensor, group_bits: int | None = None) -> Te
     """
     m = x.shape[0]
     n, kw = w_packed.shape
+    if m == 0:
+        return x.new_zeros(0, n)
     if group_bits is None:
         group_bits = 8 if m <= LUT_BYTE_MAX_M else 4
     wb = w_packed.contiguous().numpy().view(np.uint8)  # (N, 4 KW) weight bytes, LSB-first bits
@@ -152,11 +157,16 @@ def lut_matmul(x: Tensor, w_packed: Tensor, group_bits: int | None = None) -> Te
         np.add(wb & 15, off[:, 0], out=idx[:, :, 0], dtype=np.int32)
         np.add(wb >> 4, off[:, 1], out=idx[:, :, 1], dtype=np.int32)
         idx = idx.reshape(n, groups)
+    idx_t = torch.from_numpy(idx)
     entries = table.shape[0]
-    # (E, g) @ (groups, g, M) -> (groups, E, M), contiguous: the (groups*E, M) view has unit stride
-    xg = x.reshape(m, groups, group_bits).permute(1, 2, 0)
-    lut = torch.matmul(table, xg).view(groups * entries, m)
-    return F.embedding_bag(torch.from_numpy(idx), lut, mode="sum").T
+    out = []
+    for r0 in range(0, m, LUT_ROW_CHUNK):  # bounded table size; the indices are reused
+        xc = x[r0:r0 + LUT_ROW_CHUNK]
+        mc = xc.shape[0]
+        # (E, g) @ (groups, g, Mc) -> (groups, E, Mc), contiguous: unit-stride (groups*E, Mc)
+        lut = torch.matmul(table, xc.reshape(mc, groups, group_bits).permute(1, 2, 0))
+        out.append(F.embedding_bag(idx_t, lut.view(groups * entries, mc), mode="sum").T)
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _pad_cols(x: Tensor, width: int) -> Tensor:
@@ -170,9 +180,6 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     m, kw = a_packed.shape
     if m <= POPCOUNT_MAX_M and HAS_BITWISE_COUNT:
         return _popcount_gemm(a_packed, w_packed, k)
-    if m < INT8_MIN_M:
-        a = _pad_cols(unpack_signs(a_packed, k, torch.float32), kw * WORD_BITS)
-        return lut_matmul(a, w_packed).round_().to(torch.int32)
     a8 = _unpack_int8_padded(a_packed)
     w8 = _unpack_int8_padded(w_packed)
     return int8_matmul(a8, w8).sub_(kw * WORD_BITS - k)
@@ -183,7 +190,7 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     """y = scale * (x @ w_sign.T) + bias for float x (M, K); returns x.dtype."""
     m, k = x.shape
     kw = w_packed.shape[1]
-    if m < BW_LUT_MAX_M:
+    if m <= BW_LUT_MAX_M:
         y = lut_matmul(_pad_cols(x.to(torch.float32), kw * WORD_BITS), w_packed)
     else:
         cd = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
@@ -218,22 +225,21 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tenso
     sh, sw = stride
     ph, pw = padding
     # +-1 int8 in NHWC (sign(0) = +1), so that every im2col row is a run of contiguous channels
-    xs = (x.detach().permute(0, 2, 3, 1) < 0).to(torch.int8, memory_format=torch.contiguous_format)
-    xs = xs.mul_(-2).add_(1)
+    xs = (x.detach() < 0).view(torch.int8).permute(0, 2, 3, 1).contiguous().mul_(-2).add_(1)
     if ph or pw:
         xs = F.pad(xs, (0, 0, pw, pw, ph, ph))  # zero padding: padded taps contribute exactly 0
     cols = xs.unfold(1, kh, sh).unfold(2, kwid, sw)  # (N, OH, OW, C, KH, KW)
     oh, ow = cols.shape[1], cols.shape[2]
     w8 = unpack_signs(w_packed, cg, torch.int8)  # (OC, KH, KW, Cg)
-    out = torch.empty(n, oh, ow, oc, dtype=torch.int32)
+    parts = []
     for gi in range(groups):
         a = cols[:, :, :, gi * cg:(gi + 1) * cg].permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
         b = w8[gi * ocg:(gi + 1) * ocg].reshape(ocg, -1)  # (OCg, KH*KW*Cg), same tap order
-        out[..., gi * ocg:(gi + 1) * ocg] = int8_matmul(a, b).view(n, oh, ow, ocg)
-    y = out.to(torch.float32)
+        parts.append(int8_matmul(a, b))  # (N*OH*OW, OCg) exact int32
+    y = (parts[0] if groups == 1 else torch.cat(parts, dim=1)).to(torch.float32)
     if scale is not None:
         y.mul_(scale.to(torch.float32))
     if bias is not None:
         y.add_(bias.to(torch.float32))
     odt = x.dtype if x.is_floating_point() else torch.float32
-    return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)
+    return y.view(n, oh, ow, oc).permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)

@@ -26,13 +26,16 @@ from . import reference as ref
 from ._common import (
     FLOAT_DTYPES,
     check,
-    check_channel_vec,
+    check_float,
     check_packed,
-    check_same_device,
     check_words,
+    conv_out_hw,
     num_words,
-    pair,
     resolve_backend,
+    validate_binary_conv2d,
+    validate_binary_weight_gemm,
+    validate_multibit_xnor_gemm,
+    validate_xnor_gemm,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -116,11 +119,6 @@ def _(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int, scale: Optional
     return a_planes.new_empty((a_planes.shape[1], w_packed.shape[0]), dtype=torch.float32)
 
 
-def _conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
-                 padding: Sequence[int]) -> tuple[int, int]:
-    return ((h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1)
-
-
 @torch.library.custom_op("bnnbench::binary_conv2d", mutates_args=())
 def _binary_conv2d_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
                       bias: Optional[Tensor], stride: list[int], padding: list[int],
@@ -132,7 +130,7 @@ def _binary_conv2d_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
 @_binary_conv2d_op.register_fake
 def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
       stride: list[int], padding: list[int], groups: int, backend: str) -> Tensor:
-    oh, ow = _conv_out_hw(x.shape[2], x.shape[3], w_packed.shape[1], w_packed.shape[2],
+    oh, ow = conv_out_hw(x.shape[2], x.shape[3], w_packed.shape[1], w_packed.shape[2],
                           stride, padding)
     odt = x.dtype if x.is_floating_point() else torch.float32
     return x.new_empty((x.shape[0], w_packed.shape[0], oh, ow), dtype=odt)
@@ -141,12 +139,6 @@ def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tenso
 # ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
-def _check_float(t: Tensor, name: str, op: str) -> None:
-    check(isinstance(t, Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    check(t.dtype in FLOAT_DTYPES, op,
-          f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
-
-
 def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     """Pack the signs of ``x`` along ``dim``: 32 per int32 word, LSB first.
 
@@ -155,7 +147,7 @@ def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     ``ceil(x.shape[dim] / 32)`` words along ``dim``.
     """
     op = "pack_signs"
-    _check_float(x, "x", op)
+    check_float(x, "x", op)
     check(x.dim() >= 1 and x.shape[dim] >= 1, op,
           f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
     be = resolve_backend(backend, x.device, op)
@@ -185,13 +177,7 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, backend: str = "aut
     w is (N, KW), ``KW = ceil(k/32)`` and ``k`` the true K (zero pads cancel in the XOR).
     """
     op = "xnor_gemm"
-    check_packed(a_packed, "a_packed", op)
-    check_packed(w_packed, "w_packed", op, 2)
-    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
-    check(a_packed.dim() >= 1, op, "a_packed must have at least one dim")
-    check_words(a_packed, "a_packed", k, op)
-    check_words(w_packed, "w_packed", k, op)
-    dev = check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    dev = validate_xnor_gemm(a_packed, w_packed, k, op)
     be = resolve_backend(backend, dev, op)
     lead = a_packed.shape[:-1]
     out = _xnor_gemm_op(a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k, be)
@@ -206,15 +192,8 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     :func:`pack_signs`; scale, bias optional (N,) per-output-channel. Returns x.dtype (..., N).
     """
     op = "binary_weight_gemm"
-    _check_float(x, "x", op)
-    check(x.dim() >= 1 and x.shape[-1] >= 1, op, f"x must be (..., K), got {tuple(x.shape)}")
-    check_packed(w_packed, "w_packed", op, 2)
-    k = x.shape[-1]
-    check_words(w_packed, "w_packed", k, op)
-    n = w_packed.shape[0]
-    check_channel_vec(scale, "scale", n, op)
-    check_channel_vec(bias, "bias", n, op)
-    dev = check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
+    k, n = x.shape[-1], w_packed.shape[0]
     be = resolve_backend(backend, dev, op)
     out = _binary_weight_gemm_op(x.reshape(-1, k), w_packed, scale, bias, be)
     return out.reshape(*x.shape[:-1], n)
@@ -230,21 +209,8 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     a_planes (P, M, ceil(k/32)); alpha (P,) per-plane scalars or (P, M) per-row; w (N, KW).
     """
     op = "multibit_xnor_gemm"
-    check_packed(a_planes, "a_planes", op, 3)
-    check_packed(w_packed, "w_packed", op, 2)
-    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
-    check_words(a_planes, "a_planes", k, op)
-    check_words(w_packed, "w_packed", k, op)
+    dev = validate_multibit_xnor_gemm(a_planes, w_packed, alpha, k, scale, bias, op)
     p, m = a_planes.shape[0], a_planes.shape[1]
-    check(isinstance(alpha, Tensor) and alpha.is_floating_point(), op,
-          "alpha must be a floating tensor of shape (P,) or (P, M)")
-    check(tuple(alpha.shape) in ((p,), (p, m)), op,
-          f"alpha must have shape ({p},) or ({p}, {m}), got {tuple(alpha.shape)}")
-    n = w_packed.shape[0]
-    check_channel_vec(scale, "scale", n, op)
-    check_channel_vec(bias, "bias", n, op)
-    dev = check_same_device(op, a_planes=a_planes, w_packed=w_packed, alpha=alpha, scale=scale,
-                            bias=bias)
     be = resolve_backend(backend, dev, op)
     al = alpha.to(torch.float32)
     if al.dim() == 1:
@@ -254,7 +220,7 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 
 def pack_conv_weight(w: Tensor, *, backend: str = "auto") -> Tensor:
     """(OC, C/groups, KH, KW) float -> (OC, KH, KW, ceil(C/groups/32)) int32, packed along C."""
-    _check_float(w, "w", "pack_conv_weight")
+    check_float(w, "w", "pack_conv_weight")
     check(w.dim() == 4, "pack_conv_weight",
           f"w must be (OC, C/groups, KH, KW), got {tuple(w.shape)}")
     return pack_signs(w.permute(0, 2, 3, 1), dim=-1, backend=backend).contiguous()
@@ -272,38 +238,8 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     Returns (N, OC, OH, OW) in x.dtype. dilation must be 1.
     """
     op = "binary_conv2d"
-    _check_float(x, "x", op)
-    check(x.dim() == 4, op, f"x must be (N, C, H, W), got {tuple(x.shape)}")
-    check_packed(w_packed, "w_packed", op, 4)
-    check(isinstance(groups, int) and groups >= 1, op, f"groups must be >= 1, got {groups!r}")
-    nb, c, h, w = x.shape
-    oc, kh, kw, cw = w_packed.shape
-    check(c % groups == 0 and oc % groups == 0, op,
-          f"groups={groups} must divide in_channels={c} and out_channels={oc}")
-    cg = c // groups
-    check(cw == num_words(cg), op, f"w_packed has {cw} words per tap but C/groups={cg} needs "
-          f"{num_words(cg)}: pack it with pack_conv_weight(w) for w of shape (OC, {cg}, KH, KW)")
-    st, dl = pair(stride, "stride", op), pair(dilation, "dilation", op)
-    if isinstance(padding, str):  # nn.Conv2d's string forms
-        check(padding in ("valid", "same"), op, f"padding={padding!r} must be 'valid', 'same' "
-              "or ints")
-        if padding == "valid":
-            pd = (0, 0)
-        else:
-            check(st == (1, 1) and kh % 2 == 1 and kw % 2 == 1, op,
-                  "padding='same' needs stride 1 and odd kernel sizes (symmetric zero padding)")
-            pd = ((kh - 1) // 2, (kw - 1) // 2)
-    else:
-        pd = pair(padding, "padding", op)
-    check(min(st) >= 1, op, f"stride must be >= 1, got {st}")
-    check(min(pd) >= 0, op, f"padding must be >= 0, got {pd}")
-    check(dl == (1, 1), op, f"dilation={dl} is not supported (only 1)")
-    oh, ow = _conv_out_hw(h, w, kh, kw, st, pd)
-    check(oh >= 1 and ow >= 1, op, f"kernel ({kh}, {kw}) is larger than the padded input "
-          f"({h + 2 * pd[0]}, {w + 2 * pd[1]})")
-    check_channel_vec(scale, "scale", oc, op)
-    check_channel_vec(bias, "bias", oc, op)
-    dev = check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    st, pd, dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding, dilation,
+                                         groups, op)
     be = resolve_backend(backend, dev, op)
     return _binary_conv2d_op(x, w_packed, scale, bias, list(st), list(pd), groups, be)
 
@@ -318,7 +254,7 @@ def residual_binarize(x: Tensor, num_planes: int, per_row: bool = True, *,
     :func:`multibit_xnor_gemm`.
     """
     op = "residual_binarize"
-    _check_float(x, "x", op)
+    check_float(x, "x", op)
     check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
     check(isinstance(num_planes, int) and num_planes >= 1, op,
           f"num_planes must be >= 1, got {num_planes!r}")

@@ -27,7 +27,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import WORD_BITS, check, check_packed, check_same_device, check_words, num_words
+from ._common import (
+    WORD_BITS,
+    check,
+    check_float,
+    check_packed,
+    check_words,
+    num_words,
+    validate_binary_conv2d,
+    validate_binary_weight_gemm,
+    validate_multibit_xnor_gemm,
+    validate_xnor_gemm,
+)
 
 try:  # hardware popcount for compiled CUDA/HIP kernels (not usable under the interpreter)
     from triton.language.extra import libdevice
@@ -164,8 +175,8 @@ def _prune_bw(configs, named_args, **kwargs):
 def _bw_configs() -> list[triton.Config]:
     return _gemm_cfgs([  # (BM, BN, BKW, warps, stages): GEMV-like (BM=16) first, then GEMM
         (16, 32, 4, 4, 4), (16, 64, 4, 4, 4), (16, 64, 8, 4, 3), (16, 128, 4, 4, 4),
-        (16, 256, 2, 8, 3), (32, 64, 4, 4, 4), (64, 64, 2, 4, 4), (64, 128, 2, 4, 3),
-        (128, 128, 2, 8, 3), (128, 256, 1, 8, 3),
+        (16, 256, 2, 8, 3), (32, 32, 2, 4, 4), (32, 64, 4, 4, 4), (64, 32, 2, 4, 3),
+        (64, 64, 2, 4, 4), (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (128, 256, 1, 8, 3),
     ])
 
 
@@ -178,13 +189,13 @@ def _bw_configs_for(dtype: torch.dtype) -> list[triton.Config]:
     cfgs = _bw_configs()
     if dtype == torch.float32:
         cfgs = [c for c in cfgs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] *
-                c.kwargs["BLOCK_KW"] <= 64 * 64 * 2]
+                c.kwargs["BLOCK_KW"] <= 32 * 32 * 2]
     return cfgs
 
 
 def _conv_configs(dot: bool) -> list[triton.Config]:
     if dot:  # (BLOCK_P, BLOCK_OC, BLOCK_CW, warps, stages)
-        shapes = [(128, 64, 2, 8, 3), (64, 128, 2, 8, 3), (64, 64, 2, 8, 3), (64, 64, 1, 4, 3),
+        shapes = [(128, 64, 1, 8, 3), (64, 128, 2, 8, 3), (64, 64, 2, 8, 3), (64, 64, 1, 4, 3),
                   (32, 64, 2, 4, 3), (16, 64, 2, 4, 3)]
     else:
         shapes = [(16, 32, 4, 4, 2), (16, 64, 2, 4, 2), (32, 32, 2, 4, 2), (32, 64, 1, 4, 2),
@@ -569,7 +580,7 @@ def _use_dot(path: str, size: int, threshold: int, op: str) -> bool:
 def pack_signs(x: Tensor) -> Tensor:
     """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32."""
     op = "pack_signs"
-    check(x.is_floating_point(), op, f"x must be floating, got {x.dtype}")
+    check_float(x, "x", op)
     _check_launchable(op, x.device)
     k = x.shape[-1]
     kw = num_words(k)
@@ -608,11 +619,8 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
     (int8 from :data:`DOT_MIN_M` rows).
     """
     op = "xnor_gemm"
-    check_packed(a_packed, "a_packed", op, 2)
-    check_packed(w_packed, "w_packed", op, 2)
-    check_words(a_packed, "a_packed", k, op)
-    check_words(w_packed, "w_packed", k, op)
-    dev = check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    dev = validate_xnor_gemm(a_packed, w_packed, k, op)
+    check(a_packed.dim() == 2, op, f"a_packed must be (M, KW), got {tuple(a_packed.shape)}")
     _check_launchable(op, dev)
     m, kw = a_packed.shape
     n = w_packed.shape[0]
@@ -636,10 +644,10 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     a_planes (P, M, KW); alpha (P,) or (P, M); one launch, planes looped inside the kernel.
     """
     op = "multibit_xnor_gemm"
+    dev = validate_multibit_xnor_gemm(a_planes, w_packed, alpha, k, scale, bias, op)
+    _check_launchable(op, dev)
     pn, m, kw = a_planes.shape
     n = w_packed.shape[0]
-    dev = a_planes.device
-    _check_launchable(op, dev)
     al = alpha.to(device=dev, dtype=torch.float32)
     stride_alm = 0 if al.dim() == 1 else al.stride(1)
     y = torch.empty((m, n), dtype=torch.float32, device=dev)
@@ -662,10 +670,11 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                        bias: Tensor | None = None) -> Tensor:
     """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32."""
     op = "binary_weight_gemm"
+    dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
+    check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
+    _check_launchable(op, dev)
     m, k = x.shape
     n, kw = w_packed.shape
-    dev = x.device
-    _check_launchable(op, dev)
     y = torch.empty((m, n), dtype=x.dtype, device=dev)
     if m == 0 or n == 0:
         return y
@@ -704,12 +713,12 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     x (N, C, H, W) float; w_packed (OC, KH, KW, ceil(C/groups/32)) from ``pack_conv_weight``.
     """
     op = "binary_conv2d"
+    (sh, sw), (ph, pw), dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding,
+                                                     1, groups, op)
+    _check_launchable(op, dev)
     nb, c, h, w = x.shape
     oc, kh, kwd, cw = w_packed.shape
-    dev = x.device
-    _check_launchable(op, dev)
     cg, ocg = c // groups, oc // groups
-    (sh, sw), (ph, pw) = stride, padding
     oh = (h + 2 * ph - kh) // sh + 1
     ow = (w + 2 * pw - kwd) // sw + 1
     odt = x.dtype if x.is_floating_point() else torch.float32

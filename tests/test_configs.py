@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from bnnbench.methods import list_methods
 from tests.conftest import CONF
 
-GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method")
+GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method", "sweep")
 # Options that need a value the user must give (``???`` in the YAML).
 REQUIRED = {("model", "timm"): ["model.name=resnet18"]}
 
@@ -20,8 +20,8 @@ def options(group: str) -> list[str]:
 
 
 def override(group: str, option: str) -> str:
-    # `method` is not in the defaults list: it is added with `+method=...`, as users type it.
-    return f"+method={option}" if group == "method" else f"{group}={option}"
+    # `method` and `sweep` are not in the defaults list: they are added with `+`, as users type it.
+    return f"+{group}={option}" if group in ("method", "sweep") else f"{group}={option}"
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
@@ -30,6 +30,9 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}/{o}" for g, o in CASES])
 def test_config_file_composes_and_instantiates(make_cfg, group, option):
     cfg = make_cfg([override(group, option), *REQUIRED.get((group, option), [])])
+    if group == "sweep":  # a table: fixes one method, or (``methods``) sweeps over all of them
+        assert ("method" in cfg) != (option == "methods")
+        return
     node = cfg[group]
     if group == "model":
         data = instantiate(cfg.data)

@@ -4,6 +4,7 @@ error, synthetic data, every data config, and short runs through train.run."""
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 import subprocess
@@ -180,11 +181,11 @@ def test_partly_missing_files_are_named(tmp_path):
 
 
 def test_cli_without_files_prints_one_line_no_traceback(tmp_path):
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "bnnbench", "data=mnist", f"data.root={tmp_path / 'nowhere'}",
          f"hydra.run.dir={tmp_path}/run", "trainer.accelerator=cpu"],
-        cwd=tmp_path, text=True, capture_output=True, timeout=300, env=env)
+        cwd=tmp_path, text=True, capture_output=True, timeout=300, env=env, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("bnnbench: error:")]

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+
+from bnnbench.bench.dataloading import make_image_folder
+from bnnbench.data.write_ffcv import write_imagenet
+from bnnbench.errors import BnnbenchError
+from tests.conftest import compose_config
 
 pytest.importorskip("ffcv", reason="needs the ffcv extra (pip install -e '.[ffcv]')")
 
-from hydra.utils import instantiate  # noqa: E402
-
-from bnnbench.bench.dataloading import make_image_folder  # noqa: E402
-from bnnbench.data.write_ffcv import write_imagenet  # noqa: E402
-from bnnbench.errors import BnnbenchError  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
-
-pytestmark = pytest.mark.ffcv
+# numba's dispatcher finalizer can raise a KeyError while FFCV's compiled pipelines are garbage
+# collected; pytest reports it as an unraisable-exception warning. It is noise, not a failure.
+pytestmark = [pytest.mark.ffcv,
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 4, 2
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -36,7 +38,7 @@ def betons(tmp_path_factory) -> Path:
     proc = subprocess.run(
         [sys.executable, "-m", "bnnbench.data.write_ffcv", "--src", str(tmp / "src"), "--out",
          str(tmp / "ffcv"), "--max-resolution", "48", "--jpeg-quality", "90", "--num-workers",
-         "1"], text=True, capture_output=True, timeout=300, env=ENV)
+         "1"], text=True, capture_output=True, timeout=300, env=ENV, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote 12 train and 6 val images" in proc.stdout
     return tmp / "ffcv"
@@ -115,7 +117,8 @@ def test_cli_trains_one_epoch_of_nin_on_imagenet_files(tmp_path, betons):
         [sys.executable, "-m", "bnnbench", "model=nin", "data=imagenet", f"data.root={betons}",
          "data.img_size=64", "data.num_classes=3", "data.batch_size=4", "data.num_workers=1",
          "trainer.max_epochs=1", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, text=True, capture_output=True, timeout=600, env=ENV)
+        cwd=tmp_path, text=True, capture_output=True, timeout=600, env=ENV,
+        check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["model"] == "nin" and record["data"] == "imagenet"
@@ -135,3 +138,19 @@ def test_dataloading_bench_writes_its_report(tmp_path):
     assert result["ratio"] > 0 and f"{result['ratio']:.2f}x" in text
     assert "python -m bnnbench.bench.dataloading --num-images 8" in text
     assert dataloading.cpu_model() in text
+
+
+def test_loaders_shard_when_torch_distributed_is_initialized(tmp_path, betons):
+    """Under DDP the loaders are built with FFCV's distributed=True (here a 1-process gloo group)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        dm = imagenet(tmp_path, betons, "data.img_size=32", "data.batch_size=4")
+        dm.setup("fit")
+        train, val = dm.train_dataloader(), dm.val_dataloader()
+        assert train.distributed and val.distributed
+        assert sum(len(y) for _, y in train) == 12 and sum(len(y) for _, y in val) == 6
+    finally:
+        dist.destroy_process_group()

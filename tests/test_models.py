@@ -28,6 +28,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+    full_precision.cache_clear()
 
 
 def conv_fc_params(model: nn.Module) -> int:
@@ -126,7 +127,7 @@ def test_plain_cnns_are_conv_blocks_that_xnor_can_reorder(name):
 SMALL = 16  # a small input keeps 8 methods x 7 models fast; every model still sees >= 2x2 maps
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def full_precision(model_name: str, tmp: str) -> nn.Module:
     """The shipped config's model at 3 x 16 x 16, 10 classes, built once (methods get a copy)."""
     # AlexNet's 4096-wide fc6/fc7 (55M weights) only slow every method down; same layout at 512

@@ -9,5 +9,5 @@ from bnnbench.data.embedded import EmbeddedMNIST
 from bnnbench.data.mnist import MNIST
 from bnnbench.data.synthetic import SyntheticData
 
-__all__ = ["CIFAR10", "CIFAR100", "EmbeddedMNIST", "ImageClassificationData", "MNIST",
+__all__ = ["CIFAR10", "CIFAR100", "MNIST", "EmbeddedMNIST", "ImageClassificationData",
            "SyntheticData"]

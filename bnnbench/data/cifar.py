@@ -89,7 +89,8 @@ class CIFAR10(TorchvisionData):
                     entry = pickle.load(f, encoding="latin1")
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(entry[self.label_key])
-            except Exception as err:
+            except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError,
+                    ValueError) as err:
                 raise BnnbenchError(f"{path} is not a {self.name} batch in torchvision's "
                                     f"python-pickle format ({first_line(err)})") from None
         return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)

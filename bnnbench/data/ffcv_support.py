@@ -14,7 +14,7 @@ def import_ffcv() -> ModuleType:
     """``import ffcv`` or raise BnnbenchError saying how to install it (one line)."""
     try:
         import ffcv
-    except Exception as err:  # ImportError, or a missing shared library (libturbojpeg, opencv)
+    except (ImportError, OSError) as err:  # not installed, or a shared library is missing
         raise BnnbenchError(f"FFCV is not importable ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}); {INSTALL_HINT}"
                             ) from None

@@ -81,6 +81,7 @@ class ImageNetFFCV(ImageClassificationData):
         self.os_cache, self.seed = os_cache, seed
         self.drop_last, self.batches_ahead = drop_last, batches_ahead
         self._eval_loader: Any = None
+        self._checked = False
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -129,7 +130,9 @@ class ImageNetFFCV(ImageClassificationData):
         self.check_files()
 
     def setup(self, stage: str | None = None) -> None:
-        self.check_files()
+        if not self._checked:  # every rank checks once (prepare_data runs on rank 0 only)
+            self.check_files()
+            self._checked = True
 
     # --- loaders -------------------------------------------------------------------------------
 

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import torch
 
+#: where the Triton kernels run in the tests: the GPU if there is one, else the interpreter.
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def tdev(*tensors):
+    """Move tensors (None passes through) to :data:`TRITON_DEVICE`."""
+    out = tuple(None if t is None else t.to(TRITON_DEVICE) for t in tensors)
+    return out[0] if len(out) == 1 else out
+
 
 def rand_signs_source(shape, *, zeros: bool = True, seed: int = 0, dtype=torch.float32):
     """Gaussian values with some exact zeros (sign(0) = +1 must be honoured) and some -0.0."""

@@ -1,18 +1,19 @@
-"""Kernel tests run the Triton kernels in the CPU interpreter: TRITON_INTERPRET must be set
-before Triton defines them (bnnbench.kernels imports its Triton module lazily, on first use)."""
+"""Kernel tests. Without CUDA the Triton kernels run in the CPU interpreter: TRITON_INTERPRET
+must be set before Triton defines them (bnnbench.kernels imports its Triton module lazily, on
+first use). With CUDA they run on the GPU (tensors moved by ``_util.tdev``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import importlib.util  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():  # CPU-only: Triton kernels run in the interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _ensure_kernels_importable() -> None:
@@ -40,9 +41,6 @@ def _ensure_kernels_importable() -> None:
 
 _ensure_kernels_importable()
 
-#: Triton is exercised on CPU only through the interpreter; on a CUDA machine use the GPU.
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HAS_TRITON_PATH = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import bnnbench.kernels as K
 from bnnbench.kernels import reference as R
 
-from ._util import rand_signs_source, sign
+from ._util import rand_signs_source, sign, tdev
 
 # (N, C, H, W, OC, KSIZE, stride, padding, groups): odd channel counts, stride 1 and 2,
 # padding wider than 1, 1x1 and 5x5 kernels, AlexNet-style groups=2.
@@ -52,8 +52,8 @@ def test_conv_triton_paths(case, path):
 
     nb, c, h, w, oc, ks, s, p, g = case
     x, wt = _case(nb, c, h, w, oc, ks, g)
-    y = T.binary_conv2d(x, K.pack_conv_weight(wt), stride=(s, s), padding=(p, p), groups=g,
-                        path=path)
+    y = T.binary_conv2d(*tdev(x, K.pack_conv_weight(wt)), stride=(s, s), padding=(p, p),
+                        groups=g, path=path).cpu()
     assert torch.equal(y.double(), _expected(x, wt, s, p, g))
 
 
@@ -62,10 +62,12 @@ def test_conv_scale_bias_and_dtype(backend):
     x, wt = _case(1, 5, 5, 6, 4, 3, 1)
     scale, bias = torch.rand(4) + 0.5, torch.randn(4)
     want = _expected(x, wt, 1, 1, 1) * scale.double()[:, None, None] + bias.double()[:, None, None]
-    y = K.binary_conv2d(x, K.pack_conv_weight(wt), scale, bias, padding=1, backend=backend)
+    wp = K.pack_conv_weight(wt)
+    if backend == "triton":
+        x, wp, scale, bias = tdev(x, wp, scale, bias)
+    y = K.binary_conv2d(x, wp, scale, bias, padding=1, backend=backend).cpu()
     torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-5)
-    y16 = K.binary_conv2d(x.half(), K.pack_conv_weight(wt), scale, bias, padding=1,
-                          backend=backend)
+    y16 = K.binary_conv2d(x.half(), wp, scale, bias, padding=1, backend=backend).cpu()
     assert y16.dtype == torch.float16
     torch.testing.assert_close(y16.double(), want, rtol=2e-3, atol=2e-3)
 

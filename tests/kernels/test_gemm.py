@@ -9,7 +9,7 @@ import bnnbench.kernels as K
 import bnnbench.kernels.cpu as C
 from bnnbench.kernels import reference as R
 
-from ._util import fp_bound, rand_signs_source, sign
+from ._util import fp_bound, rand_signs_source, sign, tdev
 
 # (M, N, K): M = 1, N = 1, K not a multiple of 32 (odd word counts too), large K.
 GEMM_SHAPES = [(1, 1, 1), (1, 37, 1031), (3, 1, 33), (5, 19, 64), (2, 40, 95), (33, 17, 200)]
@@ -28,18 +28,10 @@ def test_reference_is_signed_matmul(m, n, k):
     assert torch.equal(got.double(), sign(a) @ sign(w).T)
 
 
-@pytest.fixture(params=["popcount", "lut", "int8"])
+@pytest.fixture(params=["popcount", "int8"])
 def cpu_path(request, monkeypatch):
-    """Force one of the three CPU strategies regardless of M."""
-    big = 1 << 30
-    if request.param == "popcount":
-        monkeypatch.setattr(C, "POPCOUNT_MAX_M", big)
-    elif request.param == "lut":
-        monkeypatch.setattr(C, "POPCOUNT_MAX_M", 0)
-        monkeypatch.setattr(C, "INT8_MIN_M", big)
-    else:
-        monkeypatch.setattr(C, "POPCOUNT_MAX_M", 0)
-        monkeypatch.setattr(C, "INT8_MIN_M", 0)
+    """Force one of the two CPU strategies regardless of M."""
+    monkeypatch.setattr(C, "POPCOUNT_MAX_M", 1 << 30 if request.param == "popcount" else 0)
     return request.param
 
 
@@ -59,7 +51,7 @@ def test_xnor_gemm_triton_paths(m, n, k, path):
 
     a, w = _operands(m, n, k)
     ap, wp = R.pack_signs_ref(a), R.pack_signs_ref(w)
-    got = T.xnor_gemm(ap, wp, k, path=path)
+    got = T.xnor_gemm(*tdev(ap, wp), k, path=path).cpu()
     assert got.dtype == torch.int32
     assert torch.equal(got, R.xnor_gemm_ref(ap, wp, k))
 
@@ -67,8 +59,9 @@ def test_xnor_gemm_triton_paths(m, n, k, path):
 @pytest.mark.parametrize("m", [1, 33])  # auto: popcount below DOT_MIN_M rows, int8 dot above
 def test_xnor_gemm_public_triton(m):
     a, w = _operands(m, 9, 70)
-    ap, wp = K.pack_signs(a, backend="triton"), K.pack_signs(w, backend="triton")
-    assert torch.equal(K.xnor_gemm(ap, wp, 70, backend="triton"), R.xnor_gemm_ref(ap, wp, 70))
+    ap, wp = K.pack_signs(tdev(a), backend="triton"), K.pack_signs(tdev(w), backend="triton")
+    got = K.xnor_gemm(ap, wp, 70, backend="triton").cpu()
+    assert torch.equal(got, R.xnor_gemm_ref(ap.cpu(), wp.cpu(), 70))
 
 
 def test_xnor_gemm_leading_dims():
@@ -97,6 +90,7 @@ def _bw_check(y, x, wp, scale, bias):
 @pytest.mark.parametrize("m,n,k", BW_SHAPES)
 def test_binary_weight_gemm_cpu(m, n, k, lut, dtype, with_scale, with_bias, monkeypatch):
     monkeypatch.setattr(C, "BW_LUT_MAX_M", 1 << 30 if lut else 0)
+    monkeypatch.setattr(C, "LUT_ROW_CHUNK", 8)  # several table passes for the 17-row case
     x = rand_signs_source((m, k)).to(dtype)
     wp = R.pack_signs_ref(rand_signs_source((n, k), seed=3))
     scale = torch.rand(n) + 0.5 if with_scale else None
@@ -111,13 +105,14 @@ def test_binary_weight_gemm_triton(m, n, k, dtype):
     x = rand_signs_source((m, k)).to(dtype)
     wp = R.pack_signs_ref(rand_signs_source((n, k), seed=3))
     scale, bias = torch.rand(n) + 0.5, torch.randn(n)
-    _bw_check(K.binary_weight_gemm(x, wp, scale, bias, backend="triton"), x, wp, scale, bias)
+    y = K.binary_weight_gemm(*tdev(x, wp, scale, bias), backend="triton").cpu()
+    _bw_check(y, x, wp, scale, bias)
 
 
 def test_binary_weight_gemm_triton_no_scale():
     x = rand_signs_source((3, 50))
     wp = R.pack_signs_ref(rand_signs_source((7, 50), seed=3))
-    _bw_check(K.binary_weight_gemm(x, wp, backend="triton"), x, wp, None, None)
+    _bw_check(K.binary_weight_gemm(*tdev(x, wp), backend="triton").cpu(), x, wp, None, None)
 
 
 def test_binary_weight_gemm_leading_dims():
@@ -172,7 +167,8 @@ def test_multibit_triton_paths(m, n, k, p, per_row, path):
 
     planes, alpha, wp, scale, bias = _mb_operands(m, n, k, p, per_row)
     al = alpha if per_row else alpha[:, None].expand(p, m)
-    y = T.multibit_xnor_gemm(planes, wp, al, k, scale, bias, path=path)
+    pl, w_, al_, sc, bi = tdev(planes, wp, al, scale, bias)
+    y = T.multibit_xnor_gemm(pl, w_, al_, k, sc, bi, path=path).cpu()
     _mb_check(y, planes, alpha, wp, k, scale, bias)
 
 
@@ -181,12 +177,13 @@ def test_multibit_is_sum_of_planes():
     planes, alpha, wp, _, _ = _mb_operands(4, 6, 77, 3, per_row=False)
     want = sum(alpha[i].double() * K.xnor_gemm(planes[i], wp, 77).double() for i in range(3))
     for backend in ("cpu", "triton"):
-        y = K.multibit_xnor_gemm(planes, wp, alpha, 77, backend=backend)
+        args = tdev(planes, wp, alpha) if backend == "triton" else (planes, wp, alpha)
+        y = K.multibit_xnor_gemm(*args, 77, backend=backend).cpu()
         torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("group_bits", [8, 4])
-@pytest.mark.parametrize("m,n,k", [(1, 7, 1031), (5, 3, 33), (16, 9, 64)])
+@pytest.mark.parametrize("m,n,k", [(1, 7, 1031), (5, 3, 33), (16, 9, 64), (0, 3, 33)])
 def test_cpu_lut_group_sizes(m, n, k, group_bits):
     """Both lookup-table widths of the CPU LUT path equal a float64 matmul."""
     x = rand_signs_source((m, k))

@@ -10,7 +10,7 @@ import bnnbench.kernels as K
 from bnnbench.errors import BnnbenchError
 from bnnbench.kernels import reference as R
 
-from ._util import rand_signs_source
+from ._util import rand_signs_source, tdev
 
 
 def _args():
@@ -120,10 +120,13 @@ def test_launcher_checks_too():
     from bnnbench.kernels import triton_kernels as T
 
     x, ap, wp = _args()
+    ap, wp = tdev(ap, wp)
     with pytest.raises(BnnbenchError, match="path="):
         T.xnor_gemm(ap, wp, 70, path="fast")
     with pytest.raises(BnnbenchError, match="int32"):
         T.xnor_gemm(ap.to(torch.int64), wp, 70)
+    with pytest.raises(BnnbenchError, match="w_packed has 2 words"):
+        T.multibit_xnor_gemm(ap[None], wp[:, :2], torch.ones(1), 70)
 
 
 def test_autotune_pruning_for_cuda(monkeypatch):
