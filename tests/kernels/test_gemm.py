@@ -192,3 +192,16 @@ def test_cpu_lut_group_sizes(m, n, k, group_bits):
     xpad = torch.nn.functional.pad(x, (0, wp.shape[1] * 32 - k))
     got = C.lut_matmul(xpad, wp, group_bits)
     torch.testing.assert_close(got.double(), x.double() @ sign(w).T, rtol=1e-5, atol=1e-4)
+
+
+def test_xnor_gemm_cpu_huge_k():
+    """K >= 2^16 takes the int32 popcount accumulator (uint16 would wrap)."""
+    k = 70001
+    a, w = _operands(2, 3, k)
+    a[0] = -1.0
+    w[0] = -1.0  # dot(a[0], w[0]) = k: popcount 0
+    w[1] = 1.0   # dot(a[0], w[1]) = -k: popcount k > 65535
+    ap, wp = R.pack_signs_ref(a), R.pack_signs_ref(w)
+    got = K.xnor_gemm(ap, wp, k, backend="cpu")
+    assert got[0, 0] == k and got[0, 1] == -k
+    assert torch.equal(got.double(), sign(a) @ sign(w).T)
