@@ -81,6 +81,21 @@ def cpu_flags() -> str:
     return "?"
 
 
+def cache_sizes() -> str:
+    """L1d/L2/L3 sizes of cpu0 from sysfs, e.g. 'L1d 48K, L2 1024K, L3 32768K'."""
+    out = []
+    for idx in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (idx / "level").read_text().strip()
+            kind = (idx / "type").read_text().strip()
+            size = (idx / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return ", ".join(out) or "?"
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -91,22 +106,42 @@ def loadavg() -> str:
 # =============================================================================================
 # CPU timing
 # =============================================================================================
-def time_pair(base: Callable[[], object], packed: Callable[[], object], repeats: int,
-              warmup: int = 2) -> tuple[list[float], list[float]]:
-    """Interleaved wall-clock timings (ms) of two callables, so load changes hit both alike."""
+_FLUSH: list = []
+
+
+def flush_caches(nbytes: int = 96 * 2**20) -> None:
+    """Evict the CPU caches by writing a buffer well beyond the last-level cache."""
+    if not _FLUSH:
+        import numpy as np
+
+        _FLUSH.append(np.zeros(nbytes, dtype=np.uint8))
+    _FLUSH[0] += 1
+
+
+def time_cases(base: Callable[[], object], packed: Callable[[], object], repeats: int,
+               warmup: int = 2) -> dict[str, list[float]]:
+    """Wall-clock timings (ms) of a baseline and a packed callable, cold and warm caches.
+
+    cold: caches flushed before every call (weights come from DRAM, as for a model whose
+    weights do not stay cached); warm: the call right after an identical call (weights in
+    cache). Baseline and packed calls alternate, so load changes hit both alike.
+    """
     for _ in range(warmup):
         base()
         packed()
-    tb, tp = [], []
+    out: dict[str, list[float]] = {"base_cold": [], "packed_cold": [], "base_warm": [],
+                                   "packed_warm": []}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        base()
-        t1 = time.perf_counter()
-        packed()
-        t2 = time.perf_counter()
-        tb.append((t1 - t0) * 1e3)
-        tp.append((t2 - t1) * 1e3)
-    return tb, tp
+        for name, fn in (("base", base), ("packed", packed)):
+            flush_caches()
+            t0 = time.perf_counter()
+            fn()
+            out[f"{name}_cold"].append((time.perf_counter() - t0) * 1e3)
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            out[f"{name}_warm"].append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
 def _fmt_ms(ts: list[float]) -> str:
@@ -118,78 +153,92 @@ def _fmt_ms(ts: list[float]) -> str:
 
 
 def _mb(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.2f}"
+    return f"{nbytes / 2**20:.3f}"
 
 
-def cpu_rows(quick: bool, repeats: int) -> list[list[str]]:
+PLANS: dict[str, dict] = {
+    "full": {"gemv_n": (4096, 8192), "gemv_m": (1, 4, 16), "gemm_n": 1024, "multibit_n": 4096,
+             "planes": (2, 3), "convs": [(1, 64, 56, 64, 1), (1, 256, 14, 256, 1),
+                                         (8, 128, 28, 128, 1), (1, 256, 13, 384, 2)],
+             "gpu_gemv_n": (4096, 8192), "gpu_gemm_n": (4096, 8192)},
+    "quick": {"gemv_n": (4096,), "gemv_m": (1, 16), "gemm_n": 512, "multibit_n": 4096,
+              "planes": (2,), "convs": [(1, 256, 14, 256, 1)], "gpu_gemv_n": (4096,),
+              "gpu_gemm_n": (4096,)},
+    # plumbing checks only (tests): tiny shapes, numbers meaningless
+    "tiny": {"gemv_n": (64,), "gemv_m": (1, 3), "gemm_n": 48, "multibit_n": 64, "planes": (2,),
+             "convs": [(1, 5, 6, 7, 1), (1, 4, 5, 6, 2)], "gpu_gemv_n": (64,),
+             "gpu_gemv_m": (1, 3), "gpu_gemm_n": (48,)},
+}
+
+
+def cpu_rows(plan: dict, repeats: int) -> list[list[str]]:
+    """Time every CPU case of ``plan``; one report row per case."""
     rows: list[list[str]] = []
     g = torch.Generator().manual_seed(0)
 
-    def add(case, shape, base_name, tb, tp, wb_base, wb_packed):
-        speed = statistics.median(tb) / statistics.median(tp)
-        rows.append([case, shape, base_name, _fmt_ms(tb), _fmt_ms(tp), f"{speed:.2f}x",
-                     f"{_mb(wb_base)} -> {_mb(wb_packed)}"])
-        print(f"  {case:<34} {shape:<28} base {statistics.median(tb):9.3f} ms  packed "
-              f"{statistics.median(tp):9.3f} ms  {speed:6.2f}x", flush=True)
+    def add(case, shape, base_name, t, wb_base, wb_packed):
+        med = {k: statistics.median(v) for k, v in t.items()}
+        cold = med["base_cold"] / med["packed_cold"]
+        warm = med["base_warm"] / med["packed_warm"]
+        rows.append([case, shape, base_name, _fmt_ms(t["base_cold"]), _fmt_ms(t["packed_cold"]),
+                     f"{cold:.2f}x", _fmt_ms(t["base_warm"]), _fmt_ms(t["packed_warm"]),
+                     f"{warm:.2f}x", f"{_mb(wb_base)} -> {_mb(wb_packed)}"])
+        print(f"  {case:<34} {shape:<24} cold {med['base_cold']:8.3f} / {med['packed_cold']:8.3f}"
+              f" ms = {cold:6.2f}x   warm {med['base_warm']:8.3f} / {med['packed_warm']:8.3f} ms"
+              f" = {warm:6.2f}x", flush=True)
 
-    sizes = (4096,) if quick else (4096, 8192)
-    ms = (1, 16) if quick else (1, 4, 16)
     # -- both-binary GEMV-like: sign+pack activations, xnor_gemm vs fp32 x @ W.T ---------------
-    for n in sizes:
+    for n in plan["gemv_n"]:
         w = torch.randn(n, n, generator=g)
         wp = K.pack_signs(w)
-        for m in ms:
+        for m in plan["gemv_m"]:
             x = torch.randn(m, n, generator=g)
-            tb, tp = time_pair(lambda: x @ w.T,
-                               lambda: K.xnor_gemm(K.pack_signs(x), wp, n, backend="cpu"),
-                               repeats)
-            add("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch fp32 matmul", tb, tp,
+            t = time_cases(lambda: x @ w.T,
+                           lambda: K.xnor_gemm(K.pack_signs(x), wp, n, backend="cpu"), repeats)
+            add("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch fp32 matmul", t,
                 w.numel() * 4, wp.numel() * 4)
-    # -- both-binary GEMM 1024^3 ----------------------------------------------------------------
-    n = 512 if quick else 1024
+    # -- both-binary GEMM ------------------------------------------------------------------------
+    n = plan["gemm_n"]
     a, w = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     wp = K.pack_signs(w)
-    tb, tp = time_pair(lambda: a @ w.T, lambda: K.xnor_gemm(K.pack_signs(a), wp, n,
-                                                            backend="cpu"), max(3, repeats // 2))
-    add("xnor GEMM (both binary, int8 mm)", f"M=N=K={n}", "torch fp32 matmul", tb, tp,
+    t = time_cases(lambda: a @ w.T, lambda: K.xnor_gemm(K.pack_signs(a), wp, n, backend="cpu"),
+                   max(3, repeats // 2))
+    add("xnor GEMM (both binary, int8 mm)", f"M=N=K={n}", "torch fp32 matmul", t,
         w.numel() * 4, wp.numel() * 4)
     # -- binary weights x fp32 activations ------------------------------------------------------
-    for n in sizes:
+    for n in plan["gemv_n"]:
         w = torch.randn(n, n, generator=g)
         wp = K.pack_signs(w)
         scale = w.abs().mean(1)
-        for m in ms:
+        for m in plan["gemv_m"]:
             x = torch.randn(m, n, generator=g)
-            tb, tp = time_pair(lambda: x @ w.T,
-                               lambda: K.binary_weight_gemm(x, wp, scale, backend="cpu"), repeats)
-            add("binary-weight GEMV (fp32 x)", f"M={m} N=K={n}", "torch fp32 matmul", tb, tp,
+            t = time_cases(lambda: x @ w.T,
+                           lambda: K.binary_weight_gemm(x, wp, scale, backend="cpu"), repeats)
+            add("binary-weight GEMV (fp32 x)", f"M={m} N=K={n}", "torch fp32 matmul", t,
                 w.numel() * 4, wp.numel() * 4 + scale.numel() * 4)
     # -- multiple binarization (Tang et al.): residual planes + one multibit call ---------------
-    n = 4096
+    n = plan["multibit_n"]
     w = torch.randn(n, n, generator=g)
     wp = K.pack_signs(w)
     x = torch.randn(1, n, generator=g)
-    for p in ((2,) if quick else (2, 3)):
+    for p in plan["planes"]:
         def packed(p=p):
             planes, alpha = K.residual_binarize(x, p, backend="cpu")
             return K.multibit_xnor_gemm(planes, wp, alpha, n, backend="cpu")
-        tb, tp = time_pair(lambda: x @ w.T, packed, repeats)
-        add(f"multibit GEMV ({p} planes)", f"M=1 N=K={n}", "torch fp32 matmul", tb, tp,
+        t = time_cases(lambda: x @ w.T, packed, repeats)
+        add(f"multibit GEMV ({p} planes)", f"M=1 N=K={n}", "torch fp32 matmul", t,
             w.numel() * 4, wp.numel() * 4)
     # -- packed conv (sign(x) * sign(w), zero padding) vs float conv -----------------------------
-    convs = [(1, 64, 56, 64, 1), (1, 256, 14, 256, 1), (8, 128, 28, 128, 1), (1, 256, 13, 384, 2)]
-    if quick:
-        convs = convs[1:2]
-    for nb, c, hw, oc, groups in convs:
+    for nb, c, hw, oc, groups in plan["convs"]:
         x = torch.randn(nb, c, hw, hw, generator=g)
         w = torch.randn(oc, c // groups, 3, 3, generator=g)
         wp = K.pack_conv_weight(w)
         scale = w.abs().mean((1, 2, 3))
-        tb, tp = time_pair(lambda: F.conv2d(x, w, padding=1, groups=groups),
-                           lambda: K.binary_conv2d(x, wp, scale, padding=1, groups=groups,
-                                                   backend="cpu"), max(3, repeats // 2))
+        t = time_cases(lambda: F.conv2d(x, w, padding=1, groups=groups),
+                       lambda: K.binary_conv2d(x, wp, scale, padding=1, groups=groups,
+                                               backend="cpu"), max(3, repeats // 2))
         add("binary conv2d 3x3 pad 1" + (f" groups={groups}" if groups > 1 else ""),
-            f"N={nb} C={c} HW={hw} OC={oc}", "torch fp32 conv2d", tb, tp, w.numel() * 4,
+            f"N={nb} C={c} HW={hw} OC={oc}", "torch fp32 conv2d", t, w.numel() * 4,
             wp.numel() * 4)
     return rows
 
@@ -233,26 +282,30 @@ def _copy_bandwidth(dev: torch.device, nbytes: int = 2**30) -> float:
     return 2 * nbytes / (t * 1e-3)
 
 
-def gpu_rows(quick: bool) -> tuple[list[list[str]], dict[str, str]]:
-    dev = torch.device("cuda")
+def gpu_info(dev: torch.device) -> tuple[dict[str, str], int, float]:
+    """(report lines, L2 bytes, reference HBM bandwidth in bytes/s) of a CUDA device."""
     name = torch.cuda.get_device_name(dev)
     props = torch.cuda.get_device_properties(dev)
     l2 = int(getattr(props, "L2_cache_size", 50 * 2**20))
     nominal = _nominal_bw(name)
-    # achievable HBM bandwidth: device-to-device copy of 1 GiB (read + write)
     copy_bw = _copy_bandwidth(dev)
     info = {"GPU": name, "SMs": str(props.multi_processor_count), "L2": f"{l2 / 2**20:.0f} MiB",
             "copy bandwidth (measured)": f"{copy_bw / 1e9:.0f} GB/s",
-            "nominal HBM bandwidth": f"{nominal / 1e9:.0f} GB/s" if nominal else "unknown"}
-    ref_bw = nominal or copy_bw
+            "nominal HBM bandwidth": f"{nominal / 1e9:.0f} GB/s" if nominal else "unknown",
+            "HBM fraction is relative to": "nominal" if nominal else "measured copy bandwidth"}
+    return info, l2, nominal or copy_bw
+
+
+def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
+             timer: Callable[[Callable[[], object]], float] = _gpu_time_ms) -> list[list[str]]:
+    """Time the GPU cases of ``plan`` with ``timer`` (ms); one report row per case."""
     rows: list[list[str]] = []
 
-    def rotated(make: Callable[[int], tuple], fn: Callable, bytes_per_copy: int):
-        """Run fn over R weight copies totalling > 4x L2, so every call reads HBM."""
+    def rotated(make: Callable[[int], tuple], fn: Callable, bytes_per_copy: int) -> float:
+        """Run fn over R weight copies totalling > 4x L2, so that every call reads HBM."""
         r = max(2, min(64, math.ceil(4 * l2 / max(bytes_per_copy, 1))))
         copies = [make(i) for i in range(r)]
-        t = _gpu_time_ms(lambda: [fn(*c) for c in copies])
-        return t / r
+        return timer(lambda: [fn(*c) for c in copies]) / r
 
     def row(case, shape, base, tb, tp, moved_bytes=None, macs=None):
         speed = tb / tp
@@ -267,42 +320,45 @@ def gpu_rows(quick: bool) -> tuple[list[list[str]], dict[str, str]]:
               f"{speed:6.2f}x {extra}", flush=True)
 
     gen = torch.Generator(device=dev).manual_seed(0)
-    for n in ((4096,) if quick else (4096, 8192)):
-        for m in (1, 4, 16):
+    half = torch.bfloat16 if dev.type == "cuda" else torch.float32  # CPU: plumbing tests only
+    for n in plan["gpu_gemv_n"]:
+        for m in plan.get("gpu_gemv_m", (1, 4, 16)):
             try:
-                x = torch.randn(m, n, device=dev, dtype=torch.bfloat16, generator=gen)
+                x = torch.randn(m, n, device=dev, dtype=half, generator=gen)
                 ap = K.pack_signs(x)
 
-                def mk_bf16(i, n=n):
-                    return (torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen),)
+                def mk_dense(i, n=n):
+                    return (torch.randn(n, n, device=dev, dtype=half, generator=gen),)
 
                 def mk_packed(i, n=n):
-                    w = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+                    w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
                     return (K.pack_signs(w), w.float().abs().mean(1))
 
-                tb = rotated(mk_bf16, lambda w: torch.matmul(x, w.T), n * n * 2)
-                tp = rotated(mk_packed, lambda wp, s: K.xnor_gemm(ap, wp, n), n * n // 8)
+                tb = rotated(mk_dense, lambda w, x=x: torch.matmul(x, w.T), n * n * 2)
+                tp = rotated(mk_packed, lambda wp, s, ap=ap, n=n: K.xnor_gemm(ap, wp, n),
+                             n * n // 8)
                 row("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tp,
                     moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
-                tw = rotated(mk_packed, lambda wp, s: K.binary_weight_gemm(x, wp, s), n * n // 8)
+                tw = rotated(mk_packed, lambda wp, s, x=x: K.binary_weight_gemm(x, wp, s),
+                             n * n // 8)
                 row("binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tw,
                     moved_bytes=n * n // 8 + n * 4 + x.numel() * 2 + m * n * 2)
             except Exception as e:  # noqa: BLE001 - record, keep going
                 rows.append(["GEMV-like", f"M={m} N=K={n}", "-", "-", "-", "-",
                              f"failed: {type(e).__name__}: {e}"[:200]])
-    for n in ((4096,) if quick else (4096, 8192)):
+    for n in plan["gpu_gemm_n"]:
         try:
-            a = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
-            w = torch.randn(n, n, device=dev, dtype=torch.bfloat16, generator=gen)
+            a = torch.randn(n, n, device=dev, dtype=half, generator=gen)
+            w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
             ap, wp = K.pack_signs(a), K.pack_signs(w)
-            tb = _gpu_time_ms(lambda: torch.matmul(a, w.T))
-            tp = _gpu_time_ms(lambda: K.xnor_gemm(ap, wp, n))
+            tb = timer(lambda: torch.matmul(a, w.T))
+            tp = timer(lambda: K.xnor_gemm(ap, wp, n))
             row("xnor GEMM (int8 tensor cores)", f"M=N=K={n}", "torch bf16 matmul", tb, tp,
                 macs=n**3)
         except Exception as e:  # noqa: BLE001
             rows.append(["xnor GEMM", f"M=N=K={n}", "-", "-", "-", "-",
                          f"failed: {type(e).__name__}: {e}"[:200]])
-    return rows, info
+    return rows
 
 
 # =============================================================================================
@@ -319,25 +375,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
     ap.add_argument("--repeats", type=int, default=21, help="timed repeats per CPU row")
     ap.add_argument("--quick", action="store_true", help="few shapes, few repeats (smoke test)")
+    ap.add_argument("--plan", choices=sorted(PLANS), default=None,
+                    help="shape plan (default: full, or quick with --quick; tiny = tests only)")
     ap.add_argument("--no-gpu", action="store_true", help="skip GPU rows even if CUDA exists")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default: torch's default, i.e. all cores)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    plan = PLANS[args.plan or ("quick" if args.quick else "full")]
     repeats = 5 if args.quick else args.repeats
 
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = loadavg()
     print(f"CPU rows ({cpu_model()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()})", flush=True)
-    c_rows = cpu_rows(args.quick, repeats)
+    c_rows = cpu_rows(plan, repeats)
     load_after = loadavg()
 
     have_gpu = torch.cuda.is_available() and not args.no_gpu
     if have_gpu:
         print("GPU rows", flush=True)
-        g_rows, g_info = gpu_rows(args.quick)
+        dev = torch.device("cuda")
+        g_info, l2, ref_bw = gpu_info(dev)
+        g_rows = gpu_rows(plan, dev, l2, ref_bw)
     else:
         g_rows = [[case, shape, base, "-", "-", "-", PENDING] for _, case, shape, base in GPU_PLAN]
         g_info = {"GPU": "none: " + PENDING}
@@ -351,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         triton_version = "not installed"
     cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "") + (
+        f" --plan {args.plan}" if args.plan else "") + (
         f" --threads {args.threads}" if args.threads > 0 else "")
     lines = [
         "# Packed kernel benchmarks",
@@ -364,19 +426,25 @@ def main(argv: list[str] | None = None) -> int:
         f"- CPU: {cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}",
         f"- load average (1/5/15 min) before / after the CPU rows: {load_before} / {load_after}"
-        " (other jobs share this machine: timings are interleaved packed/baseline pairs)",
+        " (other jobs may share this machine)",
+        f"- caches: {cache_sizes()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"triton {triton_version}",
         *[f"- {k}: {v}" for k, v in g_info.items()],
         "",
         "## CPU (`backend=\"cpu\"`)",
         "",
-        f"Median wall time over {repeats} interleaved repeats (interquartile range in "
-        "brackets), after 2 warm-ups. Packed rows include packing the activations "
-        "(`pack_signs`) or taking their signs (conv); weights are packed once, beforehand. "
-        "Speedup = baseline median / packed median.",
+        f"Median wall time in ms over {repeats} repeats (interquartile range in brackets), after "
+        "2 warm-ups. **cold**: CPU caches flushed (96 MiB written) before each call, so weights "
+        "come from DRAM, as in a model whose weights do not stay cached; **warm**: the call "
+        "right after an identical one (packed weights, 16-32x smaller, can stay in the last-level "
+        "cache in a real model; fp32 weights of 64+ MiB never do). Baseline and packed calls "
+        "alternate. Packed rows include packing the activations (`pack_signs`) or taking their "
+        "signs (conv); weights are packed once, beforehand. Speedup = baseline median / packed "
+        "median.",
         "",
-        _table(["case", "shape", "baseline", "baseline ms", "packed ms", "speedup",
+        _table(["case", "shape", "baseline", "baseline cold", "packed cold", "speedup cold",
+                "baseline warm", "packed warm", "speedup warm",
                 "weight MiB (baseline -> packed)"], c_rows),
         "",
         "## GPU (Triton, `backend=\"auto\"` on CUDA)",

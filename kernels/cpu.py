@@ -107,7 +107,11 @@ def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
 # GEMMs
 # ---------------------------------------------------------------------------------------------
 def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """dot = k - 2 * popcount(a ^ w), numpy bitwise_count over uint64 (uint32 if odd words)."""
+    """dot = k - 2 * popcount(a ^ w), numpy bitwise_count over uint64 (uint32 if odd words).
+
+    Single-threaded on purpose: splitting the weight rows over a thread pool measured slower
+    inside a model-like sequence (torch's OpenMP workers still spin on the other core).
+    """
     a = a_packed.contiguous().numpy()
     w = w_packed.contiguous().numpy()
     if a.shape[1] % 2 == 0:
@@ -116,9 +120,9 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
         a, w = a.view(np.uint32), w.view(np.uint32)
     m, n = a.shape[0], w.shape[0]
     out = np.empty((m, n), dtype=np.int32)
+    acc = np.uint16 if k < 2**16 else np.int32  # popcount <= k: narrower sums are faster
     xor = np.empty_like(w)
     cnt = np.empty(w.shape, dtype=np.uint8)
-    acc = np.uint16 if k < 2**16 else np.int32  # popcount <= k: narrower sums are faster
     for i in range(m):
         np.bitwise_xor(a[i], w, out=xor)
         np.bitwise_count(xor, out=cnt)

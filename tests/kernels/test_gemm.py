@@ -205,3 +205,4 @@ def test_xnor_gemm_cpu_huge_k():
     got = K.xnor_gemm(ap, wp, k, backend="cpu")
     assert got[0, 0] == k and got[0, 1] == -k
     assert torch.equal(got.double(), sign(a) @ sign(w).T)
+
