@@ -453,7 +453,7 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
 def _kernels() -> Any | None:
     try:
         from bnnbench import kernels as K  # type: ignore[attr-defined]
-    except Exception:
+    except ImportError:
         return None
     needed = ("pack_signs", "xnor_gemm", "binary_conv2d")
     return K if all(hasattr(K, n) for n in needed) else None

@@ -17,25 +17,12 @@ import importlib.util
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise SystemExit("aot_check: unset TRITON_INTERPRET (the kernels must be JIT functions)")
-
-if __package__ in (None, ""):  # python kernels/aot_check.py from a source checkout
-    _root = Path(__file__).resolve().parent
-    import bnnbench
-
-    if importlib.util.find_spec("bnnbench.kernels") is None:
-        _spec = importlib.util.spec_from_file_location(
-            "bnnbench.kernels", _root / "__init__.py", submodule_search_locations=[str(_root)])
-        _mod = importlib.util.module_from_spec(_spec)
-        sys.modules["bnnbench.kernels"] = _mod
-        _spec.loader.exec_module(_mod)
-        bnnbench.kernels = _mod
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402

@@ -23,25 +23,14 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from bnnbench.bench import cpu_model
 import torch.nn.functional as F
-
-if __package__ in (None, ""):  # run as a script from a source checkout: python kernels/bench.py
-    _root = Path(__file__).resolve().parent
-    import bnnbench
-
-    if importlib.util.find_spec("bnnbench.kernels") is None:
-        _spec = importlib.util.spec_from_file_location(
-            "bnnbench.kernels", _root / "__init__.py", submodule_search_locations=[str(_root)])
-        _mod = importlib.util.module_from_spec(_spec)
-        sys.modules["bnnbench.kernels"] = _mod
-        _spec.loader.exec_module(_mod)
-        bnnbench.kernels = _mod
 
 K = importlib.import_module("bnnbench.kernels")
 
@@ -58,16 +47,6 @@ NOMINAL_BW = {"H100 80GB HBM3": 3350, "H100 SXM": 3350, "H100 PCIe": 2000, "H100
 # =============================================================================================
 # machine description
 # =============================================================================================
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

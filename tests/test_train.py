@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from bnnbench.errors import BnnbenchError
 from bnnbench.report.record import RunRecord
 from bnnbench.train import run
-from tests.conftest import FAST, ROOT
+from tests.conftest import FAST
 
 
 def run_dir() -> Path:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bnnbench.bench import cpu_model
 from PIL import Image
 
 from bnnbench.data.imagenet_ffcv import IMAGENET_MEAN_255
@@ -52,17 +54,6 @@ def make_image_folder(root: Path, classes: int, per_class: int, min_side: int, m
             Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.jpg",
                                                                     quality=quality)
     return classes * per_class
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_epoch(loader: Iterable) -> tuple[int, float]:

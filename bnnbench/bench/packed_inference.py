@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from bnnbench.bench import cpu_model
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -45,16 +46,6 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def composed(overrides: list[str]):
@@ -106,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Written by `python -m bnnbench.bench.packed_inference` on "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; do not edit by hand, rerun it.",
         "",
-        f"- Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"- Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), load average before the runs: "
         f"{os.getloadavg()[0]:.2f}.",
         "- Networks: BinaryNet (`+method=bnn`: first and last layers float32, every other layer "
