@@ -55,13 +55,18 @@ def config_hash(resolved_yaml: str) -> str:
 
 
 def git_commit(path: Path | None = None) -> str:
-    """The commit of the bnnbench checkout (``+dirty`` with uncommitted changes), or 'unknown'."""
+    """The commit of the bnnbench checkout, or 'unknown'.
+
+    ``+dirty`` marks uncommitted changes to tracked files outside ``reports/`` (a report being
+    regenerated is not a change to the code that produced it).
+    """
     cwd = path or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(top,exclude)reports"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
