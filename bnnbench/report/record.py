@@ -65,7 +65,7 @@ def git_commit(path: Path | None = None) -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(top,exclude)reports"], cwd=cwd, capture_output=True,
+                                ":/", ":(top,exclude)reports"], cwd=cwd, capture_output=True,
                                text=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
