@@ -81,10 +81,22 @@ class XnorLinear(QuantLinear):
 
 
 class _GradQuantMixin:
+    """Quantize the gradient arriving at the layer's output (put before the layer class)."""
+
     grad_bits: int
 
+    def __init__(self, *args, grad_bits: int = 32, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.grad_bits = grad_bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._quantize_output_grad(super().forward(x))  # type: ignore[misc]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", grad_bits={self.grad_bits}"  # type: ignore[misc]
+
     def _quantize_output_grad(self, y: Tensor) -> Tensor:
-        return BF.dorefa_gradient(y, self.grad_bits) if self.training else y
+        return BF.dorefa_gradient(y, self.grad_bits) if self.training else y  # type: ignore[attr-defined]
 
 
 class GradQuantConv2d(_GradQuantMixin, QuantConv2d):
@@ -95,29 +107,9 @@ class GradQuantConv2d(_GradQuantMixin, QuantConv2d):
     uniform noise) before reaching the weights and the input. ``grad_bits >= 32``: no-op.
     """
 
-    def __init__(self, *args, grad_bits: int = 32, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.grad_bits = grad_bits
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._quantize_output_grad(super().forward(x))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", grad_bits={self.grad_bits}"
-
 
 class GradQuantLinear(_GradQuantMixin, QuantLinear):
     """A quantized linear layer whose output gradient is quantized (see ``GradQuantConv2d``)."""
-
-    def __init__(self, *args, grad_bits: int = 32, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.grad_bits = grad_bits
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._quantize_output_grad(super().forward(x))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", grad_bits={self.grad_bits}"
 
 
 # ------------------------------------------------------------------------------------- Tang
