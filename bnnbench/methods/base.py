@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.nn.layers import quantized_layers
+from bnnbench.nn.layers import quantized_layers, set_submodule
 from bnnbench.nn.quantizers import clamp_
 
 _METHODS: dict[str, type["BinarizationMethod"]] = {}
@@ -148,12 +148,6 @@ def first_and_last(model: nn.Module) -> tuple[str, str]:
     if not names:
         raise BnnbenchError("the model has no Conv2d/Linear layer to binarize")
     return names[0], names[-1]
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def replace_layers(model: nn.Module, names: Iterable[str],

@@ -103,3 +103,10 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, _QuantMixin):
             yield name, module
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted path ``name`` of ``model`` (e.g. ``layer1.0.conv1``)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

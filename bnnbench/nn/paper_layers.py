@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from bnnbench import functional as BF
 from bnnbench.errors import BnnbenchError
 from bnnbench.nn.blocks import XNOR_ORDER, ConvBlock
-from bnnbench.nn.layers import QuantConv2d, QuantLinear, is_quantized
+from bnnbench.nn.layers import QuantConv2d, QuantLinear, is_quantized, set_submodule
 
 # ------------------------------------------------------------------------------------- XNOR-Net
 
@@ -182,9 +182,7 @@ def replace_relus(model: nn.Module, name: str,
         elif isinstance(module, (*_NORM_TYPES, nn.Conv2d, nn.Linear)):
             last = _channels(module)
     for mod_name, channels in targets:
-        parent_name, _, child = mod_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(name, channels))
+        set_submodule(model, mod_name, make(name, channels))
     return len(targets)
 
 

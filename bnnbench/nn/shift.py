@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from bnnbench.errors import check_range
+from bnnbench.nn.layers import set_submodule
 
 
 def ap2(x: Tensor) -> Tensor:
@@ -91,9 +92,7 @@ def replace_batchnorms(model: nn.Module) -> int:
     names = [n for n, m in model.named_modules()
              if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, ShiftBatchNorm.from_batchnorm(getattr(parent, child)))
+        set_submodule(model, name, ShiftBatchNorm.from_batchnorm(model.get_submodule(name)))
     return len(names)
 
 
