@@ -1,21 +1,25 @@
-"""Fast CPU implementations (numpy + torch, no Triton) of the packed kernels.
+"""Fast CPU implementations (numba + numpy + torch, no Triton) of the packed kernels.
 
 Used when the tensors are on CPU and ``backend`` is ``"auto"`` or ``"cpu"``. Strategies,
-chosen by the number of activation rows ``M`` (thresholds below, measured on a 2-core AVX-512
-EPYC; see ``reports/kernels.md``):
+chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
+``reports/kernels.md``):
 
-* **popcount** (both operands binary, M <= ``POPCOUNT_MAX_M``): ``numpy.bitwise_count``
-  (numpy >= 2, a hardware popcount ufunc) over ``a XOR w`` viewed as uint64 words (uint32 when
-  the word count is odd); dot = k - 2 * popcount. One pass over the 1-bit weights per row.
-* **int8 matmul** (both binary, larger M; every conv): unpack to int8 +-1 and
+* **popcount** (both operands binary, few rows: :func:`use_popcount`): one fused compiled loop,
+  :func:`bnnbench.kernels.cpu_jit.xnor_popcount_gemm`, dot = k - 2 * popcount(a XOR w) with a
+  hardware popcount; it reads the 1-bit weights once and keeps the sums in registers.
+* **int8 matmul** (both binary, many rows; every conv): unpack to int8 +-1 and
   ``torch._int_mm`` (VNNI on AVX-512 CPUs), the CPU analogue of the int8 tensor-core path.
-  Zero padding of convolutions is exact because padded taps are int8 zeros.
-* **lookup table** (binary weights x float activations, M <= ``BW_LUT_MAX_M``): for every group
-  of g inputs (g = 8 bits for M <= ``LUT_BYTE_MAX_M``, else 4) the 2^g signed partial sums are
-  tabulated, ``lut[grp, b, m] = sum_j (1 - 2 bit_j(b)) x[m, g grp + j]``, and each weight group
-  is one ``embedding_bag`` lookup: ``y[m, n] = sum_grp lut[grp, group(w[n], grp), m]``. The
-  1-bit weights are read once and never unpacked. Above ``BW_LUT_MAX_M`` rows: unpack the
-  weights to +-1 floats and use a float matmul (bf16 for bf16 activations).
+  Zero padding of convolutions is exact because padded taps are int8 zeros. Unpacking the
+  weights costs O(N K) per call, which is why few rows go to the popcount loop instead.
+* **byte lookup table, compiled** (binary weights x float activations, M <= ``BW_JIT_MAX_M``):
+  :func:`bnnbench.kernels.cpu_jit.sign_lut_gemm`: the 256 signed partial sums of every group
+  of 8 inputs are tabulated and each weight byte is one lookup.
+* **lookup table, torch** (binary weights, M <= ``BW_LUT_MAX_M``): the same idea batched over
+  rows: for every group of g inputs (g = 8 bits for M <= ``LUT_BYTE_MAX_M``, else 4),
+  ``lut[grp, b, m] = sum_j (1 - 2 bit_j(b)) x[m, g grp + j]`` and each weight group is one
+  ``embedding_bag`` lookup: ``y[m, n] = sum_grp lut[grp, group(w[n], grp), m]``. Above
+  ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
+  bf16 activations).
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
@@ -30,16 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_jit
 from ._common import WORD_BITS, num_words
 
 if sys.byteorder != "little":  # pragma: no cover - every supported CPU is little endian
     raise ImportError("bnnbench.kernels.cpu assumes a little-endian host (int32 words as bytes)")
 
-HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
-
-#: both-binary GEMM: numpy popcount for M <= this, unpack + int8 matmul above.
-POPCOUNT_MAX_M = 64
-#: binary-weight GEMM: lookup table for M <= this, unpack + float matmul above.
+#: both-binary GEMM: the popcount loop for M <= max(this, N / POPCOUNT_ROWS_PER_M).
+POPCOUNT_MIN_M = 32
+#: ... its cost grows with M N K / 32, the int8 path's fixed cost (unpacking) with N K.
+POPCOUNT_ROWS_PER_M = 16
+#: binary-weight GEMM: compiled byte table for M <= this (it re-reads the weights per row).
+BW_JIT_MAX_M = 2
+#: binary-weight GEMM: torch lookup table for M <= this, unpack + float matmul above.
 BW_LUT_MAX_M = 256
 #: lookup table with byte groups up to this many rows, nibble groups above.
 LUT_BYTE_MAX_M = 8
@@ -106,29 +113,18 @@ def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # GEMMs
 # ---------------------------------------------------------------------------------------------
-def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """dot = k - 2 * popcount(a ^ w), numpy bitwise_count over uint64 (uint32 if odd words).
+def use_popcount(m: int, n: int) -> bool:
+    """True when the popcount loop beats unpack + int8 matmul for an (M x K) @ (N x K).T."""
+    return m <= max(POPCOUNT_MIN_M, n // POPCOUNT_ROWS_PER_M)
 
-    Single-threaded on purpose: splitting the weight rows over a thread pool measured slower
-    inside a model-like sequence (torch's OpenMP workers still spin on the other core).
-    """
-    a = a_packed.contiguous().numpy()
-    w = w_packed.contiguous().numpy()
-    if a.shape[1] % 2 == 0:
-        a, w = a.view(np.uint64), w.view(np.uint64)
-    else:
-        a, w = a.view(np.uint32), w.view(np.uint32)
-    m, n = a.shape[0], w.shape[0]
-    out = np.empty((m, n), dtype=np.int32)
-    acc = np.uint16 if k < 2**16 else np.int32  # popcount <= k: narrower sums are faster
-    xor = np.empty_like(w)
-    cnt = np.empty(w.shape, dtype=np.uint8)
-    for i in range(m):
-        np.bitwise_xor(a[i], w, out=xor)
-        np.bitwise_count(xor, out=cnt)
-        out[i] = np.add.reduce(cnt, axis=1, dtype=acc)
-    res = torch.from_numpy(out)
-    return res.mul_(-2).add_(k)
+
+def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """dot = k - 2 * popcount(a ^ w): one compiled pass over the packed weights."""
+    a = a_packed.contiguous().numpy().view(np.uint32)
+    w = w_packed.contiguous().numpy().view(np.uint32)
+    out = np.empty((a.shape[0], w.shape[0]), dtype=np.int32)
+    cpu_jit.xnor_popcount_gemm(a, w, k, out)
+    return torch.from_numpy(out)
 
 
 _PM_NIBBLE = _PM_TABLE[:16, :4].contiguous()  # (16, 4): the same table for 4-bit groups
@@ -183,7 +179,7 @@ def _pad_cols(x: Tensor, width: int) -> Tensor:
 def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     """Exact int32 dot products of +-1 matrices packed along K (a: M x KW, w: N x KW)."""
     m, kw = a_packed.shape
-    if m <= POPCOUNT_MAX_M and HAS_BITWISE_COUNT:
+    if use_popcount(m, w_packed.shape[0]):
         return _popcount_gemm(a_packed, w_packed, k)
     a8 = _unpack_int8_padded(a_packed)
     w8 = _unpack_int8_padded(w_packed)
@@ -195,7 +191,12 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     """y = scale * (x @ w_sign.T) + bias for float x (M, K); returns x.dtype."""
     m, k = x.shape
     kw = w_packed.shape[1]
-    if m <= BW_LUT_MAX_M:
+    if m <= BW_JIT_MAX_M:
+        xp = _pad_cols(x.to(torch.float32), kw * WORD_BITS).contiguous().numpy()
+        out = np.empty((m, w_packed.shape[0]), dtype=np.float32)
+        cpu_jit.sign_lut_gemm(xp, w_packed.contiguous().numpy().view(np.uint8), out)
+        y = torch.from_numpy(out)
+    elif m <= BW_LUT_MAX_M:
         y = lut_matmul(_pad_cols(x.to(torch.float32), kw * WORD_BITS), w_packed)
     else:
         cd = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32

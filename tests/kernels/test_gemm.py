@@ -31,7 +31,9 @@ def test_reference_is_signed_matmul(m, n, k):
 @pytest.fixture(params=["popcount", "int8"])
 def cpu_path(request, monkeypatch):
     """Force one of the two CPU strategies regardless of M."""
-    monkeypatch.setattr(C, "POPCOUNT_MAX_M", 1 << 30 if request.param == "popcount" else 0)
+    popcount = request.param == "popcount"
+    monkeypatch.setattr(C, "POPCOUNT_MIN_M", 1 << 30 if popcount else 0)
+    monkeypatch.setattr(C, "POPCOUNT_ROWS_PER_M", 1 if popcount else 1 << 30)
     return request.param
 
 
@@ -86,10 +88,12 @@ def _bw_check(y, x, wp, scale, bias):
 
 @pytest.mark.parametrize("with_scale,with_bias", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("lut", [True, False])
+@pytest.mark.parametrize("path", ["jit_lut", "torch_lut", "unpack"])
 @pytest.mark.parametrize("m,n,k", BW_SHAPES)
-def test_binary_weight_gemm_cpu(m, n, k, lut, dtype, with_scale, with_bias, monkeypatch):
-    monkeypatch.setattr(C, "BW_LUT_MAX_M", 1 << 30 if lut else 0)
+def test_binary_weight_gemm_cpu(m, n, k, path, dtype, with_scale, with_bias, monkeypatch):
+    """Every CPU strategy, forced regardless of M (N = 19, 37, 40: the 8-row blocks' tails)."""
+    monkeypatch.setattr(C, "BW_JIT_MAX_M", 1 << 30 if path == "jit_lut" else 0)
+    monkeypatch.setattr(C, "BW_LUT_MAX_M", 1 << 30 if path == "torch_lut" else 0)
     monkeypatch.setattr(C, "LUT_ROW_CHUNK", 8)  # several table passes for the 17-row case
     x = rand_signs_source((m, k)).to(dtype)
     wp = R.pack_signs_ref(rand_signs_source((n, k), seed=3))
@@ -195,7 +199,7 @@ def test_cpu_lut_group_sizes(m, n, k, group_bits):
 
 
 def test_xnor_gemm_cpu_huge_k():
-    """K >= 2^16 takes the int32 popcount accumulator (uint16 would wrap)."""
+    """K >= 2^16: popcounts above 65535 must not wrap."""
     k = 70001
     a, w = _operands(2, 3, k)
     a[0] = -1.0
