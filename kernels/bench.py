@@ -44,6 +44,21 @@ NOMINAL_BW = {"H100 80GB HBM3": 3350, "H100 SXM": 3350, "H100 PCIe": 2000, "H100
               "L40S": 864, "RTX 4090": 1008}
 
 
+CPU_TARGET = ("xnor GEMV (both binary)", "M=1 N=K=4096", 5.0)
+
+
+def cpu_target_line(rows: list[list[str]]) -> str:
+    """The issue's CPU goal, read from the measured rows: packed GEMV >= 5x torch fp32."""
+    case, shape, goal = CPU_TARGET
+    for row in rows:
+        if row[0] == case and row[1] == shape:
+            cold, warm = float(row[5].rstrip("x")), float(row[8].rstrip("x"))
+            verdict = "met" if min(cold, warm) >= goal else "NOT met"
+            return (f"**CPU target** ({case}, {shape}, >= {goal:g}x torch fp32): "
+                    f"{cold:.2f}x cold, {warm:.2f}x warm: {verdict}.")
+    return f"**CPU target** ({case}, {shape}): not in this plan."
+
+
 # =============================================================================================
 # machine description
 # =============================================================================================
@@ -382,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         g_rows = [[case, shape, base, "-", "-", "-", PENDING] for _, case, shape, base in GPU_PLAN]
         g_info = {"GPU": "none: " + PENDING}
 
+    import numba
     import numpy as np
 
     try:
@@ -408,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         " (other jobs may share this machine)",
         f"- caches: {cache_sizes()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"triton {triton_version}",
+        f"numba {numba.__version__}, triton {triton_version}",
         *[f"- {k}: {v}" for k, v in g_info.items()],
         "",
         "## CPU (`backend=\"cpu\"`)",
@@ -421,6 +437,15 @@ def main(argv: list[str] | None = None) -> int:
         "alternate. Packed rows include packing the activations (`pack_signs`) or taking their "
         "signs (conv); weights are packed once, beforehand. Speedup = baseline median / packed "
         "median.",
+        "",
+        "CPU strategies (`bnnbench/kernels/cpu.py`): both-binary rows with few activation rows "
+        "run one fused compiled popcount loop over the packed weights "
+        "(`cpu_jit.xnor_popcount_gemm`), the square GEMM unpacks to int8 for `torch._int_mm`; "
+        "binary weights x floats use a byte lookup table (compiled for M <= 2, torch "
+        "`embedding_bag` above); convolutions run the compiled direct popcount convolution "
+        "(`cpu_jit.xnor_popcount_conv2d`, padded taps skipped).",
+        "",
+        cpu_target_line(c_rows),
         "",
         _table(["case", "shape", "baseline", "baseline cold", "packed cold", "speedup cold",
                 "baseline warm", "packed warm", "speedup warm",
