@@ -284,6 +284,39 @@ def _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
 
 
 @triton.jit
+def _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k,
+               stride_am, stride_ak, stride_wn, stride_wk,
+               USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """Exact int32 dots of one (BLOCK_M, BLOCK_N) tile: int8 ``tl.dot`` or popcount.
+
+    dot path: the padding bits past ``k`` unpack to +1 in both operands, so they add
+    ``KW_padded * 32 - k`` to every product, which is taken off; popcount path: the padding
+    bits are 0 in both operands and cancel in the XOR, ``dot = k - 2 * popcount``.
+    """
+    if USE_DOT:
+        acc = _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
+                             stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
+        dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
+    else:
+        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
+                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC)
+        dot = k - 2 * pop
+    return dot
+
+
+@triton.jit
+def _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask,
+                HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Per-output-channel epilogue ``y * scale[n] + bias[n]`` (each term optional)."""
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    return y
+
+
+@triton.jit
 def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Grouped (L2-friendly) program ordering from Triton tutorial 03."""
     pid = tl.program_id(axis=0)
@@ -341,14 +374,8 @@ def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    if USE_DOT:
-        acc = _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
-                             stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
-        dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
-    else:
-        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
-                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC)
-        dot = k - 2 * pop
+    dot = _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am, stride_ak,
+                     stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, dot, mask=mask)
 
@@ -370,22 +397,12 @@ def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
     n_mask = offs_n < N
     y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p in range(P):
-        ap = a_ptr + p * stride_ap
-        if USE_DOT:
-            acc = _xnor_tile_dot(ap, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
-                                 stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
-            dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
-        else:
-            pop = _xnor_tile_popcount(ap, w_ptr, offs_m, offs_n, M, N, KW, stride_am,
-                                      stride_ak, stride_wn, stride_wk, BLOCK_M, BLOCK_N,
-                                      BLOCK_KW, HW_POPC)
-            dot = k - 2 * pop
+        dot = _xnor_tile(a_ptr + p * stride_ap, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am,
+                         stride_ak, stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N,
+                         BLOCK_KW)
         al = tl.load(alpha_ptr + p * stride_alp + offs_m * stride_alm, mask=m_mask, other=0.0)
         y += al[:, None] * dot.to(tl.float32)
-    if HAS_SCALE:
-        y = y * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    y = _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
              y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -422,10 +439,7 @@ def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
             acc = tl.dot(x, wv, acc, input_precision="tf32x3")
         else:  # fp16 / bf16
             acc = tl.dot(x, wv, acc)
-    if HAS_SCALE:
-        acc = acc * tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    acc = _scale_bias(acc, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
              acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -520,10 +534,7 @@ def _binary_conv2d_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr,
     else:
         dot = nvalid[:, None] * Cg - 2 * acc
     y = dot.to(tl.float32)
-    if HAS_SCALE:
-        y = y * tl.load(scale_ptr + offs_oc, mask=oc_mask, other=0.0)[None, :]
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_oc, mask=oc_mask, other=0.0)[None, :]
+    y = _scale_bias(y, scale_ptr, bias_ptr, offs_oc, oc_mask, HAS_SCALE, HAS_BIAS)
     y_off = n * sy_n + oh * sy_h + ow * sy_w
     tl.store(y_ptr + y_off[:, None] + offs_oc[None, :] * sy_c, y.to(y_ptr.dtype.element_ty),
              mask=p_mask[:, None] & oc_mask[None, :])
