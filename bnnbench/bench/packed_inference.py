@@ -7,6 +7,11 @@ Builds BinaryNet (``+method=bnn``) networks from the shipped configs, exports th
 (eval mode, same inputs), after checking that both predict the same classes. Writes
 ``reports/packed_inference.md``. Speed does not depend on the trained values, so the networks
 keep their initial weights.
+
+CPU rows always run (embedded-digits geometry, fp32 reference). GPU rows run when CUDA is
+available: ResNet-18 and NIN at ImageNet geometry (3x224x224, 1000 classes), batch 1 and 256,
+the packed model (Triton kernels, fp16 float layers) against the fp16 float network, timed with
+``triton.testing`` (CUDA graphs where capture works); otherwise they are written as pending.
 """
 
 from __future__ import annotations
@@ -31,10 +36,20 @@ from bnnbench.export import build_net, load_packed, save_packed
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRY = {"in_chans": 1, "num_classes": 10, "img_size": 28}  # the embedded MNIST digits
-CASES = (  # (label, overrides, batch sizes)
-    ("mlp 3x1024 (config default)", ["model=mlp", "model.hidden_features=1024"], (1, 256)),
-    ("mlp 3x4096 (BinaryNet paper)", ["model=mlp", "model.hidden_features=4096"], (1, 256)),
-    ("resnet18 (28 px stem)", ["model=resnet18"], (1, 32)),
+IMAGENET = {"in_chans": 3, "num_classes": 1000, "img_size": 224}
+GPU_CASES = (  # (label, overrides, batch sizes): the issue's end-to-end GPU goal (>= 3x at batch 1)
+    ("resnet18 (ImageNet 224 px)", ["model=resnet18"], (1, 256)),
+    ("nin (ImageNet 224 px)", ["model=nin"], (1, 256)),
+)
+PENDING = "pending (no GPU in this session)"
+CASES = (  # (label, overrides, batch sizes, input geometry)
+    ("mlp 3x1024 (config default)", ["model=mlp", "model.hidden_features=1024"], (1, 256),
+     GEOMETRY),
+    ("mlp 3x4096 (BinaryNet paper)", ["model=mlp", "model.hidden_features=4096"], (1, 256),
+     GEOMETRY),
+    ("resnet18 (28 px stem)", ["model=resnet18"], (1, 32), GEOMETRY),
+    ("resnet18 (ImageNet 224 px)", ["model=resnet18"], (1, 8), IMAGENET),
+    ("nin (ImageNet 224 px)", ["model=nin"], (1, 8), IMAGENET),
 )
 
 
@@ -55,22 +70,73 @@ def composed(overrides: list[str]):
 
 
 @torch.inference_mode()
-def measure(overrides: list[str], batches: tuple[int, ...], repeats: int,
-            workdir: Path) -> list[tuple[int, float, float, float, bool]]:
+def measure(overrides: list[str], batches: tuple[int, ...], repeats: int, workdir: Path,
+            geometry: dict[str, int] = GEOMETRY) -> list[tuple[int, float, float, float, bool]]:
     """Per batch: (batch, fp32 reference ms, BinaryNet training-graph ms, packed ms, same)."""
-    reference = build_net(composed(overrides), GEOMETRY).eval()  # no method: float32 network
+    reference = build_net(composed(overrides), geometry).eval()  # no method: float32 network
     cfg = composed(["+method=bnn", *overrides])
-    net = build_net(cfg, GEOMETRY).eval()
-    path = save_packed(net, workdir / f"{abs(hash(tuple(overrides)))}.safetensors", cfg, GEOMETRY)
+    net = build_net(cfg, geometry).eval()
+    path = save_packed(net, workdir / f"{abs(hash((tuple(overrides), geometry['img_size'])))}"
+                       ".safetensors", cfg, geometry)
     packed = load_packed(path)
     rows = []
     for batch in batches:
-        x = torch.randn(batch, GEOMETRY["in_chans"], GEOMETRY["img_size"], GEOMETRY["img_size"])
+        x = torch.randn(batch, geometry["in_chans"], geometry["img_size"], geometry["img_size"])
         same = bool(torch.equal(net(x).argmax(-1), packed(x).argmax(-1)))
         rows.append((batch, median_ms(lambda: reference(x), repeats),
                      median_ms(lambda: net(x), repeats), median_ms(lambda: packed(x), repeats),
                      same))
     return rows
+
+
+@torch.inference_mode()
+def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path,
+                   device: torch.device, dtype: torch.dtype, geometry: dict[str, int],
+                   timer: Callable[[Callable[[], object]], float]
+                   ) -> list[tuple[int, float, float, float]]:
+    """Per batch: (batch, float network ms, packed ms, top-1 agreement of packed vs trained, %).
+
+    The float network and the packed model's float layers run in ``dtype`` on ``device``; the
+    agreement compares the packed model's classes with the trained BinaryNet module's (fp32).
+    """
+    reference = build_net(composed(overrides), geometry).to(device, dtype).eval()
+    cfg = composed(["+method=bnn", *overrides])
+    net = build_net(cfg, geometry).eval()
+    path = save_packed(net, workdir / f"{abs(hash((tuple(overrides), 'device')))}.safetensors",
+                       cfg, geometry)
+    packed = load_packed(path, device=device).to(dtype)
+    net = net.to(device)
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, geometry["in_chans"], geometry["img_size"], geometry["img_size"],
+                        device=device)
+        xd = x.to(dtype)
+        agree = (net(x).argmax(-1) == packed(xd).argmax(-1)).float().mean().item() * 100
+        rows.append((batch, timer(lambda: reference(xd)), timer(lambda: packed(xd)), agree))
+    return rows
+
+
+def gpu_lines(workdir: Path) -> tuple[list[str], str]:
+    """GPU table rows (measured on CUDA, else pending) and the device description."""
+    if not torch.cuda.is_available():
+        rows = [f"| {label} | {b} | - | - | - | - | {PENDING} |"
+                for label, _, batches in GPU_CASES for b in batches]
+        return rows, "none: " + PENDING
+    from bnnbench.kernels.bench import _gpu_time_ms
+
+    dev = torch.device("cuda")
+    rows = []
+    for label, overrides, batches in GPU_CASES:
+        try:
+            for batch, fp_ms, packed_ms, agree in measure_device(
+                    overrides, batches, workdir, dev, torch.float16, IMAGENET, _gpu_time_ms):
+                rows.append(f"| {label} | {batch} | {fp_ms:.3f} | {packed_ms:.3f} | "
+                            f"{fp_ms / packed_ms:.2f}x | {agree:.1f}% | measured |")
+                print(rows[-1], flush=True)
+        except Exception as e:  # noqa: BLE001 - record the failure in the report, keep going
+            rows.append(f"| {label} | - | - | - | - | - | failed: "
+                        f"{type(e).__name__}: {str(e)[:150]} |")
+    return rows, torch.cuda.get_device_name(dev)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,34 +150,50 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, overrides, batches in CASES:
-            for batch, fp_ms, trained_ms, packed_ms, same in measure(overrides, batches,
-                                                                     args.repeats, Path(tmp)):
+        for label, overrides, batches, geometry in CASES:
+            for batch, fp_ms, trained_ms, packed_ms, same in measure(
+                    overrides, batches, args.repeats, Path(tmp), geometry):
                 lines.append(f"| {label} | {batch} | {fp_ms:.3f} | {trained_ms:.3f} | "
                              f"{packed_ms:.3f} | {fp_ms / packed_ms:.2f}x | "
                              f"{'yes' if same else 'NO'} |")
                 print(lines[-1], flush=True)
+        g_rows, gpu_name = gpu_lines(Path(tmp))
     text = [
-        "# Packed inference vs the float model (CPU)",
+        "# Packed inference vs the float model",
         "",
         f"Written by `python -m bnnbench.bench.packed_inference` on "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; do not edit by hand, rerun it.",
+        "",
+        "## CPU",
         "",
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), load average before the runs: "
         f"{os.getloadavg()[0]:.2f}.",
         "- Networks: BinaryNet (`+method=bnn`: first and last layers float32, every other layer "
-        "sign weights and sign inputs) on the embedded MNIST geometry (1x28x28, 10 classes), "
+        "sign weights and sign inputs) on the embedded MNIST geometry (1x28x28, 10 classes) or "
+        "ImageNet's (3x224x224, 1000 classes; the GPU rows' networks), random inputs, "
         "exported with `bnnbench.export.save_packed` and loaded with `load_packed` (binary layers "
         "on `bnnbench.kernels`' CPU path). Median of "
         f"{args.repeats} forwards after a warm-up, eval mode. *fp32 network*: the same "
         "architecture with no method (the float model a user would otherwise deploy); *BinaryNet "
         "as trained*: the Lightning-trained module, which re-binarizes its latent float weights "
         "every forward; the packed model must predict exactly what it predicts.",
-        "- GPU rows (packed ResNet-18 / NIN vs the fp16 model at batch 1 and 256): pending, no GPU "
-        "in the session that wrote this file.",
         "",
         *lines,
+        "",
+        "## GPU",
+        "",
+        f"- Device: {gpu_name}.",
+        "- Networks: BinaryNet ResNet-18 and NIN at ImageNet geometry (3x224x224, 1000 classes), "
+        "random inputs; *fp16 network*: the same architecture with no method, in fp16; *packed*: "
+        "`load_packed(..., device='cuda')` in fp16 (binary layers on the Triton kernels). Median "
+        "of `triton.testing.do_bench_cudagraph` (stream timing where capture fails). Goal: "
+        ">= 3x at batch 1. *agreement*: share of inputs where the packed model's class equals the "
+        "trained BinaryNet module's (fp32).",
+        "",
+        "| network | batch | fp16 network ms | packed ms | speedup vs fp16 | agreement | status |",
+        "|---|---|---|---|---|---|---|",
+        *g_rows,
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
