@@ -54,7 +54,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError, call_or_exit
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
-from bnnbench.nn.quantizers import Quantizer, SignQuantizer
+from bnnbench.nn.quantizers import Identity, Quantizer, SignQuantizer
 
 FORMAT = "bnnbench-packed"
 FORMAT_VERSION = "1"
@@ -411,8 +410,10 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
                 kernels: str = "auto") -> nn.Module:
     """The packed inference model of an export (eval mode).
 
-    ``kernels``: ``auto`` runs plain BinaryNet layers on :mod:`bnnbench.kernels` when it is
-    importable (bit-exact), ``never`` keeps every layer's own forward on decoded weights.
+    ``kernels``: ``auto`` runs every layer :func:`kernel_route` accepts (BinaryNet bit-exact,
+    XNOR-Net, Tang's residual binarization, binary-weight linear layers) on
+    :mod:`bnnbench.kernels` when it is importable,
+    ``never`` keeps every layer's own forward on decoded weights.
     """
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
@@ -459,51 +460,165 @@ def _kernels() -> Any | None:
     return K if all(hasattr(K, n) for n in needed) else None
 
 
-def xnor_eligible(layer: nn.Module) -> bool:
-    """Plain BinaryNet layer: exact class QuantLinear/QuantConv2d, deterministic sign inputs,
-    unscaled sign weights (the popcount result is then bit-exact)."""
+def kernel_route(layer: nn.Module) -> str | None:
+    """Which packed-kernel forward a loaded layer can take (None: keep its own forward).
+
+    Every route needs sign weights (``sign`` encoding, any scale) and, for convs, dilation 1:
+
+    * ``"sign"``: BinaryNet, exact class QuantLinear/QuantConv2d with deterministic sign inputs
+      and unscaled weights: integer dot products, bit-exact with the trained forward;
+    * ``"xnor"``: XNOR-Net's XnorLinear/XnorConv2d (sign inputs, per-channel alpha, optional
+      activation scale K): ``alpha_o * K * xnor_dot + b``;
+    * ``"residual"``: Tang et al.'s m residual binarizations of the input (QuantLinear/
+      QuantConv2d with a ResidualSignQuantizer): ``sum_i a_i xnor_dot(H_i, W)``, one
+      ``multibit_xnor_gemm`` for a linear layer, m packed convolutions for a conv;
+    * ``"binary_weight"``: BinaryConnect / BWN linear layers (float inputs):
+      ``binary_weight_gemm`` (no kernel for a conv with float inputs: those keep their forward).
+
+    The scaled routes equal the trained forward up to float rounding (the sums are taken in
+    another order), the ``sign`` route exactly.
+    """
+    from bnnbench.nn.paper_layers import XnorConv2d, XnorLinear
+    from bnnbench.nn.paper_quantizers import ResidualSignQuantizer
+
     q = getattr(layer, "weight_quantizer", None)
     iq = getattr(layer, "input_quantizer", None)
-    return (type(layer) in (QuantLinear, QuantConv2d) and isinstance(q, PackedWeight)
-            and q.meta["encoding"] == "sign" and q.meta.get("scale") == "none"
-            and type(iq) is SignQuantizer and not iq.stochastic
-            and (type(layer) is QuantLinear or layer.dilation == (1, 1)))
+    if not (isinstance(q, PackedWeight) and q.meta["encoding"] == "sign"):
+        return None
+    if isinstance(layer, nn.Conv2d) and layer.dilation != (1, 1):
+        return None
+    sign_inputs = type(iq) is SignQuantizer and not iq.stochastic
+    if type(layer) in (XnorLinear, XnorConv2d) and sign_inputs:
+        return "xnor"
+    if type(layer) in (QuantLinear, QuantConv2d):
+        if sign_inputs and q.meta.get("scale") == "none":
+            return "sign"
+        if type(iq) is ResidualSignQuantizer:
+            return "residual"
+        if type(iq) is Identity and type(layer) is QuantLinear:
+            return "binary_weight"
+    return None
 
 
 def use_kernels(net: nn.Module) -> int:
-    """Route eligible layers through bnnbench.kernels; returns how many (0 without kernels)."""
+    """Route every eligible layer (:func:`kernel_route`) through bnnbench.kernels; returns how
+    many (0 without kernels)."""
     K = _kernels()
     if K is None:
         return 0
     count = 0
     for _, layer in list(net.named_modules()):
-        if xnor_eligible(layer):
-            w = layer.weight_quantizer.forward()  # decoded +-1 weight
-            if isinstance(layer, QuantLinear):
-                packed = K.pack_signs(w)
-            else:  # (OC, C/g, KH, KW) -> (OC, KH, KW, words), packed along C
-                packed = K.pack_signs(w.permute(0, 2, 3, 1).contiguous())
-            layer.register_buffer("xnor_weight", packed, persistent=False)
-            layer.forward = _xnor_forward(layer, K).__get__(layer)  # type: ignore[method-assign]
-            count += 1
+        route = kernel_route(layer)
+        if route is None:
+            continue
+        q = layer.weight_quantizer
+        signs = q.forward()
+        scale = None
+        if q.meta.get("scale") != "none":  # W = a_o s: keep the signs, apply a_o after the dot
+            scale = q.scale.to(torch.float32).reshape(-1).expand(signs.shape[0]).contiguous()
+            signs = torch.where(signs < 0, -1.0, 1.0)
+        if isinstance(layer, QuantLinear):
+            packed = K.pack_signs(signs)
+        else:  # (OC, C/g, KH, KW) -> (OC, KH, KW, words), packed along C
+            packed = K.pack_signs(signs.permute(0, 2, 3, 1).contiguous())
+        layer.register_buffer("xnor_weight", packed, persistent=False)
+        layer.register_buffer("xnor_scale", scale, persistent=False)
+        forwards = _LINEAR_FORWARDS if isinstance(layer, QuantLinear) else _CONV_FORWARDS
+        layer.forward = forwards[route].__get__(layer)  # type: ignore[method-assign]
+        count += 1
     return count
 
 
-def _xnor_forward(layer: nn.Module, K: Any) -> Callable[..., Tensor]:
-    """conv(sign(x), W) + b / sign(x) W^T + b from packed signs: exact integer dot products."""
-    if isinstance(layer, QuantLinear):
-        def linear(self: nn.Module, x: Tensor) -> Tensor:
-            lead, k = x.shape[:-1], x.shape[-1]
-            y = K.xnor_gemm(K.pack_signs(x.reshape(-1, k)), self.xnor_weight, k).to(x.dtype)
-            if self.bias is not None:
-                y = y + self.bias
-            return y.reshape(*lead, -1)
-        return linear
+def _linear_rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1])
 
-    def conv(self: nn.Module, x: Tensor) -> Tensor:
-        return K.binary_conv2d(x, self.xnor_weight, None, self.bias, stride=self.stride,
-                               padding=self.padding, groups=self.groups)
-    return conv
+
+def _sign_linear(self: nn.Module, x: Tensor) -> Tensor:
+    """BinaryNet: sign(x) W^T + b from packed signs, exact integer dot products."""
+    K = _kernels()
+    y = K.xnor_gemm(K.pack_signs(_linear_rows(x)), self.xnor_weight, x.shape[-1]).to(x.dtype)
+    if self.bias is not None:
+        y = y + self.bias
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def _xnor_linear(self: nn.Module, x: Tensor) -> Tensor:
+    """XNOR-Net: alpha_o * K_m * xnor_dot(sign(x_m), sign(W_o)) + b, K_m = mean|x_m| (or 1)."""
+    K = _kernels()
+    rows = _linear_rows(x)
+    k_scale = (rows.abs().mean(dim=-1) if self.activation_scale
+               else rows.new_ones(rows.shape[0])).to(torch.float32)
+    y = K.multibit_xnor_gemm(K.pack_signs(rows)[None], self.xnor_weight, k_scale[None],
+                             rows.shape[-1], self.xnor_scale, self.bias)
+    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def _binary_weight_linear(self: nn.Module, x: Tensor) -> Tensor:
+    """BinaryConnect / BWN: x (alpha_o sign(W))^T + b on packed 1-bit weights."""
+    return _kernels().binary_weight_gemm(x, self.xnor_weight, self.xnor_scale, self.bias)
+
+
+def _residual_linear(self: nn.Module, x: Tensor) -> Tensor:
+    """Tang: sum_i a_i xnor_dot(H_i, W) (* alpha_o) + b in one multibit_xnor_gemm launch."""
+    from bnnbench.functional import residual_planes
+
+    K = _kernels()
+    iq = self.input_quantizer
+    _, planes, alphas = residual_planes(x, iq.num_bits, iq.per_sample)
+    rows = x.shape[:-1].numel()
+    if iq.per_sample:  # one alpha per sample, repeated over the sample's rows
+        alphas = alphas.reshape(iq.num_bits, x.shape[0], 1).expand(
+            -1, -1, rows // max(x.shape[0], 1)).reshape(iq.num_bits, rows)
+    else:
+        alphas = alphas.reshape(iq.num_bits, 1).expand(-1, rows)
+    packed = K.pack_signs(torch.stack([_linear_rows(h) for h in planes]))
+    y = K.multibit_xnor_gemm(packed, self.xnor_weight, alphas.to(torch.float32).contiguous(),
+                             x.shape[-1], self.xnor_scale, self.bias)
+    return y.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def _packed_conv(self: nn.Module, x: Tensor, scale: Tensor | None,
+                 bias: Tensor | None) -> Tensor:
+    return _kernels().binary_conv2d(x, self.xnor_weight, scale, bias, stride=self.stride,
+                                    padding=self.padding, groups=self.groups)
+
+
+def _sign_conv(self: nn.Module, x: Tensor) -> Tensor:
+    """BinaryNet: conv(sign(x), W) + b, exact, zero padding as trained."""
+    return _packed_conv(self, x, None, self.bias)
+
+
+def _xnor_conv(self: nn.Module, x: Tensor) -> Tensor:
+    """XNOR-Net: conv(sign(x), sign(W)) * alpha_o * K + b, K the box-filtered mean|x| map."""
+    from bnnbench.functional import xnor_activation_scale
+
+    y = _packed_conv(self, x, self.xnor_scale, None)
+    if self.activation_scale:
+        y = y * xnor_activation_scale(x, self.kernel_size, self.stride, self.padding)
+    if self.bias is not None:
+        y = y + self.bias.view(1, -1, 1, 1)
+    return y
+
+
+def _residual_conv(self: nn.Module, x: Tensor) -> Tensor:
+    """Tang: sum_i a_i conv(H_i, sign(W)) (* alpha_o) + b, one packed conv per plane."""
+    from bnnbench.functional import residual_planes
+
+    iq = self.input_quantizer
+    _, planes, alphas = residual_planes(x, iq.num_bits, iq.per_sample)
+    y = None
+    for h, a in zip(planes, alphas):
+        term = _packed_conv(self, h, self.xnor_scale, None) * (
+            a.view(-1, 1, 1, 1) if iq.per_sample else a)
+        y = term if y is None else y + term
+    if self.bias is not None:
+        y = y + self.bias.view(1, -1, 1, 1)
+    return y
+
+
+_LINEAR_FORWARDS = {"sign": _sign_linear, "xnor": _xnor_linear, "residual": _residual_linear,
+                    "binary_weight": _binary_weight_linear}
+_CONV_FORWARDS = {"sign": _sign_conv, "xnor": _xnor_conv, "residual": _residual_conv}
 
 
 # ---------------------------------------------------------------------------------- CLI

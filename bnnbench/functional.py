@@ -431,26 +431,39 @@ def abc_activation(x: Tensor, shifts: Tensor, betas: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Tang et al. 2017 (compact BinaryNet)
 # --------------------------------------------------------------------------------------------
+def residual_planes(x: Tensor, num_bits: int,
+                    per_sample: bool = False) -> tuple[Tensor, list[Tensor], Tensor]:
+    """The forward of :func:`residual_binarize` with its binary planes: ``(approx, [H_i], alphas)``.
+
+    ``H_i = sign(E_i)`` (sign(0) = +1, shape of ``x``) are what a packed inference path feeds
+    to XNOR kernels; computing them here keeps one implementation of the recursion. No
+    autograd (use :func:`residual_binarize` to train).
+    """
+    dims = tuple(range(1, x.dim())) if per_sample else tuple(range(x.dim()))
+    approx = torch.zeros_like(x)
+    planes, alphas = [], []
+    for _ in range(num_bits):
+        e = x - approx
+        if per_sample and x.dim() == 1:
+            a = e.abs()
+        else:
+            a = e.abs().mean(dim=dims, keepdim=per_sample)
+        h = _pm1(e)
+        approx = approx + a * h
+        planes.append(h)
+        alphas.append(a.reshape(-1) if per_sample else a)
+    return approx, planes, torch.stack(alphas)
+
+
 class _ResidualBinarize(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, num_bits: int, per_sample: bool
     ) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(x)
-        dims = tuple(range(1, x.dim())) if per_sample else tuple(range(x.dim()))
-        approx = torch.zeros_like(x)
-        alphas = []
-        for _ in range(num_bits):
-            e = x - approx
-            if per_sample and x.dim() == 1:
-                a = e.abs()
-            else:
-                a = e.abs().mean(dim=dims, keepdim=per_sample)
-            approx = approx + a * _pm1(e)
-            alphas.append(a.reshape(-1) if per_sample else a)
-        stacked = torch.stack(alphas)
-        ctx.mark_non_differentiable(stacked)
-        return approx, stacked
+        approx, _, alphas = residual_planes(x, num_bits, per_sample)
+        ctx.mark_non_differentiable(alphas)
+        return approx, alphas
 
     @staticmethod
     def backward(  # type: ignore[override]

@@ -148,7 +148,7 @@ def test_conv_round_trip_is_exact_for_every_method(method, make_cfg, tmp_path):
     _randomize_bn(net)
     net.eval()
     path = save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
-    packed = load_packed(path)
+    packed = load_packed(path, kernels="never")  # decoded weights, each layer's own forward
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(packed(x), net(x))
@@ -179,6 +179,52 @@ def test_bnn_layers_run_on_the_packed_kernels(make_cfg, tmp_path):
     x = torch.randn(32, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(fast(x), net(x)) and torch.equal(plain(x), net(x))
+
+
+# method -> kernel routes of tiny_convnet's binarized layers, with the method options that
+# decide them
+ROUTES = {
+    "bnn": ([], ["sign"] * 3),
+    "xnor": ([], ["xnor"] * 3),
+    "xnor_no_k": (["method.activation_scale=false"], ["xnor"] * 3),
+    "tang": ([], ["residual"] * 4),  # Tang binarizes the last layer too (Table 3)
+    "tang_m1_per_sample": (["method.activation_bits=1", "method.per_sample_alpha=true"],
+                           ["residual"] * 4),
+    "binaryconnect": ([], ["binary_weight"] * 2),  # all layers; float-input convs keep theirs
+    "bwn": ([], ["binary_weight"]),
+    "dorefa": ([], []),
+    "abcnet": ([], []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUTES))
+def test_kernel_routes_match_the_trained_forward(case, make_cfg, tmp_path):
+    """Every layer a method's packed model sends to bnnbench.kernels computes what the trained
+    layer computes: bit for bit on BinaryNet's integer route, to float rounding on the scaled
+    routes (XNOR-Net alpha and K, Tang's residual planes, binary weights x float inputs)."""
+    pytest.importorskip("bnnbench.kernels")
+    from bnnbench.export import build_net, kernel_route
+
+    method = case.split("_")[0] if case.startswith(("xnor", "tang")) else case
+    options, routes = ROUTES[case]
+    cfg = make_cfg([f"+method={method}", *options])
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
+    torch.manual_seed(0)
+    net = build_net(cfg, GEOMETRY)
+    _randomize_bn(net)
+    net.eval()
+    path = save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
+    fast = load_packed(path)
+    assert [r for _, m in fast.named_modules() if (r := kernel_route(m))] == routes
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, got = net(x), fast(x)
+    if set(routes) <= {"sign"}:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
 @lru_cache(maxsize=2)

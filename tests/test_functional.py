@@ -366,6 +366,22 @@ def test_residual_binarize(shape, per_sample):
     torch.testing.assert_close(gx, g * (xd.abs() <= 1))
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_residual_planes_are_the_signs_of_the_residuals(per_sample):
+    """The planes a packed path feeds to the XNOR kernels: H_i in {-1, +1}, sign(0) = +1, and
+    sum_i alpha_i H_i is residual_binarize's approximation."""
+    x = _rand((5, 3, 4), seed=4).detach()
+    x[0, 0, 0] = 0.0
+    approx, planes, alphas = BF.residual_planes(x, 3, per_sample)
+    assert len(planes) == 3 and all(set(h.unique().tolist()) <= {-1.0, 1.0} for h in planes)
+    assert planes[0][0, 0, 0] == 1.0
+    shape = (-1, 1, 1) if per_sample else ()
+    rebuilt = sum(a.reshape(shape) * h for a, h in zip(alphas, planes))
+    torch.testing.assert_close(rebuilt, approx)
+    ref, ref_alphas = BF.residual_binarize(x, 3, per_sample=per_sample)
+    assert torch.equal(approx, ref) and torch.equal(alphas, ref_alphas)
+
+
 def test_residual_binarize_one_bit_is_scaled_sign():
     x = _rand((4, 3, 2))
     approx, alphas = BF.residual_binarize(x, 1)
