@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from bnnbench.bench import trained_like_batchnorm
 from bnnbench.errors import BnnbenchError
 from bnnbench.export import (
     decode_weight,
@@ -126,28 +127,24 @@ def test_a_quantizer_may_pack_its_own_factorization():
 
 
 # ---------------------------------------------------------------------------------- round trips
-def _randomize_bn(net: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+def tiny_export(make_cfg, tmp_path: Path, overrides: list[str]) -> tuple[nn.Module, Path]:
+    """tiny_convnet converted by a method (trained-like BatchNorm statistics), eval mode, and
+    its packed export."""
+    from bnnbench.export import build_net
+
+    cfg = make_cfg(overrides)
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
+    torch.manual_seed(0)
+    net = trained_like_batchnorm(build_net(cfg, GEOMETRY), seed=1).eval()
+    return net, save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
 
 
 @pytest.mark.parametrize("method", list_methods())
 def test_conv_round_trip_is_exact_for_every_method(method, make_cfg, tmp_path):
     """Every registered method, on convs (grouped, strided) and linears: export -> load gives the
     same logits bit for bit, and the file is the accounting plus its header."""
-    from bnnbench.export import build_net
-
-    cfg = make_cfg([f"+method={method}"])
-    with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
-    torch.manual_seed(0)
-    net = build_net(cfg, GEOMETRY)
-    _randomize_bn(net)
-    net.eval()
-    path = save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
+    net, path = tiny_export(make_cfg, tmp_path, [f"+method={method}"])
     packed = load_packed(path, kernels="never")  # decoded weights, each layer's own forward
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -165,15 +162,9 @@ def test_bnn_layers_run_on_the_packed_kernels(make_cfg, tmp_path):
     """With bnnbench.kernels importable, BinaryNet's sign x sign layers run as XNOR-popcount
     (integer dot products), bit-exact with the trained float forward."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import build_net, use_kernels
+    from bnnbench.export import use_kernels
 
-    cfg = make_cfg(["+method=bnn"])
-    with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
-    net = build_net(cfg, GEOMETRY)
-    _randomize_bn(net)
-    net.eval()
-    path = save_packed(net, tmp_path / "bnn.safetensors", cfg, GEOMETRY)
+    net, path = tiny_export(make_cfg, tmp_path, ["+method=bnn"])
     plain, fast = load_packed(path, kernels="never"), load_packed(path, kernels="never")
     assert use_kernels(fast) == 3  # two binary convs (one grouped) and the binary linear
     x = torch.randn(32, 3, 8, 8)
@@ -203,18 +194,11 @@ def test_kernel_routes_match_the_trained_forward(case, make_cfg, tmp_path):
     layer computes: bit for bit on BinaryNet's integer route, to float rounding on the scaled
     routes (XNOR-Net alpha and K, Tang's residual planes, binary weights x float inputs)."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import build_net, kernel_route
+    from bnnbench.export import kernel_route
 
     method = case.split("_")[0] if case.startswith(("xnor", "tang")) else case
     options, routes = ROUTES[case]
-    cfg = make_cfg([f"+method={method}", *options])
-    with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
-    torch.manual_seed(0)
-    net = build_net(cfg, GEOMETRY)
-    _randomize_bn(net)
-    net.eval()
-    path = save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
+    net, path = tiny_export(make_cfg, tmp_path, [f"+method={method}", *options])
     fast = load_packed(path)
     assert [r for _, m in fast.named_modules() if (r := kernel_route(m))] == routes
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import torch
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""
@@ -15,3 +17,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def trained_like_batchnorm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm random running statistics, as a trained network has.
+
+    At initialisation (mean 0) a binary dot product of exactly 0 lands on the next sign()'s
+    threshold: the packed model computes it as exactly 0 (sign +1), the float forward as
+    float noise of either sign, so the two disagree there by rounding alone. Trained
+    statistics move the tie off the threshold. Speed is unaffected.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net

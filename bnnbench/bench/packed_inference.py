@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bnnbench.bench import cpu_model
+from bnnbench.bench import cpu_model, trained_like_batchnorm
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -69,22 +69,6 @@ def composed(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
-
-
-def trained_like_batchnorm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BatchNorm random running statistics, as a trained network has.
-
-    At initialisation (mean 0) a binary dot product of exactly 0 lands on the next sign()'s
-    threshold: the packed model computes it as exactly 0 (sign +1), the float forward as
-    float noise of either sign, so the two disagree there by rounding alone. Trained
-    statistics move the tie off the threshold. Speed is unaffected.
-    """
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net
 
 
 @torch.inference_mode()
