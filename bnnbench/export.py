@@ -512,11 +512,10 @@ def use_kernels(net: nn.Module) -> int:
         if route is None:
             continue
         q = layer.weight_quantizer
-        signs = q.forward()
+        signs = q.forward()  # W = a_o s: packing keeps s (bit 1 = W < 0), a_o goes after the dot
         scale = None
-        if q.meta.get("scale") != "none":  # W = a_o s: keep the signs, apply a_o after the dot
+        if q.meta.get("scale") != "none":
             scale = q.scale.to(torch.float32).reshape(-1).expand(signs.shape[0]).contiguous()
-            signs = torch.where(signs < 0, -1.0, 1.0)
         if isinstance(layer, QuantLinear):
             packed = K.pack_signs(signs)
         else:  # (OC, C/g, KH, KW) -> (OC, KH, KW, words), packed along C

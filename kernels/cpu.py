@@ -11,8 +11,9 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   on AVX-512 CPUs), the CPU analogue of the int8 tensor-core path. Unpacking the weights
   costs O(N K) per call, which is why few rows go to the popcount loop instead.
 * **direct popcount conv** (every conv): :func:`bnnbench.kernels.cpu_jit.xnor_popcount_conv2d`
-  on NHWC channel-packed signs; padded taps are skipped, so zero padding is exact. It measured
-  1.5-3x faster than int8 im2col + ``_int_mm`` on the ResNet-18/AlexNet shapes of the report.
+  on NHWC channel-packed signs; padded taps are skipped, so zero padding is exact. When it
+  replaced int8 im2col + ``_int_mm`` it measured 1.5-3x faster on the bench's conv shapes
+  (ResNet-18 3x3 at 56/28/14 px, AlexNet's grouped conv).
 * **byte lookup table, compiled** (binary weights x float activations, M <= ``BW_JIT_MAX_M``):
   :func:`bnnbench.kernels.cpu_jit.sign_lut_gemm`: the 256 signed partial sums of every group
   of 8 inputs are tabulated and each weight byte is one lookup.
