@@ -63,16 +63,19 @@ class CIFAR10(TorchvisionData):
     label_key = "labels"
     in_chans, num_classes, img_size = 3, 10, 32
     torchvision_class = "CIFAR10"
+    #: the training set's per-channel statistics: the defaults of ``mean`` / ``std``
+    default_mean, default_std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
     def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
                  split_seed: int = 0, augment: bool = False,
-                 mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
-                 std: Sequence[float] = (0.2470, 0.2435, 0.2616), batch_size: int = 128,
-                 num_workers: int = 0, eval_batch_size: int | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 batch_size: int = 128, num_workers: int = 0,
+                 eval_batch_size: int | None = None) -> None:
         super().__init__(root, download, val_size, split_seed, batch_size, num_workers,
                          eval_batch_size)
         self.augment = augment
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean = tuple(self.default_mean if mean is None else mean)
+        self.std = tuple(self.default_std if std is None else std)
 
     def _download(self) -> None:
         import torchvision.datasets
@@ -115,11 +118,4 @@ class CIFAR100(CIFAR10):
     label_key = "fine_labels"
     in_chans, num_classes, img_size = 3, 100, 32
     torchvision_class = "CIFAR100"
-
-    def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
-                 split_seed: int = 0, augment: bool = False,
-                 mean: Sequence[float] = (0.5071, 0.4865, 0.4409),
-                 std: Sequence[float] = (0.2673, 0.2564, 0.2762), batch_size: int = 128,
-                 num_workers: int = 0, eval_batch_size: int | None = None) -> None:
-        super().__init__(root, download, val_size, split_seed, augment, mean, std, batch_size,
-                         num_workers, eval_batch_size)
+    default_mean, default_std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
