@@ -173,6 +173,16 @@ def lut_matmul(x: Tensor, w_packed: Tensor, group_bits: int | None = None) -> Te
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def _scale_bias_(y: Tensor, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """In place on a fresh float32 ``y`` whose last dim is the output channel:
+    ``y * scale + bias`` (each optional)."""
+    if scale is not None:
+        y.mul_(scale.to(torch.float32))
+    if bias is not None:
+        y.add_(bias.to(torch.float32))
+    return y
+
+
 def _pad_cols(x: Tensor, width: int) -> Tensor:
     if x.shape[1] == width:
         return x
@@ -205,11 +215,7 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
         cd = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         w = unpack_signs(w_packed, k, cd)
         y = (x.to(cd) @ w.T).to(torch.float32)
-    if scale is not None:
-        y = y * scale.to(torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y.to(x.dtype)
+    return _scale_bias_(y, scale, bias).to(x.dtype)
 
 
 def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
@@ -218,11 +224,7 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     p, m, kw = a_planes.shape
     dots = xnor_gemm(a_planes.reshape(p * m, kw), w_packed, k).view(p, m, -1)
     y = torch.einsum("pm,pmn->mn", alpha.to(torch.float32), dots.to(torch.float32))
-    if scale is not None:
-        y = y * scale.to(torch.float32)
-    if bias is not None:
-        y = y + bias.to(torch.float32)
-    return y
+    return _scale_bias_(y, scale, bias)
 
 
 def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
@@ -246,10 +248,6 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tenso
     dots = np.empty((n, oh, ow, oc), dtype=np.int32)
     cpu_jit.xnor_popcount_conv2d(x_bits, w_bits, c // groups, stride[0], stride[1], padding[0],
                                  padding[1], dots)
-    y = torch.from_numpy(dots).to(torch.float32)
-    if scale is not None:
-        y.mul_(scale.to(torch.float32))
-    if bias is not None:
-        y.add_(bias.to(torch.float32))
+    y = _scale_bias_(torch.from_numpy(dots).to(torch.float32), scale, bias)
     odt = x.dtype if x.is_floating_point() else torch.float32
     return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)
