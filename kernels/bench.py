@@ -154,7 +154,8 @@ PLANS: dict[str, dict] = {
     "full": {"gemv_n": (4096, 8192), "gemv_m": (1, 4, 16), "gemm_n": 1024, "multibit_n": 4096,
              "planes": (2, 3), "convs": [(1, 64, 56, 64, 1), (1, 256, 14, 256, 1),
                                          (8, 128, 28, 128, 1), (1, 256, 13, 384, 2)],
-             "gpu_gemv_n": (4096, 8192), "gpu_gemm_n": (4096, 8192)},
+             "gpu_gemv_n": (4096, 8192, 16384), "gpu_gemm_n": (4096, 8192),
+             "gpu_gemm_mn": [(256, 4096), (4096, 4096), (8192, 8192)]},
     "quick": {"gemv_n": (4096,), "gemv_m": (1, 16), "gemm_n": 512, "multibit_n": 4096,
               "planes": (2,), "convs": [(1, 256, 14, 256, 1)], "gpu_gemv_n": (4096,),
               "gpu_gemm_n": (4096,)},
@@ -242,11 +243,11 @@ def cpu_rows(plan: dict, repeats: int) -> list[list[str]]:
 # =============================================================================================
 GPU_PLAN = [  # (section, case, shape, baseline) for the pending table
     *[("gemv", "xnor GEMV (both binary)", f"M={m} N=K={n}", "torch bf16 matmul")
-      for n in (4096, 8192) for m in (1, 4, 16)],
+      for n in (4096, 8192, 16384) for m in (1, 4, 16) if n <= 8192 or m <= 4],
     *[("gemv", "binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul")
-      for n in (4096, 8192) for m in (1, 4, 16)],
-    *[("gemm", "xnor GEMM (int8 tensor cores)", f"M=N=K={n}", "torch bf16 matmul")
-      for n in (4096, 8192)],
+      for n in (4096, 8192, 16384) for m in (1, 4, 16) if n <= 8192 or m <= 4],
+    *[("gemm", "xnor GEMM (int8 tensor cores)", shape, "torch bf16 matmul")
+      for shape in ("M=256 N=K=4096", "M=N=K=4096", "M=N=K=8192")],
 ]
 
 
@@ -290,10 +291,41 @@ def gpu_info(dev: torch.device) -> tuple[dict[str, str], int, float]:
     return info, l2, nominal or copy_bw
 
 
+def _gemlite_a16w1(w_sign: torch.Tensor, scale: torch.Tensor) -> Callable | None:
+    """gemlite's 1-bit-weight layer (A16W1) holding ``scale[n] * sign(w)``, or None without gemlite.
+
+    gemlite dequantizes ``(W_q - zero) * s`` per group: bits {0, 1} with zero 0.5 and s = 2 *
+    scale give +-scale, the same weights our binary-weight kernel multiplies.
+    """
+    try:
+        from gemlite.helper import A16Wn
+    except Exception:  # noqa: BLE001 - optional peer (not installed in CI)
+        return None
+    n, k = w_sign.shape
+    group = 128
+    bits = (w_sign > 0).to(torch.uint8)
+    scales = (2 * scale.float()).repeat_interleave(k // group).view(n, k // group)
+    zeros = torch.full_like(scales, 0.5)
+    layer = A16Wn(device=str(w_sign.device), dtype=torch.bfloat16).from_weights(
+        bits, scales.to(torch.bfloat16), zeros.to(torch.bfloat16), W_nbits=1, group_size=group)
+    return layer
+
+
 def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
-             timer: Callable[[Callable[[], object]], float] = _gpu_time_ms) -> list[list[str]]:
-    """Time the GPU cases of ``plan`` with ``timer`` (ms); one report row per case."""
+             timer: Callable[[Callable[[], object]], float] = _gpu_time_ms,
+             peers: bool = True, sections: tuple[str, ...] = ("gemv", "gemm"),
+             on_row: Callable[[list[list[str]]], None] | None = None) -> list[list[str]]:
+    """Time the GPU cases of ``plan`` with ``timer`` (ms); one report row per case.
+
+    ``on_row(rows)`` runs after every row (the report is rewritten, so a run cut short by a
+    time limit still leaves every row it measured).
+
+    Every packed row is first checked against an independent float64 computation on the same
+    inputs (exact integers for both-binary rows, a rounding bound for float rows); a row whose
+    check fails is reported as WRONG, with its time.
+    """
     rows: list[list[str]] = []
+    tk = importlib.import_module("bnnbench.kernels.triton_kernels") if dev.type == "cuda" else None
 
     def rotated(make: Callable[[int], tuple], fn: Callable, bytes_per_copy: int) -> float:
         """Run fn over R weight copies totalling > 4x L2, so that every call reads HBM."""
@@ -301,7 +333,7 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         copies = [make(i) for i in range(r)]
         return timer(lambda: [fn(*c) for c in copies]) / r
 
-    def row(case, shape, base, tb, tp, moved_bytes=None, macs=None):
+    def row(case, shape, base, tb, tp, ok, moved_bytes=None, macs=None):
         speed = tb / tp
         extra = ""
         if moved_bytes is not None:
@@ -309,17 +341,36 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         elif macs is not None:
             extra = f"{macs / (tp * 1e-3) / 1e12:.0f} T MAC/s"
         rows.append([case, shape, base, f"{tb * 1e3:.1f}", f"{tp * 1e3:.1f}", f"{speed:.2f}x",
-                     extra])
-        print(f"  {case:<32} {shape:<16} base {tb * 1e3:9.1f} us packed {tp * 1e3:9.1f} us "
-              f"{speed:6.2f}x {extra}", flush=True)
+                     extra, "exact" if ok is True else ("ok" if ok else "WRONG")])
+        print(f"  {case:<40} {shape:<18} base {tb * 1e3:9.1f} us packed {tp * 1e3:9.1f} us "
+              f"{speed:6.2f}x {extra} {rows[-1][-1]}", flush=True)
+        if on_row is not None:
+            on_row(rows)
+
+    def failed(case, shape, e):
+        rows.append([case, shape, "-", "-", "-", "-", f"failed: {type(e).__name__}: {e}"[:200],
+                     "-"])
+        print(f"  {case} {shape} FAILED {type(e).__name__}: {e}", flush=True)
+        if on_row is not None:
+            on_row(rows)
+
+    def close(y, ref, rtol=2e-2) -> bool:
+        return bool(((y.double() - ref).abs() <= rtol * (ref.abs() + ref.abs().mean())).all())
 
     gen = torch.Generator(device=dev).manual_seed(0)
     half = torch.bfloat16 if dev.type == "cuda" else torch.float32  # CPU: plumbing tests only
-    for n in plan["gpu_gemv_n"]:
-        for m in plan.get("gpu_gemv_m", (1, 4, 16)):
+    gemv_m = plan.get("gpu_gemv_m", (1, 4, 16))
+    for n in plan["gpu_gemv_n"] if "gemv" in sections else ():
+        for m in (gemv_m if n <= 8192 else [mm for mm in gemv_m if mm <= 4]):
+            shape = f"M={m} N=K={n}"
             try:
                 x = torch.randn(m, n, device=dev, dtype=half, generator=gen)
                 ap = K.pack_signs(x)
+                w0 = torch.randn(n, n, device=dev, dtype=half, generator=gen)
+                wp0, s0 = K.pack_signs(w0), w0.float().abs().mean(1)
+                sx, sw = torch.sign(x.double()) + (x == 0), torch.sign(w0.double()) + (w0 == 0)
+                ref_xnor = sx @ sw.T
+                ref_binary_weight = (x.double() @ sw.T) * s0.double()
 
                 def mk_dense(i, n=n):
                     return (torch.randn(n, n, device=dev, dtype=half, generator=gen),)
@@ -329,29 +380,68 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                     return (K.pack_signs(w), w.float().abs().mean(1))
 
                 tb = rotated(mk_dense, lambda w, x=x: torch.matmul(x, w.T), n * n * 2)
+                ok = bool(torch.equal(K.xnor_gemm(ap, wp0, n).double(), ref_xnor))
                 tp = rotated(mk_packed, lambda wp, s, ap=ap, n=n: K.xnor_gemm(ap, wp, n),
                              n * n // 8)
-                row("xnor GEMV (both binary)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tp,
+                row("xnor GEMV (both binary)", shape, "torch bf16 matmul", tb, tp, ok,
                     moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
+                if tk is not None and m >= 4:  # the other path at the same shape
+                    ok = bool(torch.equal(tk.xnor_gemm(ap, wp0, n, path="dot").double(),
+                                          ref_xnor))
+                    tq = rotated(mk_packed, lambda wp, s, ap=ap, n=n:
+                                 tk.xnor_gemm(ap, wp, n, path="dot"), n * n // 8)
+                    row("xnor GEMV, int8-dot path forced", shape, "torch bf16 matmul", tb, tq,
+                        ok, moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
+                ok = close(K.binary_weight_gemm(x, wp0, s0), ref_binary_weight) and "ok"
                 tw = rotated(mk_packed, lambda wp, s, x=x: K.binary_weight_gemm(x, wp, s),
                              n * n // 8)
-                row("binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul", tb, tw,
+                row("binary-weight GEMV (bf16 x)", shape, "torch bf16 matmul", tb, tw, ok,
                     moved_bytes=n * n // 8 + n * 4 + x.numel() * 2 + m * n * 2)
+                if peers and n <= 8192:
+                    try:
+                        gl0 = _gemlite_a16w1(w0, s0)
+                        if gl0 is not None:
+                            ok = close(gl0(x), ref_binary_weight) and "ok"
+
+                            def mk_gl(i, n=n):
+                                w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
+                                return (_gemlite_a16w1(w, w.float().abs().mean(1)),)
+
+                            tg = rotated(mk_gl, lambda layer, x=x: layer(x), n * n // 8)
+                            row("gemlite A16W1 (peer, bf16 x)", shape, "torch bf16 matmul", tb,
+                                tg, ok, moved_bytes=n * n // 8 + x.numel() * 2 + m * n * 2)
+                    except Exception as e:  # noqa: BLE001 - a peer's failure is a row, not a stop
+                        failed("gemlite A16W1 (peer, bf16 x)", shape, e)
             except Exception as e:  # noqa: BLE001 - record, keep going
-                rows.append(["GEMV-like", f"M={m} N=K={n}", "-", "-", "-", "-",
-                             f"failed: {type(e).__name__}: {e}"[:200]])
-    for n in plan["gpu_gemm_n"]:
+                failed("GEMV-like", shape, e)
+    gemm_shapes = plan.get("gpu_gemm_mn", [(n, n) for n in plan["gpu_gemm_n"]])
+    for m, n in gemm_shapes if "gemm" in sections else ():
+        shape = f"M={m} N=K={n}" if m != n else f"M=N=K={n}"
         try:
-            a = torch.randn(n, n, device=dev, dtype=half, generator=gen)
+            a = torch.randn(m, n, device=dev, dtype=half, generator=gen)
             w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
             ap, wp = K.pack_signs(a), K.pack_signs(w)
+            sa = (torch.sign(a) + (a == 0)).to(torch.int8)
+            sw = (torch.sign(w) + (w == 0)).to(torch.int8)
             tb = timer(lambda: torch.matmul(a, w.T))
+            ref = None
+            if dev.type == "cuda" and m > 16 and m % 8 == 0 and n % 8 == 0:
+                ref = torch._int_mm(sa, sw.T)  # cuBLASLt int8: exact int32, independent of ours
+            ok = ref is None or bool(torch.equal(K.xnor_gemm(ap, wp, n), ref))
             tp = timer(lambda: K.xnor_gemm(ap, wp, n))
-            row("xnor GEMM (int8 tensor cores)", f"M=N=K={n}", "torch bf16 matmul", tb, tp,
-                macs=n**3)
+            row("xnor GEMM (int8 tensor cores)", shape, "torch bf16 matmul", tb, tp, ok,
+                macs=m * n * n)
+            if ref is not None and tk is not None:  # the issue's alternative: cuBLASLt int8
+                ti = timer(lambda: torch._int_mm(sa, sw.T))
+                row("`_int_mm` on unpacked +-1 int8 (no unpack)", shape, "torch bf16 matmul",
+                    tb, ti, True, macs=m * n * n)
+                ok = bool(torch.equal(torch._int_mm(tk.unpack_signs(ap, n, torch.int8), sw.T),
+                                      ref))
+                tu = timer(lambda: torch._int_mm(tk.unpack_signs(ap, n, torch.int8), sw.T))
+                row("unpack activations + `_int_mm`", shape, "torch bf16 matmul", tb, tu, ok,
+                    macs=m * n * n)
         except Exception as e:  # noqa: BLE001
-            rows.append(["xnor GEMM", f"M=N=K={n}", "-", "-", "-", "-",
-                         f"failed: {type(e).__name__}: {e}"[:200]])
+            failed("xnor GEMM", shape, e)
     return rows
 
 
@@ -364,14 +454,126 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+GPU_GOALS = [  # (case, shape prefix, M values, goal speedup) from the packed-path issue
+    ("xnor GEMV (both binary)", 4096, (1, 4), 4.0), ("xnor GEMV (both binary)", 8192, (1, 4), 8.0),
+    ("xnor GEMV (both binary)", 16384, (1, 4), 12.0),
+    ("binary-weight GEMV (bf16 x)", 4096, (1, 4, 16), 3.0),
+    ("binary-weight GEMV (bf16 x)", 8192, (1, 4, 16), 6.0),
+]
+
+
+def gpu_goal_lines(rows: list[list[str]]) -> list[str]:
+    """One line per goal of the issue, read from the measured rows: met / missed + the ratio."""
+    def speed(case: str, shape: str) -> float | None:
+        for r in rows:
+            if r[0] == case and r[1] == shape and r[5].endswith("x"):
+                return float(r[5].rstrip("x"))
+        return None
+
+    out = []
+    for case, n, ms, goal in GPU_GOALS:
+        for m in ms:
+            v = speed(case, f"M={m} N=K={n}")
+            if v is not None:
+                out.append(f"- {case}, M={m} N=K={n}: >= {goal:g}x bf16: measured {v:.2f}x, "
+                           f"**{'met' if v >= goal else 'missed'}**")
+    for r in rows:
+        if r[0] == "xnor GEMV (both binary)" and r[1].endswith("N=K=16384") and "% of HBM" in r[6]:
+            frac = float(r[6].split("%")[0])
+            out.append(f"- {r[0]}, {r[1]}: >= 70% of HBM: measured {frac:.0f}%, "
+                       f"**{'met' if frac >= 70 else 'missed'}**")
+    for m in (1, 4, 16):
+        for n in (4096, 8192):
+            ours = speed("binary-weight GEMV (bf16 x)", f"M={m} N=K={n}")
+            peer = speed("gemlite A16W1 (peer, bf16 x)", f"M={m} N=K={n}")
+            if ours is not None and peer is not None:
+                out.append(f"- binary-weight GEMV M={m} N=K={n} faster than gemlite A16W1: "
+                           f"{ours / peer:.2f}x gemlite's speed, "
+                           f"**{'met' if ours > peer else 'missed'}**")
+    v = speed("xnor GEMM (int8 tensor cores)", "M=N=K=8192")
+    if v is not None:
+        out.append(f"- xnor GEMM M=N=K=8192: >= 1.5x cuBLAS bf16: measured {v:.2f}x, "
+                   f"**{'met' if v >= 1.5 else 'missed'}**")
+    return out or ["- no GPU row measured"]
+
+
+def gpu_versions() -> dict[str, str]:
+    """Device name, driver, CUDA and library versions for a GPU report's header."""
+    import subprocess
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = "?"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover
+        triton_version = "not installed"
+    return {"driver": driver or "?", "CUDA (torch)": str(torch.version.cuda),
+            "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version()}
+
+
+def _table_gpu(rows: list[list[str]]) -> str:
+    return _table(["case", "shape", "baseline", "baseline us", "packed us", "speedup",
+                   "HBM fraction / throughput", "check vs float64"], rows)
+
+
+def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
+                     cmd: str, started: _dt.datetime) -> None:
+    lines = [
+        "# Packed kernel benchmarks: GPU",
+        "",
+        f"Written by `{cmd}`; do not edit by hand, rerun the command on a GPU machine to "
+        "regenerate. CPU rows: `kernels.md`.",
+        "",
+        "## Machine",
+        "",
+        f"- date (UTC): {started:%Y-%m-%d %H:%M}",
+        *[f"- {k}: {v}" for k, v in {**g_info, **gpu_versions()}.items()],
+        "",
+        "## Rows",
+        "",
+        "Median of `triton.testing.do_bench_cudagraph` (whole calls captured in a CUDA graph, so "
+        "launch overhead is the GPU's, not Python's); baseline and packed rows timed in the same "
+        "process on the same GPU. GEMV-like rows cycle through enough weight copies to exceed 4x "
+        "L2, so weights come from HBM; the HBM fraction counts the bytes a row must move (packed "
+        "weights, activations, outputs) over its time, relative to the nominal bandwidth. "
+        "Packed rows include packing nothing: activations are packed once, beforehand (a packed "
+        "network packs them in the previous layer). *check*: the packed result against a float64 "
+        "computation on the same inputs (exact = equal integers; ok = within 2% relative).",
+        "",
+        _table_gpu(g_rows),
+        "",
+        "## Goals (the packed-path issue)",
+        "",
+        *gpu_goal_lines(g_rows),
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report path")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown report path (default reports/kernels.md, with --gpu-only "
+                         "reports/kernels_gpu.md)")
     ap.add_argument("--repeats", type=int, default=21, help="timed repeats per CPU row")
     ap.add_argument("--quick", action="store_true", help="few shapes, few repeats (smoke test)")
     ap.add_argument("--plan", choices=sorted(PLANS), default=None,
                     help="shape plan (default: full, or quick with --quick; tiny = tests only)")
     ap.add_argument("--no-gpu", action="store_true", help="skip GPU rows even if CUDA exists")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="GPU rows only, into their own report (needs CUDA)")
+    ap.add_argument("--no-peers", action="store_true", help="skip peer libraries (gemlite)")
+    ap.add_argument("--sections", default="gemv,gemm",
+                    help="GPU sections to run, comma-separated (gemv, gemm)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default: torch's default, i.e. all cores)")
     args = ap.parse_args(argv)
@@ -379,8 +581,30 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     plan = PLANS[args.plan or ("quick" if args.quick else "full")]
     repeats = 5 if args.quick else args.repeats
-
+    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "") + (
+        f" --plan {args.plan}" if args.plan else "") + (
+        f" --threads {args.threads}" if args.threads > 0 else "") + (
+        " --gpu-only" if args.gpu_only else "")
     started = _dt.datetime.now(_dt.timezone.utc)
+
+    if args.gpu_only:
+        if not torch.cuda.is_available():
+            print("bnnbench.kernels.bench: --gpu-only needs a CUDA GPU; run without it here")
+            return 2
+        out = args.out or DEFAULT_OUT.with_name("kernels_gpu.md")
+        dev = torch.device("cuda")
+        g_info, l2, ref_bw = gpu_info(dev)
+        print("GPU rows:", g_info, flush=True)
+        sections = tuple(args.sections.split(","))
+        if sections != ("gemv", "gemm"):
+            cmd += f" --sections {args.sections}"
+        g_rows = gpu_rows(plan, dev, l2, ref_bw, peers=not args.no_peers, sections=sections,
+                          on_row=lambda rows: write_gpu_report(out, g_info, rows, cmd, started))
+        write_gpu_report(out, g_info, g_rows, cmd, started)
+        print(f"wrote {out}")
+        return 0
+    out = args.out or DEFAULT_OUT
+
     load_before = loadavg()
     print(f"CPU rows ({cpu_model()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()})", flush=True)
@@ -392,10 +616,12 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU rows", flush=True)
         dev = torch.device("cuda")
         g_info, l2, ref_bw = gpu_info(dev)
-        g_rows = gpu_rows(plan, dev, l2, ref_bw)
+        g_rows = gpu_rows(plan, dev, l2, ref_bw, peers=not args.no_peers)
     else:
-        g_rows = [[case, shape, base, "-", "-", "-", PENDING] for _, case, shape, base in GPU_PLAN]
-        g_info = {"GPU": "none: " + PENDING}
+        g_rows = [[case, shape, base, "-", "-", "-", PENDING, "-"]
+                  for _, case, shape, base in GPU_PLAN]
+        g_info = {"GPU": "none: " + PENDING + "; GPU rows measured on a GPU machine are in "
+                  "`kernels_gpu.md` (`--gpu-only`)"}
 
     import numba
     import numpy as np
@@ -406,9 +632,6 @@ def main(argv: list[str] | None = None) -> int:
         triton_version = triton.__version__
     except ImportError:  # pragma: no cover
         triton_version = "not installed"
-    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "") + (
-        f" --plan {args.plan}" if args.plan else "") + (
-        f" --threads {args.threads}" if args.threads > 0 else "")
     lines = [
         "# Packed kernel benchmarks",
         "",
@@ -457,13 +680,14 @@ def main(argv: list[str] | None = None) -> int:
         "weight copies to exceed 4x L2, so weights come from HBM. Targets: both-binary GEMV "
         ">= 10x bf16 (byte-ratio limit 16x), binary weights x bf16 >= 6x, GEMM >= 1.5x.",
         "",
-        _table(["case", "shape", "baseline", "baseline us", "packed us", "speedup",
-                "HBM fraction / throughput"], g_rows),
+        _table_gpu(g_rows),
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
     return 0
 
 

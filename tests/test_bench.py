@@ -19,10 +19,12 @@ def test_device_measurement_plumbing_on_cpu(tmp_path):
     from bnnbench.bench.packed_inference import GEOMETRY, measure_device, median_ms
 
     rows = measure_device(["model=resnet18"], (1, 3), tmp_path, torch.device("cpu"),
-                          torch.float32, GEOMETRY, lambda fn: median_ms(fn, 1))
-    assert [r[0] for r in rows] == [1, 3]
-    assert all(agree == 100.0 for *_, agree in rows)
-    assert all(fp > 0 and packed > 0 for _, fp, packed, _ in rows)
+                          torch.float32, GEOMETRY, lambda fn: median_ms(fn, 1),
+                          eager_timer=lambda fn: median_ms(fn, 1))
+    assert [r["batch"] for r in rows] == [1, 3]
+    assert all(r["agree"] == 100.0 for r in rows)
+    assert all(r[k] > 0 for r in rows for k in ("fp_ms", "packed_ms", "fp_eager_ms",
+                                                "packed_eager_ms"))
 
 
 def test_gpu_rows_pending_without_cuda(tmp_path, monkeypatch):
@@ -31,7 +33,28 @@ def test_gpu_rows_pending_without_cuda(tmp_path, monkeypatch):
     from bnnbench.bench import packed_inference as P
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rows, device = P.gpu_lines(tmp_path)
+    rows, device, profiles = P.gpu_lines(tmp_path)
+    assert profiles == []
     assert device.startswith("none")
     assert len(rows) == sum(len(b) for _, _, b in P.GPU_CASES)
     assert all(P.PENDING in r for r in rows)
+
+
+def test_e2e_goal_verdicts():
+    from bnnbench.bench.packed_inference import goal_verdict
+
+    assert goal_verdict(1, 2.5).endswith("met") and goal_verdict(1, 1.9).endswith("missed")
+    assert goal_verdict(256, 1.3).endswith("met") and goal_verdict(256, 1.29).endswith("missed")
+    assert goal_verdict(8, 0.1) == "measured"
+
+
+def test_training_cost_bench_times_every_requested_method(tmp_path):
+    from bnnbench.bench import training_cost
+
+    out = tmp_path / "training_cost.md"
+    assert training_cost.main(["--plan", "tiny", "--warmup", "1", "--steps", "1",
+                               "--methods", "bnn", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| tiny")]
+    assert [r.split(" | ")[1] for r in rows] == ["fp", "bnn"]  # fp always runs: the ratio's base
+    assert all(r.endswith("| measured |") for r in rows), rows
+    assert rows[0].split(" | ")[5] == "1.00"

@@ -98,12 +98,15 @@ def measure(overrides: list[str], batches: tuple[int, ...], repeats: int, workdi
 @torch.inference_mode()
 def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path,
                    device: torch.device, dtype: torch.dtype, geometry: dict[str, int],
-                   timer: Callable[[Callable[[], object]], float]
-                   ) -> list[tuple[int, float, float, float]]:
-    """Per batch: (batch, float network ms, packed ms, top-1 agreement of packed vs trained, %).
+                   timer: Callable[[Callable[[], object]], float],
+                   eager_timer: Callable[[Callable[[], object]], float] | None = None,
+                   profile_batch: int | None = None) -> list[dict]:
+    """Per batch: float network and packed model times (ms) and the top-1 agreement (%).
 
     The float network and the packed model's float layers run in ``dtype`` on ``device``; the
     agreement compares the packed model's classes with the trained BinaryNet module's (fp32).
+    ``timer`` times CUDA-graph replays; ``eager_timer`` (optional) plain eager calls, Python
+    included. At ``profile_batch`` the rows carry a profiler table of the packed forward.
     """
     reference = build_net(composed(overrides), geometry).to(device, dtype).eval()
     cfg = composed(["+method=bnn", *overrides])
@@ -118,38 +121,154 @@ def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path
                         device=device)
         xd = x.to(dtype)
         agree = (net(x).argmax(-1) == packed(xd).argmax(-1)).float().mean().item() * 100
-        rows.append((batch, timer(lambda: reference(xd)), timer(lambda: packed(xd)), agree))
+        row = {"batch": batch, "fp_ms": timer(lambda: reference(xd)),
+               "packed_ms": timer(lambda: packed(xd)), "agree": agree}
+        if eager_timer is not None:
+            row["fp_eager_ms"] = eager_timer(lambda: reference(xd))
+            row["packed_eager_ms"] = eager_timer(lambda: packed(xd))
+        if batch == profile_batch:
+            row["profile"] = profile_table(lambda: packed(xd))
+        rows.append(row)
     return rows
 
 
-def gpu_lines(workdir: Path) -> tuple[list[str], str]:
-    """GPU table rows (measured on CUDA, else pending) and the device description."""
+def profile_table(fn: Callable[[], object], top: int = 12) -> str:
+    """The ``top`` CUDA kernels of a few calls of ``fn`` by total GPU time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
+
+
+def _eager_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench
+
+    fn()
+    torch.cuda.synchronize()
+    return float(do_bench(fn, warmup=10, rep=100, return_mode="median"))
+
+
+def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None] | None = None
+              ) -> tuple[list[str], str, list[str]]:
+    """GPU table rows (measured on CUDA, else pending), the device description, profiles.
+
+    ``on_row(rows, device, profiles)`` runs after every row, so a run cut short by a time
+    limit still leaves every row it measured in the report.
+    """
     if not torch.cuda.is_available():
-        rows = [f"| {label} | {b} | - | - | - | - | {PENDING} |"
+        rows = [f"| {label} | {b} | - | - | - | - | - | - | {PENDING} |"
                 for label, _, batches in GPU_CASES for b in batches]
-        return rows, "none: " + PENDING
-    from bnnbench.kernels.bench import _gpu_time_ms
+        return rows, "none: " + PENDING, []
+    from bnnbench.kernels.bench import _gpu_time_ms, gpu_versions
 
     dev = torch.device("cuda")
-    rows = []
+    v = gpu_versions()
+    name = (f"{torch.cuda.get_device_name(dev)}, driver {v['driver']}, CUDA {v['CUDA (torch)']}, "
+            f"torch {v['torch']}, triton {v['triton']}")
+    rows, profiles = [], []
     for label, overrides, batches in GPU_CASES:
         try:
-            for batch, fp_ms, packed_ms, agree in measure_device(
-                    overrides, batches, workdir, dev, torch.float16, IMAGENET, _gpu_time_ms):
-                rows.append(f"| {label} | {batch} | {fp_ms:.3f} | {packed_ms:.3f} | "
-                            f"{fp_ms / packed_ms:.2f}x | {agree:.1f}% | measured |")
+            for r in measure_device(overrides, batches, workdir, dev, torch.float16, IMAGENET,
+                                    _gpu_time_ms, _eager_ms, profile_batch=1):
+                rows.append(f"| {label} | {r['batch']} | {r['fp_ms']:.3f} | "
+                            f"{r['packed_ms']:.3f} | {r['fp_ms'] / r['packed_ms']:.2f}x | "
+                            f"{r['fp_eager_ms']:.3f} | {r['packed_eager_ms']:.3f} | "
+                            f"{r['agree']:.1f}% | {goal_verdict(r['batch'], r['fp_ms'] / r['packed_ms'])} |")
                 print(rows[-1], flush=True)
+                if "profile" in r:
+                    profiles += [f"### {label}, batch {r['batch']}, packed (fp16)", "",
+                                 "```", r["profile"], "```", ""]
+                if on_row is not None:
+                    on_row(rows, name, profiles)
         except Exception as e:  # noqa: BLE001 - record the failure in the report, keep going
-            rows.append(f"| {label} | - | - | - | - | - | failed: "
+            rows.append(f"| {label} | - | - | - | - | - | - | - | failed: "
                         f"{type(e).__name__}: {str(e)[:150]} |")
-    return rows, torch.cuda.get_device_name(dev)
+            print(rows[-1], flush=True)
+    return rows, name, profiles
+
+
+#: the issue's end-to-end goals: speedup of the packed model over the fp16 network, by batch
+E2E_GOALS = {1: 2.0, 256: 1.3}
+
+
+def goal_verdict(batch: int, speedup: float) -> str:
+    goal = E2E_GOALS.get(batch)
+    if goal is None:
+        return "measured"
+    return f"goal >= {goal:g}x: {'met' if speedup >= goal else 'missed'}"
+
+
+GPU_NOTES = [
+    "- Networks: BinaryNet ResNet-18 and NIN at ImageNet geometry (3x224x224, 1000 classes), "
+    "random inputs; *fp16 network*: the same architecture with no method, in fp16; *packed*: "
+    "`load_packed(..., device='cuda')` in fp16 (binary layers on the Triton kernels). *graph*: "
+    "median of `triton.testing.do_bench_cudagraph` (the forward replayed as one CUDA graph: "
+    "what `torch.compile(mode='reduce-overhead')` or a captured graph gives); *eager*: median of "
+    "`triton.testing.do_bench` on plain calls (Python and launch overhead included). Goals: "
+    ">= 2x the fp16 network at batch 1, >= 1.3x at batch 256 (graph times). *agreement*: share "
+    "of inputs where the packed model's class equals the trained BinaryNet module's (fp32).",
+    "",
+    "| network | batch | fp16 network ms (graph) | packed ms (graph) | speedup (graph) | "
+    "fp16 network ms (eager) | packed ms (eager) | agreement | goal |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def write_gpu_report(out: Path) -> None:
+    """GPU rows only (``--gpu-only``): their own file, measured on a GPU machine; rewritten
+    after every row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        final = gpu_lines(Path(tmp), on_row=lambda *a: _write(out, _gpu_report_text(*a)))
+    _write(out, _gpu_report_text(*final))
+
+
+def _gpu_report_text(g_rows: list[str], gpu_name: str, profiles: list[str]) -> list[str]:
+    return [
+        "# Packed inference vs the float model: GPU",
+        "",
+        "Written by `python -m bnnbench.bench.packed_inference --gpu-only` on "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; do not edit by hand, rerun it on "
+        "a GPU machine. CPU rows: `packed_inference.md`.",
+        "",
+        f"- Device: {gpu_name}.",
+        *GPU_NOTES,
+        *g_rows,
+        "",
+        "## Where the packed forward spends its GPU time (batch 1, torch.profiler, 5 calls)",
+        "",
+        *profiles,
+    ]
+
+
+def _write(out: Path, text: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("\n".join(text))
+    os.replace(tmp, out)
+    print("wrote", out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "packed_inference.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report path (default reports/packed_inference.md, with --gpu-only "
+                             "reports/packed_inference_gpu.md)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="GPU rows only, into their own report (needs CUDA)")
     args = parser.parse_args(argv)
+    if args.gpu_only:
+        if not torch.cuda.is_available():
+            raise SystemExit("bnnbench.bench.packed_inference: --gpu-only needs a CUDA GPU; run "
+                             "without it here")
+        write_gpu_report(args.out or ROOT / "reports" / "packed_inference_gpu.md")
+        return
+    out = args.out or ROOT / "reports" / "packed_inference.md"
     lines = [
         "| network | method | batch | fp32 network ms | as trained ms | packed ms | "
         "speedup vs fp32 | top-1 agreement with trained |",
@@ -163,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{packed_ms:.3f} | {fp_ms / packed_ms:.2f}x | "
                              f"{agree:.1f}% |")
                 print(lines[-1], flush=True)
-        g_rows, gpu_name = gpu_lines(Path(tmp))
+        g_rows, gpu_name, profiles = gpu_lines(Path(tmp))
     text = [
         "# Packed inference vs the float model",
         "",
@@ -198,22 +317,14 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## GPU",
         "",
-        f"- Device: {gpu_name}.",
-        "- Networks: BinaryNet ResNet-18 and NIN at ImageNet geometry (3x224x224, 1000 classes), "
-        "random inputs; *fp16 network*: the same architecture with no method, in fp16; *packed*: "
-        "`load_packed(..., device='cuda')` in fp16 (binary layers on the Triton kernels). Median "
-        "of `triton.testing.do_bench_cudagraph` (stream timing where capture fails). Goal: "
-        ">= 3x at batch 1. *agreement*: share of inputs where the packed model's class equals the "
-        "trained BinaryNet module's (fp32).",
-        "",
-        "| network | batch | fp16 network ms | packed ms | speedup vs fp16 | agreement | status |",
-        "|---|---|---|---|---|---|---|",
+        f"- Device: {gpu_name}; rows measured on a GPU machine are in `packed_inference_gpu.md` "
+        "(`--gpu-only`).",
+        *GPU_NOTES,
         *g_rows,
         "",
+        *profiles,
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(text))
-    print("wrote", args.out)
+    _write(out, text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""Every GPU measurement of bnnbench in one short run: ``python -m bnnbench.bench.gpu --out DIR``.
+
+Made for a bare GPU machine lent for a few minutes (no network): install the carried wheels
+first (README, "Measuring on a GPU"), then run this from the repository root. Steps, in order,
+each in its own process with its own time limit, each skippable (``--skip kernels,tests``),
+each logging into ``DIR/<step>.log``:
+
+1. ``versions``: nvidia-smi, python and library versions;
+2. ``kernels``: ``python -m bnnbench.kernels.bench --gpu-only`` (every row checked against
+   float64 on the same inputs; gemlite's A16W1 as a peer when importable);
+3. ``packed``: ``python -m bnnbench.bench.packed_inference --gpu-only`` (packed ResNet-18 / NIN
+   vs the fp16 network, CUDA graphs and eager, profiler table at batch 1);
+4. ``training``: ``python -m bnnbench.bench.training_cost`` (one Lightning step per method,
+   bf16-mixed);
+5. ``tests``: ``pytest tests/kernels`` on CUDA (every kernel against its reference).
+
+The reports land in ``DIR`` (``kernels_gpu.md``, ``packed_inference_gpu.md``,
+``training_cost.md``); ``DIR/gpu_results.tar.gz`` is rewritten after every step, so a run cut
+short still returns what it finished. Copy the reports into ``reports/`` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+#: (name, command (``{work}`` = the step folder), time limit s)
+STEPS: tuple[tuple[str, list[str], int], ...] = (
+    ("versions", [sys.executable, "-c",
+                  "import subprocess, torch, triton, pytorch_lightning as pl\n"
+                  "print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout)\n"
+                  "print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', "
+                  "triton.__version__, 'lightning', pl.__version__)\n"
+                  "print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))\n"
+                  "for name in ('hydra', 'omegaconf', 'gemlite', 'timm', 'numba'):\n"
+                  "    try:\n"
+                  "        m = __import__(name); print(name, getattr(m, '__version__', '?'))\n"
+                  "    except Exception as e:\n"
+                  "        print(name, 'missing:', e)\n"], 60),
+    ("kernels", [sys.executable, "-m", "bnnbench.kernels.bench", "--gpu-only",
+                 "--out", "{work}/kernels_gpu.md"], 170),
+    ("packed", [sys.executable, "-m", "bnnbench.bench.packed_inference", "--gpu-only",
+                "--out", "{work}/packed_inference_gpu.md"], 110),
+    ("training", [sys.executable, "-m", "bnnbench.bench.training_cost",
+                  "--out", "{work}/training_cost.md"], 120),
+    ("tests", [sys.executable, "-m", "pytest", "tests/kernels", "-q", "-x",
+               "-p", "no:cacheprovider", "--durations=10"], 150),
+)
+
+
+def run_step(name: str, cmd: list[str], limit: float, work: Path) -> str:
+    """Run one step with a time limit; its output goes to ``work/<name>.log``. A status line."""
+    log = work / f"{name}.log"
+    start = time.monotonic()
+    with log.open("w") as fh:
+        try:
+            rc = subprocess.run([c.replace("{work}", str(work)) for c in cmd], stdout=fh,
+                                stderr=subprocess.STDOUT, timeout=limit).returncode
+            status = "ok" if rc == 0 else f"exit {rc}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {limit:.0f} s"
+    line = f"{name}: {status} in {time.monotonic() - start:.0f} s"
+    print(line, flush=True)
+    print("".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:]), flush=True)
+    return line
+
+
+def bundle(work: Path, out: Path) -> None:
+    """Tar the step folder into ``out/gpu_results.tar.gz`` (atomically replaced)."""
+    tmp = out / "gpu_results.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(work, arcname="gpu_results")
+    tmp.replace(out / "gpu_results.tar.gz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for logs and reports")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip")
+    parser.add_argument("--only", default="", help="comma-separated steps to run (default all)")
+    parser.add_argument("--budget", type=float, default=450,
+                        help="total seconds; a step gets at most what is left")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    only = {s for s in args.only.split(",") if s}
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path("/tmp/bnnbench_gpu_results")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    deadline = time.monotonic() + args.budget
+    summary = []
+    for name, cmd, limit in STEPS:
+        if name in skip or (only and name not in only):
+            summary.append(f"{name}: skipped")
+            continue
+        left = deadline - time.monotonic()
+        if left < 15:
+            summary.append(f"{name}: not run (budget spent)")
+            continue
+        summary.append(run_step(name, cmd, min(limit, left), work))
+        (work / "summary.txt").write_text("\n".join(summary) + "\n")
+        bundle(work, args.out)
+    (work / "summary.txt").write_text("\n".join(summary) + "\n")
+    bundle(work, args.out)
+    print("\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
