@@ -116,11 +116,33 @@ def _resource_usage(cubin: bytes) -> str:
     return " ".join(f"{k}:{v}" for k, v in fields) or f"{len(cubin)} B cubin"
 
 
+def _code_counts(kernel) -> str:
+    """What the speed depends on, counted in the compiled code: ``cp.async`` copies in the PTX
+    (software-pipelined loads), and POPC / IMMA / HMMA / LDGSTS instructions in the SASS."""
+    ptx = kernel.asm.get("ptx", "")
+    counts = [f"cp.async:{ptx.count('cp.async.ca') + ptx.count('cp.async.cg')}"]
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if tool.exists():
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            sass = subprocess.run([str(tool), "--dump-sass", f.name], capture_output=True,
+                                  text=True, check=False).stdout
+        for op in ("POPC", "LDGSTS", "IMMA", "HMMA", "LOP3", "I2F"):
+            n_op = len(re.findall(r"\b" + op + r"\b", sass))
+            counts.append(f"{op}:{n_op}")
+        n_sass = len(re.findall(r"/\*[0-9a-f]{4}\*/", sass))
+        counts.append(f"SASS:{n_sass}")
+    return " ".join(counts)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     ap.add_argument("--only", default="", help="substring filter on the case label")
     ap.add_argument("--all", action="store_true", help="every autotune config, not 2 per set")
+    ap.add_argument("--counts", action="store_true",
+                    help="also count cp.async (PTX) and POPC/LDGSTS/IMMA/HMMA/LOP3/I2F (SASS)")
     args = ap.parse_args(argv)
     failed = spilled = 0
     for arch in args.arch:
@@ -134,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 k = triton.compile(ASTSource(fn, sig, const), target=target,
                                    options={"num_warps": warps, "num_stages": stages})
                 usage = _resource_usage(k.asm["cubin"])
+                if args.counts:
+                    usage += " " + _code_counts(k)
                 spill = re.search(r"STACK:(\d+)", usage)
                 if spill and int(spill.group(1)) > 0:
                     spilled += 1

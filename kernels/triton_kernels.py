@@ -56,6 +56,11 @@ except (ImportError, AttributeError):  # pragma: no cover - older Triton
 
 #: xnor GEMM / multi-plane GEMM: int8 tensor-core path from this many rows on.
 DOT_MIN_M = 32
+#: xnor GEMM on CUDA with ``path="auto"``, from DOT_MIN_M rows: both operands unpacked to +-1
+#: int8 and multiplied by cuBLASLt (``torch._int_mm``) when its shape rules hold. On an H200 it
+#: was 3.2x faster than this module's int8 Triton kernel at M=256 N=K=4096 and 1.7x at
+#: M=N=K=4096, unpacking included (reports/gpu_runs/2026-11-26_h200).
+INT_MM_AUTO = True
 #: packed conv: int8 tensor-core path from this many output positions (N * OH * OW) on.
 CONV_DOT_MIN_P = 64
 
@@ -93,23 +98,30 @@ def _interp(**kw) -> list[triton.Config]:
 
 
 def _popcount_configs() -> list[triton.Config]:
-    cfgs = []
-    for bm in (1, 4, 16):
-        for bn in (16, 32, 64, 128):
-            for bkw in (8, 16, 32):  # >= 32 contiguous bytes per weight row and step
-                if bm * bn * bkw > 8192:  # the (BM, BN, BKW) xor tile lives in registers
-                    continue
-                for st in (2, 3):
-                    cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw,
-                                               "GROUP_M": 1}, num_warps=4, num_stages=st))
-    return cfgs
+    """GEMV-regime tiles (M <= 16): few weight rows per program, long K steps.
+
+    The (BLOCK_M, BLOCK_N, BLOCK_KW) popcount accumulator lives in registers (reduced once after
+    the K loop), so BM * BN * BKW stays <= 32 words per thread. ``KSTAGES`` is the K loop's
+    software-pipelining depth (``tl.range(num_stages=...)``: cp.async copies in flight).
+    """
+    shapes = [  # (BM, BN, BKW, warps, K stages)
+        (1, 16, 128, 4, 3), (1, 8, 256, 4, 3), (1, 32, 128, 8, 3), (1, 16, 256, 8, 3),
+        (1, 32, 64, 8, 4), (1, 64, 64, 8, 3),
+        (4, 8, 64, 4, 3), (4, 16, 64, 8, 3), (4, 16, 32, 4, 4), (4, 32, 32, 8, 3),
+        (16, 8, 32, 4, 3), (16, 16, 16, 4, 3), (16, 16, 32, 8, 3), (16, 32, 16, 8, 3),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 1,
+                           "KSTAGES": st}, num_warps=w, num_stages=st)
+            for bm, bn, bkw, w, st in shapes]
 
 
 # Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
 # --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
 def _gemm_cfgs(shapes) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8},
-                          num_warps=w, num_stages=s) for bm, bn, bkw, w, s in shapes]
+    """Tensor-core tiles; their K loop is pipelined by the kernel's ``num_stages`` (KSTAGES unused)."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8,
+                           "KSTAGES": 1}, num_warps=w, num_stages=s)
+            for bm, bn, bkw, w, s in shapes]
 
 
 def _dot_configs() -> list[triton.Config]:
@@ -136,7 +148,7 @@ def _smem_bytes(cfg: triton.Config, int8_tiles: bool) -> int:
 
 def _prune_popcount(configs, named_args, **kwargs):
     if INTERPRET:
-        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1)
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1, KSTAGES=1)
     smem = _current_smem()
     keep = [c for c in configs if _smem_bytes(c, False) <= smem]
     return _rows_block(keep, named_args["M"])
@@ -144,7 +156,7 @@ def _prune_popcount(configs, named_args, **kwargs):
 
 def _prune_dot(configs, named_args, **kwargs):
     if INTERPRET:
-        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4)
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4, KSTAGES=1)
     smem = _current_smem()
     m = named_args["M"]
     keep = [c for c in configs if _smem_bytes(c, True) <= smem]
@@ -155,7 +167,7 @@ def _prune_dot(configs, named_args, **kwargs):
 
 def _prune_bw(configs, named_args, **kwargs):
     if INTERPRET:
-        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4)
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4, KSTAGES=1)
     smem = _current_smem()
     m = named_args["M"]
     x = named_args["x_ptr"]
@@ -231,6 +243,18 @@ def _popcount(x, HW_POPC: tl.constexpr):
 
 
 @triton.jit
+def _expand_pm1_half(words, bit, ONE_BITS: tl.constexpr):
+    """int32 words (broadcast against ``bit``) -> +-1.0 as 16-bit float bit patterns (uint16).
+
+    The weight bit becomes the sign bit and ``ONE_BITS`` (1.0: 0x3F80 bf16, 0x3C00 fp16) the
+    rest: two shifts and one and-or per weight (no integer-to-float conversion, whose
+    throughput on the SM is a fraction of plain integer operations). Bitcast to the float type.
+    """
+    u = words.to(tl.uint32, bitcast=True)
+    return ((((u << (31 - bit)) >> 16) & 0x8000) | ONE_BITS).to(tl.uint16)
+
+
+@triton.jit
 def _expand_pm1(words, bit):
     """int32 words (broadcast against ``bit`` = arange(32)) -> +1 (bit 0) / -1 (bit 1) int32."""
     return ((words << (31 - bit)) >> 31) | 1
@@ -240,22 +264,28 @@ def _expand_pm1(words, bit):
 def _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
                         stride_am, stride_ak, stride_wn, stride_wk,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                        HW_POPC: tl.constexpr):
-    """sum_words popcount(a[m] ^ w[n]) for a (BLOCK_M, BLOCK_N) tile (masked words are 0)."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+                        HW_POPC: tl.constexpr, KSTAGES: tl.constexpr):
+    """sum_words popcount(a[m] ^ w[n]) for a (BLOCK_M, BLOCK_N) tile (masked words are 0).
+
+    Memory-bound GEMV regime: every weight word is read once, so the loop (1) keeps one
+    popcount partial per (m, n, word lane) and reduces across lanes once after the loop, not
+    every step; (2) is software-pipelined ``KSTAGES`` deep (cp.async copies in flight); (3)
+    streams weights with evict-first and keeps the small activation rows with evict-last.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.int32)
     offs_w = tl.arange(0, BLOCK_KW)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    for kw0 in range(0, KW, BLOCK_KW):
+    for kw0 in tl.range(0, KW, BLOCK_KW, num_stages=KSTAGES):
         kk = kw0 + offs_w
         k_mask = kk < KW
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
-                    mask=m_mask[:, None] & k_mask[None, :], other=0)
+                    mask=m_mask[:, None] & k_mask[None, :], other=0, eviction_policy="evict_last")
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
-                    mask=n_mask[:, None] & k_mask[None, :], other=0)
-        x = a[:, None, :] ^ w[None, :, :]
-        acc += tl.sum(_popcount(x, HW_POPC), axis=2)
-    return acc
+                    mask=n_mask[:, None] & k_mask[None, :], other=0,
+                    eviction_policy="evict_first")
+        acc += _popcount(a[:, None, :] ^ w[None, :, :], HW_POPC)
+    return tl.sum(acc, axis=2)
 
 
 @triton.jit
@@ -287,7 +317,8 @@ def _xnor_tile_dot(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
 def _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k,
                stride_am, stride_ak, stride_wn, stride_wk,
                USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr):
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+               KSTAGES: tl.constexpr):
     """Exact int32 dots of one (BLOCK_M, BLOCK_N) tile: int8 ``tl.dot`` or popcount.
 
     dot path: the padding bits past ``k`` unpack to +1 in both operands, so they add
@@ -300,7 +331,8 @@ def _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k,
         dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
     else:
         pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
-                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC)
+                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC,
+                                  KSTAGES)
         dot = k - 2 * pop
     return dot
 
@@ -369,13 +401,13 @@ def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
                       stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
                       USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                      GROUP_M: tl.constexpr):
+                      GROUP_M: tl.constexpr, KSTAGES: tl.constexpr):
     """c[m, n] = sum_k a_pm[m, k] * w_pm[n, k]  (int32, exact)."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     dot = _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am, stride_ak,
-                     stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW)
+                     stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW, KSTAGES)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, dot, mask=mask)
 
@@ -388,7 +420,7 @@ def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                          GROUP_M: tl.constexpr):
+                          GROUP_M: tl.constexpr, KSTAGES: tl.constexpr):
     """y[m, n] = scale[n] * sum_p alpha[p, m] * xnor_dot(H_p[m], W[n]) + bias[n], one launch."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -399,7 +431,7 @@ def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
     for p in range(P):
         dot = _xnor_tile(a_ptr + p * stride_ap, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am,
                          stride_ak, stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N,
-                         BLOCK_KW)
+                         BLOCK_KW, KSTAGES)
         al = tl.load(alpha_ptr + p * stride_alp + offs_m * stride_alm, mask=m_mask, other=0.0)
         y += al[:, None] * dot.to(tl.float32)
     y = _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
@@ -411,9 +443,10 @@ def _multibit_gemm_kernel(a_ptr, w_ptr, alpha_ptr, scale_ptr, bias_ptr, y_ptr,
 def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
                                stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
                                HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                               FP32_MODE: tl.constexpr,
+                               FP32_MODE: tl.constexpr, ONE_BITS: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr):
+                               BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr,
+                               KSTAGES: tl.constexpr):
     """y[m, n] = scale[n] * sum_k x[m, k] * w_pm[n, k] + bias[n]; weights expanded in registers."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -430,9 +463,15 @@ def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
                     mask=m_mask[:, None] & (kb[None, :] < K), other=0.0)         # (BM, BK)
         kk = kw0 + offs_w
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + kk[:, None] * stride_wk,
-                    mask=n_mask[None, :] & (kk[:, None] < KW), other=0)         # (BKW, BN)
-        wv = _expand_pm1(w[:, None, :], bit[None, :, None])                     # (BKW, 32, BN)
-        wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(x_ptr.dtype.element_ty)
+                    mask=n_mask[None, :] & (kk[:, None] < KW), other=0,
+                    eviction_policy="evict_first")                              # (BKW, BN)
+        if FP32_MODE == 0:  # fp16 / bf16: +-1 built from bits, bitcast
+            wv = _expand_pm1_half(w[:, None, :], bit[None, :, None], ONE_BITS)  # (BKW, 32, BN)
+            wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(x_ptr.dtype.element_ty,
+                                                              bitcast=True)
+        else:
+            wv = _expand_pm1(w[:, None, :], bit[None, :, None])                 # (BKW, 32, BN)
+            wv = tl.reshape(wv, (BLOCK_KW * 32, BLOCK_N)).to(x_ptr.dtype.element_ty)
         if FP32_MODE == 1:  # interpreter: exact fp32
             acc = tl.dot(x, wv, acc, input_precision="ieee")
         elif FP32_MODE == 2:  # CUDA fp32 activations: 3xTF32 tensor-core products
@@ -588,6 +627,12 @@ def _use_dot(path: str, size: int, threshold: int, op: str) -> bool:
     return path == "dot" or (path == "auto" and size >= threshold)
 
 
+def _int_mm_fits(m: int, n: int) -> bool:
+    """cuBLASLt int8 GEMM's shape rules (``torch._int_mm``): M > 16, N and K multiples of 8
+    (K is a whole number of 32-bit words here)."""
+    return m > 16 and n % 8 == 0
+
+
 def pack_signs(x: Tensor) -> Tensor:
     """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32."""
     op = "pack_signs"
@@ -626,8 +671,10 @@ def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> 
 def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto") -> Tensor:
     """int32 ``a_pm @ w_pm.T`` for a (M, KW), w (N, KW) packed along K; k = true K.
 
-    ``path``: ``"popcount"`` (words, GEMV regime), ``"dot"`` (int8 tensor cores) or ``"auto"``
-    (int8 from :data:`DOT_MIN_M` rows).
+    ``path``: ``"popcount"`` (words, GEMV regime), ``"dot"`` (int8 tensor cores, Triton),
+    ``"int_mm"`` (unpack both to +-1 int8, cuBLASLt ``torch._int_mm``) or ``"auto"`` (popcount
+    below :data:`DOT_MIN_M` rows; above, ``int_mm`` on CUDA where its shape rules hold, else
+    ``dot``). Every path is exact.
     """
     op = "xnor_gemm"
     dev = validate_xnor_gemm(a_packed, w_packed, k, op)
@@ -635,6 +682,11 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
     _check_launchable(op, dev)
     m, kw = a_packed.shape
     n = w_packed.shape[0]
+    if path == "int_mm" or (path == "auto" and INT_MM_AUTO and dev.type == "cuda"
+                            and m >= DOT_MIN_M and _int_mm_fits(m, n)):
+        check(_int_mm_fits(m, n), op, f"path='int_mm' needs M > 16 and N % 8 == 0, got M={m}, "
+              f"N={n}; use path='dot'")
+        return _xnor_gemm_int_mm(a_packed, w_packed, k)
     c = torch.empty((m, n), dtype=torch.int32, device=dev)
     if m == 0 or n == 0:
         return c
@@ -645,6 +697,15 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
                a_packed.stride(0), a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
                c.stride(0), c.stride(1), USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
     return c
+
+
+def _xnor_gemm_int_mm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """Both operands unpacked over all their words (pad bits 0 -> +1 on both sides, adding
+    ``KW * 32 - k`` to every dot, taken off after) and multiplied by cuBLASLt int8."""
+    kw = a_packed.shape[1]
+    a8 = unpack_signs(a_packed, kw * 32, torch.int8)
+    w8 = unpack_signs(w_packed, kw * 32, torch.int8)
+    return torch._int_mm(a8, w8.T) - (kw * 32 - k)
 
 
 def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
@@ -696,7 +757,8 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
                               y.stride(0), y.stride(1), HAS_SCALE=scale is not None,
                               HAS_BIAS=bias is not None,
-                              FP32_MODE=0 if x.dtype != torch.float32 else (1 if INTERPRET else 2))
+                              FP32_MODE=0 if x.dtype != torch.float32 else (1 if INTERPRET else 2),
+                              ONE_BITS=0x3F80 if x.dtype == torch.bfloat16 else 0x3C00)
     return y
 
 
