@@ -89,8 +89,9 @@ def cases(every_config: bool = False):
                          "HAS_BIAS": True}, cfg.num_warps, cfg.num_stages))
     out.append(("pack_signs", T._pack_signs_kernel, {"x_ptr": "*bf16", "out_ptr": "*i32"},
                 {"BLOCK_R": 16, "BLOCK_W": 4}, 4, 1))
-    out.append(("unpack_signs", T._unpack_signs_kernel, {"p_ptr": "*i32", "out_ptr": "*fp16"},
-                {"BLOCK_R": 16, "BLOCK_K": 128}, 4, 1))
+    for out_ty in ("*fp16", "*i8"):
+        out.append((f"unpack_signs {out_ty[1:]}", T._unpack_signs_kernel,
+                    {"p_ptr": "*i32", "out_ptr": out_ty}, {"BLOCK_R": 8, "BLOCK_W": 8}, 4, 1))
     out.append(("pack_conv_input", T._pack_conv_input_kernel,
                 {"x_ptr": "*fp32", "out_ptr": "*i32"}, {"BLOCK_R": 32, "BLOCK_CW": 2}, 4, 1))
     return out
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--counts", action="store_true",
                     help="also count cp.async (PTX) and POPC/LDGSTS/IMMA/HMMA/LOP3/I2F (SASS)")
     args = ap.parse_args(argv)
-    failed = spilled = 0
+    failed = spilled = smem_low = 0
     for arch in args.arch:
         target = GPUTarget("cuda", arch, 32)
         for label, fn, ptrs, consts, warps, stages in cases(args.all):
@@ -155,21 +156,31 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 k = triton.compile(ASTSource(fn, sig, const), target=target,
                                    options={"num_warps": warps, "num_stages": stages})
-                usage = _resource_usage(k.asm["cubin"])
+                # cuobjdump reports the static SHARED only; Triton allocates dynamically
+                usage = _resource_usage(k.asm["cubin"]).replace(
+                    "SHARED:1024", f"SHARED:{k.metadata.shared}")
                 if args.counts:
                     usage += " " + _code_counts(k)
                 spill = re.search(r"STACK:(\d+)", usage)
                 if spill and int(spill.group(1)) > 0:
                     spilled += 1
                 status = f"ok   {usage}"
+                if "BLOCK_M" in consts and "USE_DOT" in consts:  # the autotuner's smem model
+                    cfg = triton.Config({k: consts[k] for k in
+                                         ("BLOCK_M", "BLOCK_N", "BLOCK_KW")}, num_stages=stages)
+                    model = T._smem_bytes(cfg, consts["USE_DOT"])
+                    if k.metadata.shared > model:
+                        smem_low += 1
+                        status += f" SMEM-MODEL-LOW (model {model})"
             except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
                 failed += 1
                 msg = str(e).strip().splitlines()
                 status = "FAIL " + (msg[-1] if msg else type(e).__name__)[:300]
             print(f"sm_{arch} {label:<90} {status} ({time.perf_counter() - t0:.1f}s)",
                   flush=True)
-    print(f"{failed} failed, {spilled} compiled with register spills")
-    return 1 if failed else 0
+    print(f"{failed} failed, {spilled} compiled with register spills, {smem_low} use more shared "
+          "memory than the autotuner's model")
+    return 1 if failed or spilled or smem_low else 0
 
 
 if __name__ == "__main__":

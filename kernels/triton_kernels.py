@@ -87,6 +87,8 @@ def _pow2_at_least(n: int) -> int:
 
 def _rows_block(configs, m: int, key: str = "BLOCK_M"):
     """Keep the configs whose row block is the smallest available one covering ``m``."""
+    if not configs:
+        return configs
     sizes = sorted({c.kwargs[key] for c in configs})
     want = next((s for s in sizes if s >= m), sizes[-1])
     return [c for c in configs if c.kwargs[key] == want]
@@ -136,14 +138,18 @@ def _multibit_dot_configs() -> list[triton.Config]:
     """Smaller tiles than :func:`_dot_configs`: the float accumulator adds register pressure."""
     return _gemm_cfgs([
         (128, 128, 4, 8, 3), (128, 64, 4, 8, 4), (64, 128, 4, 8, 4), (64, 64, 4, 4, 4),
-        (32, 64, 4, 4, 4), (16, 64, 2, 4, 4),
+        (32, 64, 4, 4, 4), (16, 64, 2, 4, 3),
     ])
 
 
 def _smem_bytes(cfg: triton.Config, int8_tiles: bool) -> int:
+    """Shared memory a GEMM config needs: the pipelined word tiles (+ the int8 operand tiles of
+    the dot path), or the epilogue's int32 accumulator exchange (BM x BN x 4), whichever is
+    larger (Triton reuses the buffer). Checked against ``kernel.metadata.shared`` of every kept
+    config with ``aot_check --all`` (sm_90): the model is never below the compiled figure."""
     bm, bn, bkw = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_KW"]
-    words = cfg.num_stages * (bm + bn) * bkw * 4
-    return words + ((bm + bn) * bkw * WORD_BITS if int8_tiles else 0)
+    loop = cfg.num_stages * (bm + bn) * bkw * 4 + ((bm + bn) * bkw * WORD_BITS if int8_tiles else 0)
+    return max(loop, bm * bn * 4 if int8_tiles else 0)
 
 
 def _prune_popcount(configs, named_args, **kwargs):
@@ -151,7 +157,9 @@ def _prune_popcount(configs, named_args, **kwargs):
         return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1, KSTAGES=1)
     smem = _current_smem()
     keep = [c for c in configs if _smem_bytes(c, False) <= smem]
-    return _rows_block(keep, named_args["M"])
+    # a GPU with less shared memory than every config models: the smallest one, not nothing
+    return _rows_block(keep or [min(configs, key=lambda c: _smem_bytes(c, False))],
+                       named_args["M"])
 
 
 def _prune_dot(configs, named_args, **kwargs):
@@ -159,7 +167,8 @@ def _prune_dot(configs, named_args, **kwargs):
         return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4, KSTAGES=1)
     smem = _current_smem()
     m = named_args["M"]
-    keep = [c for c in configs if _smem_bytes(c, True) <= smem]
+    keep = [c for c in configs if _smem_bytes(c, True) <= smem] or [
+        min(configs, key=lambda c: _smem_bytes(c, True))]
     # no row block much larger than M (wasted MMA rows); keep at least the smallest ones
     small = [c for c in keep if c.kwargs["BLOCK_M"] <= max(16, _pow2_at_least(m))]
     return small or keep[-2:]
@@ -384,16 +393,24 @@ def _pack_signs_kernel(x_ptr, out_ptr, R, K, KW, stride_xr, stride_xk, stride_or
 
 
 @triton.jit
-def _unpack_signs_kernel(p_ptr, out_ptr, R, n, stride_pr, stride_or,
-                         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[r, k] = 1 - 2 * ((p[r, k // 32] >> (k % 32)) & 1)."""
+def _unpack_signs_kernel(p_ptr, out_ptr, R, n, KW, stride_pr, stride_or,
+                         BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[r, k] = 1 - 2 * ((p[r, k // 32] >> (k % 32)) & 1) for k < n.
+
+    Each program loads a (BLOCK_R, BLOCK_W) tile of words once and expands it in registers to
+    (BLOCK_R, 32 * BLOCK_W) values: one load per word, not one per output element, and wide
+    contiguous stores (the int8 unpack feeds cuBLASLt in the large-M xnor GEMM).
+    """
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask = (offs_r[:, None] < R) & (offs_k[None, :] < n)
-    w = tl.load(p_ptr + offs_r[:, None] * stride_pr + (offs_k[None, :] // 32), mask=mask, other=0)
-    v = _expand_pm1(w, offs_k[None, :] % 32)
+    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    bit = tl.arange(0, 32)
+    words = tl.load(p_ptr + offs_r[:, None] * stride_pr + offs_w[None, :],
+                    mask=(offs_r[:, None] < R) & (offs_w[None, :] < KW), other=0)
+    v = _expand_pm1(words[:, :, None], bit[None, None, :])                     # (BR, BW, 32)
+    v = tl.reshape(v, (BLOCK_R, BLOCK_W * 32))
+    offs_k = tl.program_id(1) * BLOCK_W * 32 + tl.arange(0, BLOCK_W * 32)
     tl.store(out_ptr + offs_r[:, None] * stride_or + offs_k[None, :],
-             v.to(out_ptr.dtype.element_ty), mask=mask)
+             v.to(out_ptr.dtype.element_ty), mask=(offs_r[:, None] < R) & (offs_k[None, :] < n))
 
 
 @triton.jit
@@ -661,10 +678,11 @@ def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> 
     r = p2.shape[0]
     out = torch.empty((r, n), dtype=dtype, device=packed.device)
     if r and n:
-        br, bk = 16, 128
-        grid = (triton.cdiv(r, br), triton.cdiv(n, bk))
-        _unpack_signs_kernel[grid](p2, out, r, n, p2.stride(0), out.stride(0),
-                                   BLOCK_R=br, BLOCK_K=bk)
+        kw = p2.shape[1]
+        br, bw = 8, 8  # 8 rows x 256 values: 2 KiB of int8 / 8 KiB of fp32 stored per program
+        grid = (triton.cdiv(r, br), triton.cdiv(kw, bw))
+        _unpack_signs_kernel[grid](p2, out, r, n, kw, p2.stride(0), out.stride(0),
+                                   BLOCK_R=br, BLOCK_W=bw)
     return out.reshape(*packed.shape[:-1], n)
 
 

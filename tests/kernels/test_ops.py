@@ -149,3 +149,23 @@ def test_autotune_pruning_for_cuda(monkeypatch):
     assert bw and all(c.kwargs["BLOCK_M"] == 16 for c in bw)
     monkeypatch.setattr(T, "INTERPRET", True)
     assert len(T._prune_dot(T._dot_configs(), {"M": 8192})) == 1
+
+
+def test_autotune_pruning_never_returns_nothing(monkeypatch):
+    """A device with less shared memory than every config models still gets one config."""
+    from bnnbench.kernels import triton_kernels as T
+
+    monkeypatch.setattr(T, "INTERPRET", False)
+    monkeypatch.setattr(T, "_current_smem", lambda: 1024)
+    assert len(T._prune_popcount(T._popcount_configs(), {"M": 1})) == 1
+    assert len(T._prune_dot(T._dot_configs(), {"M": 4096})) == 1
+
+
+def test_smem_model_covers_the_epilogue_exchange():
+    """The int32 accumulator of a 128x256 int8 tile is exchanged through 128 KiB of shared
+    memory (what ptxas reports for that config); the model must not be below it."""
+    from bnnbench.kernels import triton_kernels as T
+
+    big = next(c for c in T._dot_configs() if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) ==
+               (128, 256))
+    assert T._smem_bytes(big, True) >= 128 * 256 * 4
