@@ -58,3 +58,15 @@ def test_training_cost_bench_times_every_requested_method(tmp_path):
     assert [r.split(" | ")[1] for r in rows] == ["fp", "bnn"]  # fp always runs: the ratio's base
     assert all(r.endswith("| measured |") for r in rows), rows
     assert rows[0].split(" | ")[5] == "1.00"
+
+
+def test_memory_rows_measure_fresh_processes(tmp_path):
+    """The memory section's plumbing: two child processes per case, one row with a verdict."""
+    from bnnbench.bench.packed_inference import GEOMETRY, memory_rows
+
+    (row,) = memory_rows(tmp_path, [("tiny mlp", ["model=mlp", "model.hidden_features=64"],
+                                     GEOMETRY, 2)])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "tiny mlp" and cells[1] == "2"
+    assert float(cells[2]) > 0 and float(cells[3]) > 0  # file and float parameter MiB
+    assert cells[-1] in ("met", "missed")

@@ -132,6 +132,63 @@ def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path
     return rows
 
 
+MEMORY_CASES = (  # (label, overrides, geometry, batch): the issue's memory goal
+    ("mlp 3x4096 (BinaryNet paper)", MLP_4096, GEOMETRY, 1),
+    ("resnet18 (ImageNet 224 px)", ["model=resnet18"], IMAGENET, 1),
+)
+
+
+def _child_peak(args: list[str]) -> dict[str, float]:
+    """Run :mod:`bnnbench.bench.peak_memory` in a fresh process; its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bnnbench.bench.peak_memory", *args],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
+                           f"exit {out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_rows(workdir: Path, cases=MEMORY_CASES) -> list[str]:
+    """Peak memory a fresh process adds to load and run the packed model vs the float network.
+
+    Goal (the packed-path issue): the packed model adds at most twice its file size plus its
+    activations; the activations are taken as the float network's added peak minus its
+    parameter bytes (same input, same batch).
+    """
+    rows = []
+    for label, overrides, geometry, batch in cases:
+        cfg = composed(["+method=bnn", *overrides])
+        net = trained_like_batchnorm(build_net(cfg, geometry)).eval()
+        path = save_packed(net, workdir / f"mem{abs(hash(label))}.safetensors", cfg, geometry)
+        file_mib = path.stat().st_size / 2**20
+        float_params = sum(t.numel() * t.element_size() for t in
+                           build_net(composed(overrides), geometry).state_dict().values()) / 2**20
+        packed = _child_peak(["packed", str(path), str(batch)])
+        dense = _child_peak(["float", str(geometry["in_chans"]), str(geometry["num_classes"]),
+                             str(geometry["img_size"]), str(batch), *overrides])
+        p_add = packed["peak_mib"] - packed["base_mib"]
+        f_add = dense["peak_mib"] - dense["base_mib"]
+        act = max(0.0, f_add - float_params)
+        goal = 2 * file_mib + act
+        rows.append(f"| {label} | {batch} | {file_mib:.1f} | {float_params:.1f} | {f_add:.0f} | "
+                    f"{packed['load_peak_mib'] - packed['base_mib']:.0f} | {p_add:.0f} | "
+                    f"{goal:.0f} | {'met' if p_add <= goal else 'missed'} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+MEMORY_HEADER = [
+    "| network (bnn) | batch | file MiB | float params MiB | float network: added peak MiB | "
+    "packed: added peak MiB, load | packed: added peak MiB, load + forward | goal: 2 x file "
+    "+ activations, MiB | goal |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def profile_table(fn: Callable[[], object], top: int = 12) -> str:
     """The ``top`` CUDA kernels of a few calls of ``fn`` by total GPU time (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -283,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{agree:.1f}% |")
                 print(lines[-1], flush=True)
         g_rows, gpu_name, profiles = gpu_lines(Path(tmp))
+        m_rows = memory_rows(Path(tmp))
     text = [
         "# Packed inference vs the float model",
         "",
@@ -314,6 +372,17 @@ def main(argv: list[str] | None = None) -> None:
         "every method (`tests/test_export.py`).",
         "",
         *lines,
+        "",
+        "## Memory (CPU)",
+        "",
+        "Peak resident memory a fresh process adds to load a model and run one forward (Linux "
+        "`VmHWM`, reset after the imports and a warm-up of the packed kernels, "
+        "`python -m bnnbench.bench.peak_memory`), packed export vs the float network of the "
+        "same architecture. Goal: the packed model adds at most twice its file size plus its "
+        "activations (the float network's added peak minus its parameter bytes).",
+        "",
+        *MEMORY_HEADER,
+        *m_rows,
         "",
         "## GPU",
         "",
