@@ -28,8 +28,7 @@ class CompactBinaryNet(BinarizationMethod):
     """BinaryNet trained with Tang et al.'s recipe: every column of their Tables 2-5 is a knob.
 
     Forward (Algorithm 1): ``B_l = sign(W_l)`` (no weight scale), input ``A_{l-1}`` replaced by
-    ``m`` residual binarizations ``sum_i alpha_i H_i`` (Eq. 3, ``activation_bits`` = m, alphas per
-    activation tensor, or per sample with ``per_sample_alpha``), then ``O_l = B_l A^b_{l-1}``,
+    ``m`` residual binarizations ``sum_i alpha_i H_i`` (Eq. 3, ``activation_bits`` = m), then ``O_l = B_l A^b_{l-1}``,
     ``S_l = PReLU(O_l)``, ``A_l = BatchNorm(S_l)``: ReLUs become ``activation`` (``prelu``,
     channel-wise, or ``relu``) and move in front of their BatchNorm
     (:func:`bnnbench.nn.paper_layers.activation_before_norm`), so BatchNorm comes right before
@@ -49,6 +48,11 @@ class CompactBinaryNet(BinarizationMethod):
     First layer full precision. Optimizer (conf/method/tang.yaml): Adam, lr 1e-4, halved when the
     training loss plateaus.
 
+    Alpha scope: ``per_sample_alpha=true`` (default) takes each ``alpha_i`` over one sample's
+    activations; the paper's wording is one alpha per activation tensor (``per_sample_alpha=false``,
+    i.e. over the whole batch), which makes a sample's prediction at evaluation depend on the rest
+    of its batch: a deployed network classifies one image at a time, so we default to per sample.
+
     Table knobs: Table 2 ``optimizer.lr`` and ``activation``; Table 3 ``fp_last`` and
     ``scale_layer``; Table 4 ``activation_bits=2`` with a binary last layer; Table 5
     ``activation_bits`` (1 or 2). Reproduces: Tang Tables 2-6 (e.g. NIN, A 2 bits, last binary +
@@ -60,7 +64,7 @@ class CompactBinaryNet(BinarizationMethod):
     binarizes = "weights (sign) and activations (m residual signs)"
 
     def __init__(self, activation: str = "prelu", activation_bits: int = 2,
-                 per_sample_alpha: bool = False, scale_layer: bool = True,
+                 per_sample_alpha: bool = True, scale_layer: bool = True,
                  scale_init: float = 1e-3, bipolar_lambda: float = 5e-7,
                  latent_clip: float | None = 1.0, weight_grad_mask: bool = False,
                  fp_last: bool = False, **kwargs: Any) -> None:
