@@ -79,7 +79,9 @@ class BinaryNet(BinarizationMethod):
     as in the paper (Sec. 2.5) and the authors' code, whose first layer reads the real pixels.
 
     Options: ``stochastic`` binarization; ``loss='squared_hinge'`` (the paper's L2-SVM output);
-    ``lr_scale`` applies the per-layer Glorot learning-rate scale of the authors' code;
+    ``lr_scale`` (default on, Algorithm 1's per-layer learning-rate scale and the authors'
+    ``W_LR_scale = "Glorot"``) multiplies each binary layer's learning rate by
+    :func:`glorot_lr_scale`; ``lr_scale=false`` trains every parameter at the optimizer's lr;
     ``shift_bn`` swaps every BatchNorm for shift-based BatchNorm (Algorithm 3,
     :class:`bnnbench.nn.shift.ShiftBatchNorm`); shift-based AdaMax (Algorithm 4) is the optimizer
     ``optimizer=shift_adamax`` (:class:`bnnbench.nn.shift.ShiftAdamax`).
@@ -90,7 +92,7 @@ class BinaryNet(BinarizationMethod):
     paper = "Courbariaux et al. 2016"
     binarizes = "weights and activations (sign)"
 
-    def __init__(self, stochastic: bool = False, lr_scale: bool = False, shift_bn: bool = False,
+    def __init__(self, stochastic: bool = False, lr_scale: bool = True, shift_bn: bool = False,
                  weight_grad_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stochastic = stochastic
