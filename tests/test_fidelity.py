@@ -61,10 +61,10 @@ def ref_sign(x: Tensor) -> Tensor:
 
 
 def ref_residual(x: Tensor, m: int) -> Tensor:
-    """Tang Eq. 3, one alpha per tensor: r_0 = x; H_i = sign(r_{i-1}), a_i = mean|r_{i-1}|."""
+    """Tang Eq. 3, one alpha per sample: r_0 = x; H_i = sign(r_{i-1}), a_i = mean|r_{i-1}|."""
     approx, r = torch.zeros_like(x), x
     for _ in range(m):
-        h, a = ref_sign(r), r.abs().mean()
+        h, a = ref_sign(r), r.abs().flatten(1).mean(1).view(-1, *[1] * (x.dim() - 1))
         approx, r = approx + a * h, r - a * h
     return approx
 
@@ -197,6 +197,20 @@ def test_binarynet_mnist_preset_is_the_papers_setting(make_cfg):
     assert sum("lr_scale" in g for g in groups) == 4
 
 
+def test_binaryconnect_mnist_preset_is_the_papers_setting(make_cfg):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["+preset=binaryconnect_mnist"])
+    assert cfg.method.loss == "squared_hinge" and cfg.method.stochastic is False
+    assert (cfg.model.hidden_features, cfg.model.depth) == (1024, 3)
+    assert (cfg.model.dropout_in, cfg.model.dropout_hidden) == (0.0, 0.0)
+    assert cfg.data.batch_size == 200 and cfg.data.val_size == 10000
+    net = instantiate(cfg.method).convert(create_model(
+        "mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32))
+    layers = [layer for _, layer in quantized_layers(net)]
+    assert [(layer.weight_bits, layer.input_bits) for layer in layers] == [(1, 32)] * 4
+
+
 # --- 4. XNOR with a ReLU before the sign is rejected -------------------------------------------
 
 def test_xnor_relu_before_sign_is_rejected():
@@ -253,3 +267,35 @@ def test_unclipped_weights_past_one_still_learn(method):
         torch.testing.assert_close(layer.weight.grad, expected)
         assert (layer.weight.grad[:, :8] != 0).any() is not mask
 
+
+
+# --- knobs with a corrected default ---------------------------------------------------------------
+
+def test_tang_prediction_of_a_sample_does_not_depend_on_its_batch():
+    """Default per-sample alpha: evaluating one image alone gives the logits it gets in a batch."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)  # float32 noise could flip a sign(~0)
+    for per_sample in (True, False):
+        knobs = {} if per_sample else {"per_sample_alpha": False}
+        net = create_method("tang", **knobs).convert(mlp()).double().eval()
+        with torch.no_grad():
+            same = torch.allclose(net(x)[:1], net(x[:1]), atol=1e-6, rtol=1e-5)
+        assert same is per_sample
+
+
+@pytest.mark.parametrize("method", ["bnn", "binaryconnect"])
+def test_glorot_lr_scale_is_on_by_default(method, make_cfg):
+    """Algorithm 1 / authors' W_LR_scale: lr of a binary layer x 1 / sqrt(1.5 / (fan_in + fan_out))."""
+    from hydra.utils import instantiate
+
+    for m in (create_method(method), instantiate(make_cfg([f"+method={method}"]).method)):
+        net = m.convert(mlp())
+        scales = {id(p): g.get("lr_scale", 1.0) for g in m.param_groups(net)
+                  for p in g["params"]}
+        binary = {id(layer.weight): layer for _, layer in quantized_layers(net)}
+        assert binary
+        for p in net.parameters():
+            layer = binary.get(id(p))
+            expected = 1.0 if layer is None else (
+                1.5 / (layer.in_features + layer.out_features)) ** -0.5
+            assert scales[id(p)] == pytest.approx(expected)
