@@ -39,8 +39,9 @@ class ABCNet(BinarizationMethod):
     (a Linear after the pooled features, a ResNet block's conv1/downsample reading the residual
     sum) gets its own ``BN -> act`` in front (:func:`bnnbench.nn.paper_layers.
     prepend_input_norm`). Dropout acts after the activation bases (a dropped unit contributes 0,
-    not ``sum_n beta_n H_{v_n}(0)``). First and last layers full precision. Reproduces: ABC-Net ResNet-18 table ((M, N) = (5, 5): 65.0/85.9 top-1/top-5;
-    M = 5, A32: 68.3/87.9; the (M, N) grid).
+    not ``sum_n beta_n H_{v_n}(0)``). First and last layers full precision.
+    Reproduces: ABC-Net ResNet-18 table ((M, N) = (5, 5): 65.0/85.9 top-1/top-5; M = 5, A32:
+    68.3/87.9; the (M, N) grid).
     """
 
     name = "abcnet"

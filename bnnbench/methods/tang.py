@@ -28,9 +28,9 @@ class CompactBinaryNet(BinarizationMethod):
     """BinaryNet trained with Tang et al.'s recipe: every column of their Tables 2-5 is a knob.
 
     Forward (Algorithm 1): ``B_l = sign(W_l)`` (no weight scale), input ``A_{l-1}`` replaced by
-    ``m`` residual binarizations ``sum_i alpha_i H_i`` (Eq. 3, ``activation_bits`` = m), then ``O_l = B_l A^b_{l-1}``,
-    ``S_l = PReLU(O_l)``, ``A_l = BatchNorm(S_l)``: ReLUs become ``activation`` (``prelu``,
-    channel-wise, or ``relu``) and move in front of their BatchNorm
+    ``m`` residual binarizations ``sum_i alpha_i H_i`` (Eq. 3, ``activation_bits`` = m), then
+    ``O_l = B_l A^b_{l-1}``, ``S_l = PReLU(O_l)``, ``A_l = BatchNorm(S_l)``: ReLUs become
+    ``activation`` (``prelu``, channel-wise, or ``relu``) and move in front of their BatchNorm
     (:func:`bnnbench.nn.paper_layers.activation_before_norm`), so BatchNorm comes right before
     each binary layer. A binary last layer (``fp_last=false``) is followed by a scale layer, one
     learnable scalar initialized to ``scale_init`` = 0.001, when ``scale_layer`` is on.
