@@ -304,3 +304,20 @@ def test_glorot_lr_scale_is_on_by_default(method, make_cfg):
             expected = 1.0 if layer is None else (
                 1.5 / (layer.in_features + layer.out_features)) ** -0.5
             assert scales[id(p)] == pytest.approx(expected)
+
+
+def test_tang_one_binarization_is_the_bare_sign():
+    """Tables 2-3 (m = 1): the binary layers multiply sign(A) = +-1; m1_alpha scales it."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 28, 28)
+    for m1_alpha in (False, True):
+        net = create_method("tang", activation_bits=1, m1_alpha=m1_alpha).convert(mlp()).eval()
+        seen, remove = layer_inputs([net[6]])
+        with recorded_products("linear") as calls:
+            net(x)
+        remove()
+        (multiplied,) = [a for a, w in calls if tuple(w.shape) == (HIDDEN, HIDDEN)][:1]
+        expected = ref_sign(seen[0])
+        if m1_alpha:
+            expected = expected * seen[0].abs().mean(1, keepdim=True)
+        torch.testing.assert_close(multiplied, expected)

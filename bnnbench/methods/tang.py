@@ -48,6 +48,10 @@ class CompactBinaryNet(BinarizationMethod):
     First layer full precision. Optimizer (conf/method/tang.yaml): Adam, lr 1e-4, halved when the
     training loss plateaus.
 
+    One binarization (``activation_bits=1``): the bare ``sign(A)`` of BinaryNet, as the m = 1
+    rows of Tables 2-3 train it (so a binary last layer's outputs span [-N, N], the range the
+    scale layer exists for); ``m1_alpha=true`` scales it by ``alpha_1 = mean|A|`` (Eq. 3 with
+    m = 1). With m >= 2 the residual alphas are always used.
     Alpha scope: ``per_sample_alpha=true`` (default) takes each ``alpha_i`` over one sample's
     activations; the paper's wording is one alpha per activation tensor (``per_sample_alpha=false``,
     i.e. over the whole batch), which makes a sample's prediction at evaluation depend on the rest
@@ -64,7 +68,7 @@ class CompactBinaryNet(BinarizationMethod):
     binarizes = "weights (sign) and activations (m residual signs)"
 
     def __init__(self, activation: str = "prelu", activation_bits: int = 2,
-                 per_sample_alpha: bool = True, scale_layer: bool = True,
+                 per_sample_alpha: bool = True, m1_alpha: bool = False, scale_layer: bool = True,
                  scale_init: float = 1e-3, bipolar_lambda: float = 5e-7,
                  latent_clip: float | None = 1.0, weight_grad_mask: bool = False,
                  fp_last: bool = False, **kwargs: Any) -> None:
@@ -73,6 +77,7 @@ class CompactBinaryNet(BinarizationMethod):
         self.activation = activation
         self.activation_bits = check_bits("method.activation_bits", activation_bits)
         self.per_sample_alpha = per_sample_alpha
+        self.m1_alpha = m1_alpha
         self.scale_layer = scale_layer
         check_range("method.scale_init", scale_init, low=0, low_inclusive=False)
         self.scale_init = scale_init
@@ -89,10 +94,12 @@ class CompactBinaryNet(BinarizationMethod):
 
         def make(_: str, layer: nn.Module) -> nn.Module:
             cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+            bare_sign = self.activation_bits == 1 and not self.m1_alpha
+            inputs = (SignQuantizer() if bare_sign else
+                      ResidualSignQuantizer(self.activation_bits, self.per_sample_alpha))
             return cls.from_float(
                 layer, weight_quantizer=SignQuantizer(cancel=self.weight_grad_mask),
-                input_quantizer=ResidualSignQuantizer(self.activation_bits, self.per_sample_alpha),
-                latent_clip=self.latent_clip)
+                input_quantizer=inputs, latent_clip=self.latent_clip)
 
         replace_relus(model, self.activation)  # channel counts read before anything moves
         replace_layers(model, names, make)
