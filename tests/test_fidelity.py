@@ -216,6 +216,24 @@ def test_binaryconnect_mnist_preset_is_the_papers_setting(make_cfg):
     assert [(layer.weight_bits, layer.input_bits) for layer in layers] == [(1, 32)] * 4
 
 
+def test_dorefa_alexnet_preset_is_the_authors_recipe(make_cfg):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["+preset=dorefa_alexnet_w1a2g6"])
+    assert (cfg.method.w_bits, cfg.method.a_bits, cfg.method.g_bits) == (1, 2, 6)
+    assert cfg.model.name == "alexnet" and cfg.model.dropout == 0.0
+    assert (cfg.optimizer.lr, cfg.optimizer.eps, cfg.data.batch_size) == (1e-4, 1e-5, 128)
+    opt = instantiate(cfg.optimizer)([nn.Parameter(torch.zeros(1))])
+    sched = instantiate(cfg.scheduler)(opt)
+    lrs = []
+    for _ in range(cfg.trainer.max_epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[55] == pytest.approx(1e-4) and lrs[56] == pytest.approx(2e-5)
+    assert lrs[63] == pytest.approx(2e-5) and lrs[64] == pytest.approx(4e-6) == lrs[-1]
+
+
 # --- 4. XNOR with a ReLU before the sign is rejected -------------------------------------------
 
 def test_xnor_relu_before_sign_is_rejected():
