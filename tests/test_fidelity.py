@@ -234,6 +234,24 @@ def test_dorefa_alexnet_preset_is_the_authors_recipe(make_cfg):
     assert lrs[63] == pytest.approx(2e-5) and lrs[64] == pytest.approx(4e-6) == lrs[-1]
 
 
+def test_dorefa_last_layer_reads_clipped_activations():
+    """Authors' AlexNet: ... BN -> clip(x, 0, 1) -> FP classifier (a ReLU there is unbounded)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for clip in (True, False):
+        net = create_model("alexnet", in_chans=3, num_classes=10, img_size=32, fc_features=32)
+        net = create_method("dorefa", clip_before_last=clip).convert(net).eval()  # no dropout
+        assert type(net.classifier[-1]) is nn.Linear  # the last layer stays full precision
+        for bn in net.modules():  # running var 1e-4: BN outputs of order 100 reach the classifier
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                bn.running_var.fill_(1e-4)
+        seen, remove = layer_inputs([net.classifier[-1]])
+        net(x)
+        remove()
+        assert seen[0].min() >= 0
+        assert bool(seen[0].max() <= 1) is clip
+
+
 # --- 4. XNOR with a ReLU before the sign is rejected -------------------------------------------
 
 def test_xnor_relu_before_sign_is_rejected():
@@ -288,7 +306,7 @@ def test_unclipped_weights_past_one_still_learn(method):
         if mask:
             expected = expected * (layer.weight.detach().abs() <= 1)
         torch.testing.assert_close(layer.weight.grad, expected)
-        assert (layer.weight.grad[:, :8] != 0).any() is not mask
+        assert bool((layer.weight.grad[:, :8] != 0).any()) is not mask
 
 
 
