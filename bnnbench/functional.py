@@ -78,55 +78,62 @@ def _hardtanh_mask(x: Tensor, dtype: torch.dtype) -> Tensor:
 # --------------------------------------------------------------------------------------------
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, cancel: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
+        ctx.cancel = cancel
         return _pm1(x)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * _hardtanh_mask(x, g.dtype)
+        return (g * _hardtanh_mask(x, g.dtype) if ctx.cancel else g), None
 
 
-def sign_ste(x: Tensor) -> Tensor:
-    r"""Deterministic binarization with the hard-tanh straight-through estimator.
+def sign_ste(x: Tensor, cancel: bool = True) -> Tensor:
+    r"""Deterministic binarization with a straight-through estimator.
 
     Forward:  ``y = +1 if x >= 0 else -1``  (sign(0) = +1).
 
-    Backward: ``dL/dx = g * 1{|x| <= 1}``, i.e. the derivative of ``hardtanh(x)`` ("cancels the
-    gradient when x is too large", [BNN] Sec. 1.3; Tang Algorithm 1, ``g_A = g o 1_{|A|<=1}``).
+    Backward: ``cancel=True`` (activations): ``dL/dx = g * 1{|x| <= 1}``, the derivative of
+    ``hardtanh(x)`` ("cancels the gradient when x is too large", [BNN] Sec. 1.3; Tang
+    Algorithm 1, ``g_A = g o 1_{|A|<=1}``). ``cancel=False`` (the authors' *weight* gradient in
+    [BC]/[BNN]: the gradient w.r.t. ``W_b`` is applied to the latent ``W`` unchanged, Algorithm 1
+    and their Theano ``binary_net.py``): ``dL/dx = g``.
 
     Used for weights and activations by [BC], [BNN], [TANG].
     """
-    return _SignSTE.apply(x)
+    return _SignSTE.apply(x, cancel)
 
 
 class _StochasticSign(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, generator: torch.Generator | None
+        ctx: Any, x: Tensor, generator: torch.Generator | None, cancel: bool
     ) -> Tensor:
         ctx.save_for_backward(x)
+        ctx.cancel = cancel
         p = ((x + 1) / 2).clamp(0, 1)
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return torch.where(u < p, torch.ones_like(x), -torch.ones_like(x))
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * _hardtanh_mask(x, g.dtype), None
+        return (g * _hardtanh_mask(x, g.dtype) if ctx.cancel else g), None, None
 
 
-def stochastic_sign(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def stochastic_sign(x: Tensor, generator: torch.Generator | None = None,
+                    cancel: bool = True) -> Tensor:
     r"""Stochastic binarization ([BC] Sec. 2.2, [BNN] Sec. 1.1).
 
     Forward:  ``y = +1`` with probability ``p = hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``,
     else ``-1``; drawn as ``y = +1 iff u < p`` with ``u ~ U[0, 1)`` from ``generator`` (so
     ``x >= 1`` always gives +1 and ``x <= -1`` always -1). ``E[y] = clip(x, -1, 1)``.
 
-    Backward: the same STE as :func:`sign_ste`: ``dL/dx = g * 1{|x| <= 1}``.
+    Backward: the same STE as :func:`sign_ste`: ``dL/dx = g * 1{|x| <= 1}``, or ``g`` with
+    ``cancel=False``.
     """
-    return _StochasticSign.apply(x, generator)
+    return _StochasticSign.apply(x, generator, cancel)
 
 
 # --------------------------------------------------------------------------------------------

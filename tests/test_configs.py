@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 from bnnbench.methods import list_methods
 from tests.conftest import CONF
 
-GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method", "sweep")
+GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method", "sweep",
+          "preset")
 # Options that need a value the user must give (``???`` in the YAML).
 REQUIRED = {("model", "timm"): ["model.name=resnet18"]}
 
@@ -20,8 +21,9 @@ def options(group: str) -> list[str]:
 
 
 def override(group: str, option: str) -> str:
-    # `method` and `sweep` are not in the defaults list: they are added with `+`, as users type it.
-    return f"+{group}={option}" if group in ("method", "sweep") else f"{group}={option}"
+    # `method`, `sweep` and `preset` are not in the defaults list: they are added with `+`, as
+    # users type it.
+    return f"+{group}={option}" if group in ("method", "sweep", "preset") else f"{group}={option}"
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
@@ -32,6 +34,12 @@ def test_config_file_composes_and_instantiates(make_cfg, group, option):
     cfg = make_cfg([override(group, option), *REQUIRED.get((group, option), [])])
     if group == "sweep":  # a table: fixes one method, or (``methods``) sweeps over all of them
         assert ("method" in cfg) != (option == "methods")
+        return
+    if group == "preset":  # a paper's experiment: its method, model and data together
+        data = instantiate(cfg.data)
+        net = instantiate(cfg.model, in_chans=data.in_chans, num_classes=data.num_classes,
+                          img_size=data.img_size)
+        assert instantiate(cfg.method).convert(net) is not None
         return
     node = cfg[group]
     if group == "model":

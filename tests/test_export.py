@@ -179,8 +179,9 @@ ROUTES = {
     "xnor": ([], ["xnor"] * 3),
     "xnor_no_k": (["method.activation_scale=false"], ["xnor"] * 3),
     "tang": ([], ["residual"] * 4),  # Tang binarizes the last layer too (Table 3)
-    "tang_m1_per_sample": (["method.activation_bits=1", "method.per_sample_alpha=true"],
-                           ["residual"] * 4),
+    "tang_m1_per_sample": (["method.activation_bits=1", "method.per_sample_alpha=true",
+                            "method.m1_alpha=true"], ["residual"] * 4),
+    "tang_m1": (["method.activation_bits=1"], ["sign"] * 4),  # the bare sign of Tables 2-3
     "binaryconnect": ([], ["binary_weight"] * 2),  # all layers; float-input convs keep theirs
     "bwn": ([], ["binary_weight"]),
     "dorefa": ([], []),

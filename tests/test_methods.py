@@ -66,14 +66,19 @@ def binary_names(net: nn.Module) -> set[str]:
 # parameters a method adds to a host model with its default knobs; everything else adds none
 EXTRA_PARAMS = {
     # binary layers (mlp 2 hidden Linear; resnet18 16 3x3 + 3 downsample convs; cnn 3; blocks 2),
-    # each with N = 3 shifts and 3 betas
-    ("abcnet", "mlp"): 2 * 6, ("abcnet", "resnet18"): 19 * 6, ("abcnet", "cnn"): 3 * 6,
+    # each with N = 3 shifts and 3 betas; XNOR/ABC-Net give a binary layer that reads no
+    # BatchNorm output its own BN (2 per input channel): resnet18's 8 block conv1 (64 + 64 + 64 +
+    # 128 + 128 + 256 + 256 + 512) and 3 downsample convs (64 + 128 + 256) read the residual sum;
+    # cnn's Linear reads the flattened 16 x 6 x 6 map
+    ("abcnet", "mlp"): 2 * 6, ("abcnet", "resnet18"): 19 * 6 + 2 * 1920,
+    ("abcnet", "cnn"): 3 * 6 + 2 * 576, ("xnor", "resnet18"): 2 * 1920, ("xnor", "cnn"): 2 * 576,
     # ConvBlocks reordered to bn -> act -> conv rebuild the BatchNorm over the conv's input:
     # block 2's BatchNorm goes from 16 to 8 channels (-16 parameters)
     ("abcnet", "blocks"): 2 * 6 - 16, ("xnor", "blocks"): -16,
     # channel-wise PReLU slopes (mlp 3 x 64; resnet18 64 + 2 * (2*64 + 2*128 + 2*256 + 2*512);
-    # cnn 8 + 8 + 16 + 32; blocks 8 + 16 + 16) + the scale layer after the binary last layer
-    ("tang", "mlp"): 3 * 64 + 1, ("tang", "resnet18"): 64 + 2 * 1920 + 1,
+    # cnn 8 + 8 + 16 + 32; blocks 8 + 16 + 16) + the scale layer after the binary last layer;
+    # mlp: the output BatchNorm (2 x 10) goes, a bias (10) on the last layer replaces its shift
+    ("tang", "mlp"): 3 * 64 + 1 - 2 * 10 + 10, ("tang", "resnet18"): 64 + 2 * 1920 + 1,
     ("tang", "cnn"): 64 + 1, ("tang", "blocks"): 40 + 1,
 }
 
@@ -142,6 +147,7 @@ BAD_KNOBS = [
     ("abcnet", {"activation_bases": -1}, "method.activation_bases"),
     ("abcnet", {"activation": "swish"}, "method.activation"),
     ("xnor", {"activation": "sigmoid"}, "method.activation"),
+    ("xnor", {"activation": "relu"}, "method.activation"),
     ("xnor", {"latent_clip": 0}, "method.latent_clip"),
     ("tang", {"activation": "htanh"}, "method.activation"),
     ("tang", {"activation_bits": 0}, "method.activation_bits"),
@@ -292,9 +298,12 @@ def test_tang_recipe():
     m = create_method("tang")
     net = m.convert(build("mlp"))
     kinds = [type(mod).__name__ for mod in net]
-    # conv -> PReLU -> BatchNorm -> (dropout) -> binary layer, first layer FP
-    assert kinds[2:6] == ["Linear", "PReLU", "BatchNorm1d", "Dropout"]
+    # conv -> PReLU -> BatchNorm -> binary layer (its dropout acts after its input quantizer),
+    # first layer FP; the last layer is binary -> scale, with no output BatchNorm
+    assert kinds[2:6] == ["Linear", "PReLU", "BatchNorm1d", "Identity"]
+    assert isinstance(net[6].input_dropout, nn.Dropout)
     assert isinstance(net[-2].scale, Scale) and net[-2].scale.scale.item() == pytest.approx(1e-3)
+    assert kinds[-1] == "Identity"
     layers = _binary(net)
     assert len(layers) == 3 and all(layer.input_bits == 2 for layer in layers)
     reg = m.regularizer(net)

@@ -31,3 +31,8 @@ def test_every_method_and_model_is_documented():
         assert f"`{name}`" in README, f"method {name} missing from the README"
     for name in list_models():
         assert f"`{name}`" in README, f"model {name} missing from the README"
+
+
+def test_every_preset_is_in_the_readme_table():
+    for path in sorted((ROOT / "conf" / "preset").glob("*.yaml")):
+        assert f"| `{path.stem}` |" in README, f"preset {path.stem} missing from the README table"

@@ -12,7 +12,8 @@ from torch import nn
 from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
     register_method, replace_layers
 from bnnbench.nn.layers import QuantConv2d, QuantLinear
-from bnnbench.nn.paper_layers import ACTIVATIONS, replace_relus, set_xnor_order
+from bnnbench.nn.paper_layers import ACTIVATIONS, move_dropout_after_quantizer, \
+    prepend_input_norm, replace_relus, set_xnor_order
 from bnnbench.nn.paper_quantizers import ABCActivationQuantizer, ABCWeightQuantizer, check_bits
 
 
@@ -31,11 +32,16 @@ class ABCNet(BinarizationMethod):
     Because the conv is linear, ``conv(sum beta_n H_n, sum alpha_m B_m)`` equals the paper's sum
     of M x N binary convolutions; training computes it as one conv.
 
-    Block order: BN -> ApproxActiv -> ABConv, as XNOR-Net: ``activation`` (default ``identity``;
-    the clip inside ``H_v`` is the nonlinearity) replaces ReLUs when activations are binary, and
-    ConvBlock stacks are reordered to ``bn -> act -> conv -> pool``. First and last layers
-    full precision. Reproduces: ABC-Net ResNet-18 table ((M, N) = (5, 5): 65.0/85.9 top-1/top-5;
-    M = 5, A32: 68.3/87.9; the (M, N) grid).
+    Block order: BN -> ApproxActiv -> ABConv, as XNOR-Net, for every binary layer (fc
+    included): ``activation`` (default ``identity``; the clip inside ``H_v`` is the
+    nonlinearity) replaces ReLUs when activations are binary, ConvBlock stacks are reordered to
+    ``bn -> act -> conv -> pool``, and a binary layer that would binarize an unnormalized value
+    (a Linear after the pooled features, a ResNet block's conv1/downsample reading the residual
+    sum) gets its own ``BN -> act`` in front (:func:`bnnbench.nn.paper_layers.
+    prepend_input_norm`). Dropout acts after the activation bases (a dropped unit contributes 0,
+    not ``sum_n beta_n H_{v_n}(0)``). First and last layers full precision.
+    Reproduces: ABC-Net ResNet-18 table ((M, N) = (5, 5): 65.0/85.9 top-1/top-5; M = 5, A32:
+    68.3/87.9; the (M, N) grid).
     """
 
     name = "abcnet"
@@ -67,4 +73,6 @@ class ABCNet(BinarizationMethod):
             if self.activation != "relu":
                 replace_relus(model, self.activation)
             set_xnor_order(model)
+            prepend_input_norm(model, names, self.activation)
+            move_dropout_after_quantizer(model)
         return model

@@ -40,14 +40,18 @@ class BinaryConnect(BinarizationMethod):
     ``W_b = +1`` with probability ``hard_sigmoid(W) = clip((W + 1) / 2, 0, 1)``; activations and
     the layer's input stay real: ``y = W_b x + b``. Evaluation uses the deterministic sign (the
     authors' code evaluates the *real* weights of a stochastic run; we evaluate the binary net).
-    Backward: ``dL/dW = dL/dW_b * 1{|W| <= 1}`` (the STE of :func:`bnnbench.functional.sign_ste`).
+    Backward: ``dL/dW = dL/dW_b`` (Algorithm 1 and the authors' Theano code apply the gradient
+    w.r.t. the binary weights to the latent ones unmasked); ``weight_grad_mask=true`` multiplies
+    it by ``1{|W| <= 1}`` (:func:`bnnbench.functional.sign_ste`), a knob of its own: with
+    ``latent_clip: null`` the mask would freeze every weight that has passed 1.
     Update: latent weights clipped to ``[-latent_clip, latent_clip]`` after every step (Sec. 2.4,
-    H = 1).
+    H = 1); ``latent_clip: null`` removes the clip.
 
     Layers: the paper binarizes every layer's weights, the first and the last included, so
     ``fp_first`` and ``fp_last`` default to False here. ReLUs are kept.
     Options: ``stochastic``; ``loss='squared_hinge'`` (the paper's L2-SVM output layer);
-    ``lr_scale`` (the authors' per-layer Glorot learning-rate scale).
+    ``lr_scale`` (default on: the authors' per-layer Glorot learning-rate scale
+    ``1 / sqrt(1.5 / (fan_in + fan_out))``, :func:`glorot_param_groups`; false: one lr).
     Reproduces: survey Table 1.1, MNIST 1.29 +- 0.08 % / CIFAR-10 9.90 % test error (full scale).
     """
 
@@ -55,21 +59,22 @@ class BinaryConnect(BinarizationMethod):
     paper = "Courbariaux et al. 2015"
     binarizes = "weights (sign, deterministic or stochastic)"
 
-    def __init__(self, stochastic: bool = False, lr_scale: bool = False,
-                 latent_clip: float | None = 1.0, fp_first: bool = False, fp_last: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, stochastic: bool = False, lr_scale: bool = True,
+                 latent_clip: float | None = 1.0, weight_grad_mask: bool = False,
+                 fp_first: bool = False, fp_last: bool = False, **kwargs: Any) -> None:
         super().__init__(fp_first=fp_first, fp_last=fp_last, **kwargs)
         if latent_clip is not None:
             check_range("method.latent_clip", latent_clip, low=0, low_inclusive=False)
         self.stochastic = stochastic
         self.lr_scale = lr_scale
         self.latent_clip = latent_clip
+        self.weight_grad_mask = weight_grad_mask
 
     def convert(self, model: nn.Module) -> nn.Module:
         names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
         return replace_layers(model, names, lambda _, layer: binary_layer(
             layer, stochastic=self.stochastic, binarize_input=False,
-            latent_clip=self.latent_clip))
+            latent_clip=self.latent_clip, weight_grad_mask=self.weight_grad_mask))
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return glorot_param_groups(model) if self.lr_scale else super().param_groups(model)

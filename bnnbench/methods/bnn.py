@@ -13,23 +13,29 @@ from torch import nn
 
 from bnnbench.methods.base import (
     BinarizationMethod,
+    first_and_last,
     layers_to_binarize,
     register_method,
     replace_activations,
     replace_layers,
 )
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, quantized_layers
+from bnnbench.nn.paper_layers import move_dropout_after_quantizer
 from bnnbench.nn.quantizers import SignQuantizer
 from bnnbench.nn.shift import replace_batchnorms
 
 
 def binary_layer(layer: nn.Module, *, stochastic: bool, binarize_input: bool,
-                 latent_clip: float | None = 1.0) -> nn.Module:
-    """The BinaryNet version of a Conv2d/Linear: sign weights and (optionally) sign inputs."""
+                 latent_clip: float | None = 1.0, weight_grad_mask: bool = False) -> nn.Module:
+    """The BinaryNet version of a Conv2d/Linear: sign weights and (optionally) sign inputs.
+
+    The input STE cancels outside [-1, 1]; the weight gradient is masked to ``|W| <= 1`` only
+    with ``weight_grad_mask`` (the authors apply dL/dW_b to W unmasked and clip W instead).
+    """
     cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
     return cls.from_float(
         layer,
-        weight_quantizer=SignQuantizer(stochastic=stochastic),
+        weight_quantizer=SignQuantizer(stochastic=stochastic, cancel=weight_grad_mask),
         input_quantizer=SignQuantizer(stochastic=stochastic) if binarize_input else None,
         latent_clip=latent_clip,
     )
@@ -58,14 +64,24 @@ class BinaryNet(BinarizationMethod):
         stochastic: x_b = +1 with probability hard_sigmoid(x) = clip((x + 1) / 2, 0, 1).
         A binary layer computes y = W_b x_b + b.
     Backward (straight-through estimator, Eq. 4, "cancelled" outside [-1, 1]):
-        dL/dx = dL/dx_b * 1_{|x| <= 1};  dL/dW = dL/dW_b * 1_{|W| <= 1}.
+        dL/dx = dL/dx_b * 1_{|x| <= 1};  dL/dW = dL/dW_b (Algorithm 1 and the authors' Theano
+        ``binary_net.py``: the weight gradient is not masked; ``weight_grad_mask=true`` masks it
+        to 1_{|W| <= 1}, which changes nothing while W stays clipped to [-1, 1]).
     Update: latent weights W are clipped to [-1, 1] after every step (Algorithm 1).
     Activations: every ReLU is replaced by Hardtanh (BinaryNet's htanh); because the next layer
     binarizes its input, sign(htanh(x)) = sign(x) and the htanh carries the STE window.
-    First and last layers stay full precision by default (``fp_first``/``fp_last``).
+    Block order (authors' code): Linear/Conv -> BN -> htanh -> sign -> Dropout -> next layer:
+    the host's Dropout moves behind the next layer's input quantizer
+    (:func:`bnnbench.nn.paper_layers.move_dropout_after_quantizer`), so a dropped unit
+    contributes 0 (a Dropout before the sign would make it sign(0) = +1).
+    First and last layers stay full precision by default (``fp_first``/``fp_last``). A binary
+    first layer (``fp_first=false``) binarizes its weights only: its input (the image) stays real,
+    as in the paper (Sec. 2.5) and the authors' code, whose first layer reads the real pixels.
 
     Options: ``stochastic`` binarization; ``loss='squared_hinge'`` (the paper's L2-SVM output);
-    ``lr_scale`` applies the per-layer Glorot learning-rate scale of the authors' code;
+    ``lr_scale`` (default on, Algorithm 1's per-layer learning-rate scale and the authors'
+    ``W_LR_scale = "Glorot"``) multiplies each binary layer's learning rate by
+    :func:`glorot_lr_scale`; ``lr_scale=false`` trains every parameter at the optimizer's lr;
     ``shift_bn`` swaps every BatchNorm for shift-based BatchNorm (Algorithm 3,
     :class:`bnnbench.nn.shift.ShiftBatchNorm`); shift-based AdaMax (Algorithm 4) is the optimizer
     ``optimizer=shift_adamax`` (:class:`bnnbench.nn.shift.ShiftAdamax`).
@@ -76,17 +92,21 @@ class BinaryNet(BinarizationMethod):
     paper = "Courbariaux et al. 2016"
     binarizes = "weights and activations (sign)"
 
-    def __init__(self, stochastic: bool = False, lr_scale: bool = False, shift_bn: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, stochastic: bool = False, lr_scale: bool = True, shift_bn: bool = False,
+                 weight_grad_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stochastic = stochastic
         self.lr_scale = lr_scale
         self.shift_bn = shift_bn
+        self.weight_grad_mask = weight_grad_mask
 
     def convert(self, model: nn.Module) -> nn.Module:
+        first, _ = first_and_last(model)
         names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
-        replace_layers(model, names, lambda _, layer: binary_layer(
-            layer, stochastic=self.stochastic, binarize_input=True))
+        replace_layers(model, names, lambda name, layer: binary_layer(
+            layer, stochastic=self.stochastic, binarize_input=name != first,
+            weight_grad_mask=self.weight_grad_mask))
+        move_dropout_after_quantizer(model)
         if self.shift_bn:
             replace_batchnorms(model)
         return replace_activations(model, (nn.ReLU,), lambda _: nn.Hardtanh())

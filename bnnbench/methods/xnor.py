@@ -11,12 +11,12 @@ from typing import Any
 
 from torch import nn
 
-from bnnbench.errors import check_range
+from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
     register_method, replace_layers
 from bnnbench.nn.layers import QuantConv2d, QuantLinear
-from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, replace_relus, \
-    set_xnor_order
+from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, \
+    move_dropout_after_quantizer, prepend_input_norm, replace_relus, set_xnor_order
 from bnnbench.nn.paper_quantizers import ScaledSignQuantizer
 from bnnbench.nn.quantizers import SignQuantizer
 
@@ -66,11 +66,23 @@ class XnorNet(_XnorBase):
     Backward: STE ``1{|I| <= 1}`` for sign(I), exact chain rule for ``alpha`` (see
     :func:`bnnbench.functional.xnor_weight`), autograd through K.
 
-    Block order (Fig. 3): BNorm -> BinActiv -> BinConv -> Pool. The binary layer binarizes its
-    own input, so on a host ``conv -> bn -> act`` stack the binarized value is the BatchNorm's
-    output once ``activation`` (default ``identity``: the XNOR block has no ReLU; ``sign(ReLU(x))``
-    would be constantly +1) replaces the ReLUs; :class:`~bnnbench.nn.blocks.ConvBlock` stacks are
-    reordered to ``bn -> act -> conv -> pool`` exactly. First and last layers full precision.
+    Block order (Fig. 3): BNorm -> BinActiv -> BinConv -> Pool, for *every* binary layer, fully
+    connected ones included (alexnetxnor.lua builds fc6/fc7 as BinConvolution: BN over the
+    layer's input -> BinActiveZ -> conv). The binary layer binarizes its own input, so on a host
+    ``conv -> bn -> act`` stack the binarized value is the BatchNorm's output once ``activation``
+    (default ``identity``) replaces the ReLUs; :class:`~bnnbench.nn.blocks.ConvBlock` stacks are
+    reordered to ``bn -> act -> conv -> pool`` exactly; a binary layer that would otherwise
+    binarize an unnormalized value (AlexNet's fc6 after the pooled conv5, a timm ResNet block's
+    conv1 and downsample, which read the residual sum) gets its own ``BN -> act`` in front
+    (:func:`bnnbench.nn.paper_layers.prepend_input_norm`; the layer moves to ``<name>.layer``).
+    Dropout sits after the binarization (XNOR-Net's PyTorch port: BN -> BinActive -> Dropout ->
+    conv), so a dropped unit contributes 0 (:func:`~bnnbench.nn.paper_layers.
+    move_dropout_after_quantizer`); ``K`` is computed from the undropped input.
+    ``activation=relu`` is rejected: BN -> ReLU -> sign is +1 everywhere (a constant network);
+    the authors' PyTorch port puts its ReLU after the conv, which is not this block.
+    Weight gradient: Eq. 7's ``1{|W| <= 1}`` on the ``alpha`` term, as the authors'
+    ``updateBinaryGradWeight``; the ``1/n`` term keeps weights past the clip bound moving.
+    First and last layers full precision.
     Reproduces: Tang Table 6 / ABC-Net Table (AlexNet 69.2/44.2, ResNet-18 73.2/51.2 top-5/top-1).
     """
 
@@ -82,6 +94,10 @@ class XnorNet(_XnorBase):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_choice("method.activation", activation, ACTIVATIONS)
+        if activation == "relu":
+            raise BnnbenchError(
+                "method.activation='relu' makes XNOR-Net constant (BN -> ReLU -> sign is +1 "
+                "everywhere); use method.activation=identity (the paper's block) or htanh/prelu")
         self.activation_scale = activation_scale
         self.activation = activation
 
@@ -96,7 +112,8 @@ class XnorNet(_XnorBase):
                                   activation_scale=self.activation_scale)
 
         replace_layers(model, names, make)
-        if self.activation != "relu":
-            replace_relus(model, self.activation)
+        replace_relus(model, self.activation)
         set_xnor_order(model)
+        prepend_input_norm(model, names, self.activation)
+        move_dropout_after_quantizer(model)
         return model

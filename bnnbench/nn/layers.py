@@ -5,6 +5,13 @@ latent real weights ``W`` are what the optimizer updates; the quantized weights 
 deployed network uses. Binarizing the *input* of a layer (larq's ``input_quantizer``) rather than
 the output of the previous activation keeps the full-precision first layer's input real and makes
 "which layers are binary" one decision per layer.
+
+Dropout in front of a binary layer belongs *after* its input quantizer (BinaryNet's order, BN ->
+binarize -> Dropout -> next layer, in the authors' Theano/Torch code and XNOR-Net's PyTorch port):
+a dropped unit must contribute 0 to the product, while ``sign(0) = +1`` would turn it into +1.
+Each layer therefore has an ``input_dropout`` slot (identity unless a method moves the host's
+Dropout there, :func:`bnnbench.nn.paper_layers.move_dropout_after_quantizer`):
+``y = op(input_dropout(input_quantizer(x)), weight_quantizer(W)) + b``.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from bnnbench.nn.quantizers import Identity, Quantizer
 class _QuantMixin:
     weight_quantizer: Quantizer
     input_quantizer: Quantizer
+    input_dropout: nn.Module
     latent_clip: float | None
 
     def _init_quant(self, weight_quantizer: Quantizer | None, input_quantizer: Quantizer | None,
                     latent_clip: float | None) -> None:
         self.weight_quantizer = weight_quantizer if weight_quantizer is not None else Identity()
         self.input_quantizer = input_quantizer if input_quantizer is not None else Identity()
+        self.input_dropout = nn.Identity()  # a method may put the host's Dropout here
         self.latent_clip = latent_clip
 
     @property
@@ -39,9 +48,13 @@ class _QuantMixin:
     def quantized_weight(self) -> Tensor:
         return self.weight_quantizer(self.weight)  # type: ignore[attr-defined]
 
+    def quantized_input(self, x: Tensor) -> Tensor:
+        """What the layer multiplies: ``input_dropout(input_quantizer(x))``."""
+        return self.input_dropout(self.input_quantizer(x))
+
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    """``y = input_quantizer(x) @ weight_quantizer(W).T + b``."""
+    """``y = input_dropout(input_quantizer(x)) @ weight_quantizer(W).T + b``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight_quantizer: Quantizer | None = None,
@@ -59,11 +72,11 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """``y = conv2d(input_quantizer(x), weight_quantizer(W)) + b`` with the conv's geometry.
+    """``y = conv2d(input_dropout(input_quantizer(x)), weight_quantizer(W)) + b``.
 
     Padding is zero padding applied *after* the input quantizer, so a binary conv sees
     {-1, 0, +1} inputs at the border: the packed inference path reproduces exactly this.
@@ -90,7 +103,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
 def is_quantized(module: nn.Module) -> bool:

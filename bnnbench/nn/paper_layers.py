@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -43,7 +44,7 @@ class XnorConv2d(QuantConv2d):
                                 "set method.activation_scale=false for dilated convs")
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._conv_forward(self.input_quantizer(x), self.quantized_weight(), None)
+        y = self._conv_forward(self.quantized_input(x), self.quantized_weight(), None)
         if self.activation_scale:
             y = y * BF.xnor_activation_scale(x, self.kernel_size, self.stride, self.padding)
         if self.bias is not None:
@@ -66,7 +67,7 @@ class XnorLinear(QuantLinear):
         self.activation_scale = activation_scale
 
     def forward(self, x: Tensor) -> Tensor:
-        y = nn.functional.linear(self.input_quantizer(x), self.quantized_weight())
+        y = nn.functional.linear(self.quantized_input(x), self.quantized_weight())
         if self.activation_scale:
             y = y * x.abs().mean(dim=-1, keepdim=True)
         if self.bias is not None:
@@ -242,3 +243,124 @@ def set_xnor_order(model: nn.Module) -> int:
             module.set_order(XNOR_ORDER)
             count += 1
     return count
+
+
+# ------------------------------------------------------------------------------------- dropout
+
+_WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def move_dropout_after_quantizer(model: nn.Module) -> int:
+    """Move each Dropout that feeds a layer with quantized inputs into that layer's
+    ``input_dropout`` slot (after its input quantizer); returns how many moved.
+
+    The authors' order is BN -> binarize -> Dropout -> next layer (BinaryNet's Theano/Torch code;
+    XNOR-Net's PyTorch port: BN -> BinActive -> Dropout -> Conv): a dropped unit contributes 0.
+    Dropout in front of the quantizer would hand it a 0, which ``sign(0) = +1`` (BinaryNet,
+    XNOR-Net), Tang's residual binarization (``alpha_1 - alpha_2``) or ABC-Net's ``H_v`` turn
+    into a non-zero value. "Feeds" is registration order (the order the host models define their
+    layers): the next Conv2d/Linear registered after the Dropout. A Dropout before a layer with
+    real inputs stays where it is; the moved one is replaced by ``nn.Identity``.
+    """
+    modules = list(model.named_modules())
+    moves: list[tuple[str, nn.Dropout, nn.Module]] = []
+    for i, (name, module) in enumerate(modules):
+        if type(module) is not nn.Dropout:
+            continue
+        consumer = next((m for _, m in modules[i + 1:] if isinstance(m, _WEIGHT_TYPES)), None)
+        if (isinstance(consumer, (QuantConv2d, QuantLinear))
+                and consumer.input_bits < 32 and isinstance(consumer.input_dropout, nn.Identity)):
+            moves.append((name, module, consumer))
+    for name, dropout, consumer in moves:
+        consumer.input_dropout = dropout
+        set_submodule(model, name, nn.Identity())
+    return len(moves)
+
+
+# ------------------------------------------------------------------------------------- XNOR block
+
+def _normalized_before(model: nn.Module, name: str) -> bool:
+    """Whether the layer at ``name`` reads a BatchNorm's output (through activations/dropout/pool).
+
+    Recognized: a ConvBlock whose ``bn`` runs before its ``conv``; an ``nn.Sequential`` where the
+    closest preceding sibling that is not an activation, dropout or pooling is a BatchNorm;
+    timm-style ``convK`` (K > 1) with a sibling ``bn{K-1}`` (conv2 of a ResNet block reads
+    bn1 -> act1). Anything else (a ResNet block's conv1 and downsample, which read the residual
+    sum; a Linear after Flatten) does not.
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, ConvBlock) and child == "conv":
+        return parent.bn is not None and parent.order.index("bn") < parent.order.index("conv")
+    if isinstance(parent, nn.Sequential):
+        keys = list(parent._modules)
+        for key in reversed(keys[:keys.index(child)]):
+            module = parent._modules[key]
+            if isinstance(module, _NORM_TYPES):
+                return True
+            if not isinstance(module, (*_ACT_TYPES, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d)):
+                return False
+        return False
+    match = re.fullmatch(r"conv(\d+)", child)
+    if match and int(match.group(1)) > 1:
+        return isinstance(getattr(parent, f"bn{int(match.group(1)) - 1}", None), _NORM_TYPES)
+    return False
+
+
+def prepend_input_norm(model: nn.Module, names: list[str], activation: str) -> list[str]:
+    """Give every named binary layer that does not read a BatchNorm's output its own
+    ``BN -> activation`` in front (XNOR-Net's block BNorm -> BinActiv -> BinConv for *every*
+    binary layer, fc included: alexnetxnor.lua builds fc6/fc7 as BinConvolution, whose first
+    module is a SpatialBatchNormalization over the layer's input).
+
+    The layer at ``name`` becomes ``nn.Sequential(norm=BN(in), act=..., layer=<binary layer>)``;
+    its binary layer is then at ``<name>.layer``. A Linear gets ``BatchNorm1d(in_features)``
+    (one mean/var per input feature; the authors' fc6 is a 6x6 conv with one per input channel).
+    Returns the names wrapped.
+    """
+    wrapped = []
+    for name in names:
+        if _normalized_before(model, name):
+            continue
+        layer = model.get_submodule(name)
+        if isinstance(layer, nn.Conv2d):
+            norm: nn.Module = nn.BatchNorm2d(layer.in_channels)
+            channels = layer.in_channels
+        else:
+            norm = nn.BatchNorm1d(layer.in_features)
+            channels = layer.in_features
+        set_submodule(model, name, nn.Sequential(OrderedDict(
+            norm=norm, act=make_activation(activation, channels), layer=layer)))
+        wrapped.append(name)
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------- Tang
+
+def remove_output_norm(model: nn.Module, last: str) -> bool:
+    """Remove a BatchNorm that directly follows the last layer (``last``); returns whether one was.
+
+    Tang et al.'s last layer is binary -> scale layer -> softmax: a BatchNorm after it would undo
+    the scale (``BN(s z) = BN(z)``), so Table 3's scale-layer rows could not differ. Handled: the
+    next sibling in an ``nn.Sequential`` (mlp, vgg_small's classifier) and a ConvBlock's ``bn``
+    after its conv. The BatchNorm's shift was the logits' only bias when the layer had none
+    (``bias=False`` before an output BN), so a zero-initialized bias is added to such a layer.
+    """
+    parent_name, _, child = last.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    removed = False
+    if isinstance(parent, ConvBlock) and child == "conv" and parent.bn is not None:
+        if parent.order.index("bn") > parent.order.index("conv"):
+            parent.bn = None
+            removed = True
+    elif isinstance(parent, nn.Sequential):
+        keys = list(parent._modules)
+        after = keys.index(child) + 1
+        if after < len(keys) and isinstance(parent._modules[keys[after]], _NORM_TYPES):
+            parent._modules[keys[after]] = nn.Identity()
+            removed = True
+    layer = model.get_submodule(last)
+    if removed and layer.bias is None:
+        out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        layer.bias = nn.Parameter(torch.zeros(out, device=layer.weight.device))
+    return removed

@@ -34,24 +34,27 @@ class SignQuantizer(Quantizer):
     Forward (Courbariaux et al. 2016, Eq. 1-2):
         deterministic: q = sign(x), with sign(0) = +1;
         stochastic:    q = +1 with probability hard_sigmoid(x) = clip((x + 1) / 2, 0, 1), else -1.
-    Backward (straight-through estimator, Eq. 4): dq/dx = 1_{|x| <= 1}.
+    Backward (straight-through estimator, Eq. 4): dq/dx = 1_{|x| <= 1} with ``cancel=True``
+    (activations); dq/dx = 1 with ``cancel=False`` (the authors' weight gradient, which reaches
+    the latent weight unmasked: a weight past the clip bound must still be able to move back).
     Stochastic sampling is used in training only; evaluation uses the deterministic sign, as in
     the authors' code.
     """
 
     precision = 1
 
-    def __init__(self, stochastic: bool = False) -> None:
+    def __init__(self, stochastic: bool = False, cancel: bool = True) -> None:
         super().__init__()
         self.stochastic = stochastic
+        self.cancel = cancel
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stochastic and self.training:
-            return F.stochastic_sign(x)
-        return F.sign_ste(x)
+            return F.stochastic_sign(x, cancel=self.cancel)
+        return F.sign_ste(x, self.cancel)
 
     def extra_repr(self) -> str:
-        return f"stochastic={self.stochastic}"
+        return f"stochastic={self.stochastic}, cancel={self.cancel}"
 
 
 def _identity(x: Tensor) -> Tensor:
