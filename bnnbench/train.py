@@ -6,9 +6,9 @@ plain arguments.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -16,19 +16,28 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bnnbench.errors import BnnbenchError, check_range
+from bnnbench.errors import check_range
+from bnnbench.files import write_atomic
 from bnnbench.lit import BNNModule, count_parameters
-from bnnbench.methods.fp import FullPrecision
+from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
+from bnnbench.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    claim_run_dir,
+    is_ddp_worker,
+    release_run_dir,
+)
 from bnnbench.size import account
-from bnnbench.report.record import (
-    METRICS_FILE,
-    EpochRecorder,
-    RunRecord,
-    config_hash,
-    git_commit,
+from bnnbench.spec import (
+    CHECKPOINT_SPEC_KEY,
+    Spec,
+    build_data,
+    build_method,
+    build_model,
+    geometry_of,
+    spec_from_config,
 )
 
-CHECKPOINT_DIR = "checkpoints"
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
 SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
@@ -47,33 +56,45 @@ def choice(group: str, default: str) -> str:
     return value if value is not None else default
 
 
-def guard_run_dir(run_dir: Path) -> None:
-    """Refuse to train into a directory that already holds a finished run or checkpoints.
+class StoreSpecInCheckpoint(pl.Callback):
+    """Every checkpoint carries the run spec it was trained with (plain data, loadable with
+    ``weights_only=True``): evaluate/export rebuild the network from this copy, so a run
+    directory whose config changed later cannot be evaluated as another model."""
 
-    DDP workers (LOCAL_RANK > 0) are launched by rank 0 into its run directory: not checked.
-    """
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return
-    taken = [p for p in (run_dir / METRICS_FILE, run_dir / CHECKPOINT_DIR) if p.exists()]
-    if taken:
-        raise BnnbenchError(f"{run_dir} already holds a run ({taken[0].name}); choose a new "
-                            "hydra.run.dir instead of overwriting it")
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_SPEC_KEY] = self.spec
 
 
 def run(cfg: DictConfig) -> RunRecord:
     """Train, validate and test one configuration; write metrics.json beside the Hydra outputs."""
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    guard_run_dir(run_dir)
+    claim_run_dir(run_dir)  # a no-op when GuardRunDir already claimed it for this process
+    try:
+        return train_claimed(cfg, run_dir)
+    finally:
+        release_run_dir(run_dir)
+
+
+def train_claimed(cfg: DictConfig, run_dir: Path) -> RunRecord:
+    """:func:`run` once ``run_dir`` is this process's."""
+    spec = spec_from_config(cfg)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if not is_ddp_worker():  # before fit: a killed run's directory says what it was training
+        write_atomic(run_dir / CONFIG_FILE, resolved)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model, in_chans=datamodule.in_chans,
-                      num_classes=datamodule.num_classes, img_size=datamodule.img_size)
-    method = instantiate(cfg.method) if "method" in cfg else FullPrecision()
+    datamodule = build_data(spec)
+    geometry = geometry_of(datamodule, spec["data"]["name"])
+    net = build_model(spec, geometry)
+    method = build_method(spec)
     net = method.convert(net)
-    size = account(net, "deployed", (datamodule.in_chans, datamodule.img_size,
-                                     datamodule.img_size)).to_dict()
+    size = account(net, "deployed", (geometry["in_chans"], geometry["img_size"],
+                                     geometry["img_size"])).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
@@ -83,19 +104,19 @@ def run(cfg: DictConfig) -> RunRecord:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), logger=logger,
-        callbacks=[recorder, checkpoint, pl.callbacks.RichProgressBar(leave=True)])
+        callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec),
+                   pl.callbacks.RichProgressBar(leave=True)])
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
     # the recipe's hash leaves out where and how the run is logged (paths differ run to run)
     recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "logger"]),
                                resolve=True)
     record = RunRecord(
-        method=choice("method", "fp"), model=choice("model", "?"), data=choice("data", "?"),
+        method=spec["method"]["name"], model=choice("model", "?"), data=spec["data"]["name"],
         seed=int(cfg.seed), test_top1=round(test["test/top1"], 4),
         test_top5=round(test["test/top5"], 4),
         best_val_top1=round(float(checkpoint.best_model_score or float("nan")), 4),
@@ -106,7 +127,6 @@ def run(cfg: DictConfig) -> RunRecord:
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}},
     )
     if trainer.is_global_zero:
-        (run_dir / "config_resolved.yaml").write_text(resolved)
         record.write(run_dir)
     return record
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from bnnbench.files import write_atomic
+
 METRICS_FILE = "metrics.json"
 
 
@@ -39,8 +41,7 @@ class RunRecord:
 
     def write(self, run_dir: Path) -> Path:
         path = Path(run_dir) / METRICS_FILE
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        return path
+        return write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunRecord":
