@@ -188,12 +188,12 @@ def check_shapes(spec: Spec, geometry: dict[str, int], shapes: dict[str, tuple[i
     for name, shape in packed.items():
         layer = net.get_submodule(name) if name in dict(net.named_modules()) else None
         if not isinstance(layer, _QuantMixin):
-            raise BnnbenchError(f"{source}: layer {name} is not quantized in the model its "
-                                "spec builds")
+            raise BnnbenchError(f"{source} does not match the model its spec builds: layer "
+                                f"{name} is not quantized there")
         if tuple(layer.weight.shape) != tuple(shape):
-            raise BnnbenchError(f"{source}: layer {name} stores a weight of shape "
-                                f"{tuple(shape)}; the model its spec builds has "
-                                f"{tuple(layer.weight.shape)}")
+            raise BnnbenchError(f"{source} does not match the model its spec builds: layer "
+                                f"{name} stores a weight of shape {tuple(shape)}, the model's "
+                                f"is {tuple(layer.weight.shape)}")
         state.pop(f"{name}.weight", None)
     stored = {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(state) - set(stored))
