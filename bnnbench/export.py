@@ -75,6 +75,7 @@ from bnnbench.spec import (
     GEOMETRY_KEYS,
     SECTIONS,
     Spec,
+    as_spec,
     build_net,
     check_geometry,
     check_plain,
@@ -394,14 +395,14 @@ def packed_tensors(net: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 def save_packed(net: nn.Module, path: Path, spec: Spec, geometry: dict[str, int],
                 source: str = "") -> Path:
-    """Write ``net`` (a converted, trained network built from ``spec``) packed to ``path``
-    (atomically); returns the path."""
+    """Write ``net`` (a converted, trained network built from ``spec``, or from a composed
+    config: :func:`bnnbench.spec.as_spec`) packed to ``path`` (atomically); returns the path."""
     from safetensors.torch import save_file
 
     from bnnbench import __version__
     from bnnbench.size import account
 
-    spec = check_spec(spec, "spec")
+    spec = as_spec(spec)
     tensors, layers = packed_tensors(net)
     metadata = {
         "format": FORMAT,

@@ -192,8 +192,20 @@ def build_model(spec: Spec, geometry: dict[str, int]) -> nn.Module:
         raise BnnbenchError(f"model {name!r}: {err}") from err
 
 
-def build_net(spec: Spec, geometry: dict[str, int]) -> nn.Module:
-    """``method.convert(model(geometry))``: the network a run trains and an export stores."""
+def as_spec(spec_or_config: Any) -> Spec:
+    """A spec as is (checked), or the spec of a composed Hydra config (e.g. from
+    ``hydra.compose``; :func:`spec_from_config` reads it as data all the same)."""
+    from omegaconf import DictConfig
+
+    if isinstance(spec_or_config, DictConfig):
+        return spec_from_config(spec_or_config)
+    return check_spec(spec_or_config, "spec")
+
+
+def build_net(spec: Spec | Any, geometry: dict[str, int]) -> nn.Module:
+    """``method.convert(model(geometry))``: the network a run trains and an export stores.
+    ``spec`` may also be a composed config (:func:`as_spec`)."""
+    spec = as_spec(spec)
     return build_method(spec).convert(build_model(spec, geometry))
 
 

@@ -6,17 +6,21 @@ plain arguments.
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from bnnbench.errors import check_range
+from bnnbench.errors import BnnbenchError, Preempted, check_range
+from bnnbench.export import load_checkpoint
 from bnnbench.files import write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
@@ -30,6 +34,7 @@ from bnnbench.rundir import (
 from bnnbench.size import account
 from bnnbench.spec import (
     CHECKPOINT_SPEC_KEY,
+    SECTIONS,
     Spec,
     build_data,
     build_method,
@@ -39,6 +44,7 @@ from bnnbench.spec import (
 )
 
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
+PREEMPTED_CHECKPOINT = "preempted.ckpt"
 SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
 
@@ -69,20 +75,78 @@ class StoreSpecInCheckpoint(pl.Callback):
         checkpoint[CHECKPOINT_SPEC_KEY] = self.spec
 
 
+class SaveOnPreemption(pl.Callback):
+    """SIGTERM (preemption): Lightning stops at the next batch; save the weights and loop state at
+    that point to ``checkpoints/preempted.ckpt`` before anything is torn down."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+
+
+class ResumableRNG(pl.Callback):
+    """The global RNG states (torch, numpy, random) go into each checkpoint and come back on
+    resume, so a resumed run draws the same data order and dropout masks as one never stopped."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "random": random.getstate(),
+                "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss_next = state["random"]
+        random.setstate((version, tuple(internal), gauss_next))
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
 def run(cfg: DictConfig) -> RunRecord:
-    """Train, validate and test one configuration; write metrics.json beside the Hydra outputs."""
+    """Train, validate and test one configuration; write metrics.json beside the Hydra outputs.
+
+    Into a directory holding a killed run of the same config, the run resumes from its
+    ``checkpoints/last.ckpt``; ``ckpt_path=<file>`` resumes from any checkpoint of this model.
+    """
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    claim_run_dir(run_dir)  # a no-op when GuardRunDir already claimed it for this process
+    # returns at once when GuardRunDir already claimed the directory for this process
+    resumed = claim_run_dir(run_dir, OmegaConf.to_container(cfg, resolve=True))
     try:
-        return train_claimed(cfg, run_dir)
+        return train_claimed(cfg, run_dir, resumed)
     finally:
         release_run_dir(run_dir)
 
 
-def train_claimed(cfg: DictConfig, run_dir: Path) -> RunRecord:
+def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool, spec: Spec) -> Path | None:
+    """The checkpoint to resume from (``ckpt_path``, else a killed run's ``last.ckpt``), checked
+    to hold this run's model and method."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise BnnbenchError(f"ckpt_path={path} is not a file; pass a checkpoint to resume "
+                                "from (e.g. <run_dir>/checkpoints/last.ckpt)")
+    elif resumed and (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        path = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    else:
+        return None
+    _, trained = load_checkpoint(path)
+    for section in ("model", "method"):
+        if trained[section] != spec[section]:
+            raise BnnbenchError(f"{path} was trained as {section} {trained[section]['name']!r} "
+                                f"{trained[section][SECTIONS[section]]}, not this run's "
+                                f"{spec[section]['name']!r} {spec[section][SECTIONS[section]]}; "
+                                "resume it with its own config")
+    return path
+
+
+def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunRecord:
     """:func:`run` once ``run_dir`` is this process's."""
     spec = spec_from_config(cfg)
+    ckpt_path = resume_from(cfg, run_dir, resumed, spec)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if not is_ddp_worker():  # before fit: a killed run's directory says what it was training
         write_atomic(run_dir / CONFIG_FILE, resolved)
@@ -99,22 +163,34 @@ def train_claimed(cfg: DictConfig, run_dir: Path) -> RunRecord:
     module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
     recorder = EpochRecorder()
+    # saved at the end of each training epoch, after the recorder's curves: a resume continues
+    # at the next epoch with every curve so far
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best",
-                                              monitor="val/top1", mode="max", save_last=True)
+                                              monitor="val/top1", mode="max", save_last=True,
+                                              save_on_train_epoch_end=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), logger=logger,
-        callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec),
+        callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec), ResumableRNG(),
+                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT),
                    pl.callbacks.RichProgressBar(leave=True)])
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Preempted(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+                        f"{trainer.global_step}: saved {CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT}; "
+                        "rerun the same command to resume from the last epoch's checkpoint (or "
+                        f"pass ckpt_path=<run_dir>/{CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT})"
+                        ) from None
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
 
     # the recipe's hash leaves out where and how the run is logged (paths differ run to run)
-    recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "logger"]),
-                               resolve=True)
+    # (nor where it resumed from)
+    recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(
+        cfg, [k for k in cfg if k not in ("logger", "ckpt_path")]), resolve=True)
     record = RunRecord(
         method=spec["method"]["name"], model=choice("model", "?"), data=spec["data"]["name"],
         seed=int(cfg.seed), test_top1=round(test["test/top1"], 4),

@@ -29,7 +29,7 @@ from bnnbench.export import (
 )
 from bnnbench.lit import predict
 from bnnbench.methods import list_methods
-from bnnbench.models import register_model
+from bnnbench.models import registry
 from bnnbench.nn.blocks import ConvBlock
 from bnnbench.nn.layers import is_quantized, quantized_layers
 from bnnbench.size import account
@@ -40,7 +40,6 @@ from tests.conftest import FAST
 GEOMETRY = {"in_chans": 3, "num_classes": 10, "img_size": 8}
 
 
-@register_model
 def tiny_convnet(*, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     """ConvBlocks (one grouped, one strided), then an MLP head: every layer kind the methods
     touch, small enough to round-trip in milliseconds (8 x 8 inputs)."""
@@ -51,6 +50,12 @@ def tiny_convnet(*, in_chans: int, num_classes: int, img_size: int) -> nn.Module
         ConvBlock(nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
         nn.Flatten(), nn.Linear(16 * (img_size // 4) ** 2, 32), nn.BatchNorm1d(32), nn.ReLU(),
         nn.Linear(32, num_classes))
+
+
+@pytest.fixture(autouse=True)
+def tiny_convnet_registered(monkeypatch):
+    """Exports rebuild only registered models: tiny_convnet joins the registry per test."""
+    monkeypatch.setitem(registry._MODELS, "tiny_convnet", tiny_convnet)
 
 
 def header_bytes(path: Path) -> int:

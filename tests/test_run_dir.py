@@ -64,7 +64,8 @@ def test_a_killed_run_keeps_its_config_and_a_relaunch_rewrites_nothing(tmp_path)
                               capture_output=True, timeout=600)
     assert relaunch.returncode == 2, relaunch.stderr[-2000:]
     assert relaunch.stderr.startswith("bnnbench: error:") and relaunch.stderr.count("\n") == 1
-    assert "unfinished run" in relaunch.stderr and "Traceback" not in relaunch.stderr
+    assert "unfinished run of another config" in relaunch.stderr
+    assert "Traceback" not in relaunch.stderr
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
              if p.is_file() and p.suffix in (".yaml", ".json")}
     assert after == before
@@ -105,7 +106,7 @@ def test_every_checkpoint_carries_the_spec_it_was_trained_with(finished_run):
 
 
 def test_a_claim_is_exclusive_and_tells_a_live_run_from_a_killed_one(tmp_path):
-    from bnnbench.rundir import claim_run_dir
+    from bnnbench.rundir import claim_run_dir, release_run_dir
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom bnnbench.rundir import claim_run_dir\n"
@@ -118,8 +119,9 @@ def test_a_claim_is_exclusive_and_tells_a_live_run_from_a_killed_one(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=60)
-    with pytest.raises(BnnbenchError, match="holds an unfinished run"):
-        claim_run_dir(tmp_path / "run")
+    # the holder died: its directory is a killed run's, taken over to resume it
+    assert claim_run_dir(tmp_path / "run") is True
+    release_run_dir(tmp_path / "run")
 
 
 def test_two_runs_started_together_into_one_directory_cannot_both_run(tmp_path):
@@ -133,3 +135,88 @@ def test_two_runs_started_together_into_one_directory_cannot_both_run(tmp_path):
     loser = next(err for code, err in results if code == 2)
     assert loser.startswith("bnnbench: error:") and loser.count("\n") == 1
     assert "another run is training" in loser or "already holds a run that finished" in loser
+
+
+# ---------------------------------------------------------------------------------- resume
+RESUMABLE = ["+method=bnn", "trainer.max_epochs=4", "+trainer.limit_train_batches=4",
+             "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=2",
+             "trainer.accelerator=cpu", "logger=csv", "model.hidden_features=64"]
+COMPARED = ("test_top1", "test_top5", "best_val_top1", "epochs", "config_hash", "num_params")
+
+
+def comparable(run_dir: Path) -> dict:
+    import json
+
+    record = json.loads((run_dir / "metrics.json").read_text())
+    return {**{k: record[k] for k in COMPARED}, "curves": record["curves"]}
+
+
+def test_rerunning_a_killed_run_resumes_it_with_the_same_metrics(tmp_path):
+    """SIGKILL after the first epoch's checkpoint, the same command again: the run resumes from
+    checkpoints/last.ckpt and records what an uninterrupted run with the same seed records."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(cli(*RESUMABLE, f"hydra.run.dir={whole}"), cwd=tmp_path, text=True,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen(cli(*RESUMABLE, f"hydra.run.dir={killed}"), cwd=tmp_path, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(killed / "checkpoints" / "last.ckpt", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (killed / "metrics.json").exists(), "killed too late: the run had finished"
+    kept = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+
+    resumed = subprocess.run(cli(*RESUMABLE, f"hydra.run.dir={killed}"), cwd=tmp_path, text=True,
+                             capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert kept < 3 and "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
+    assert comparable(killed) == comparable(whole)
+    # a finished run is still refused
+    again = subprocess.run(cli(*RESUMABLE, f"hydra.run.dir={killed}"), cwd=tmp_path, text=True,
+                           capture_output=True, timeout=600)
+    assert again.returncode == 2 and "already holds a run that finished" in again.stderr
+
+
+def test_ckpt_path_resumes_from_any_checkpoint_of_the_same_model(make_cfg):
+    first = run(make_cfg(["+method=bnn", *FAST, "model.hidden_features=64"]))
+    ckpt = Path(HydraConfig.get().runtime.output_dir) / "checkpoints" / "last.ckpt"
+    longer = [o.replace("max_epochs=1", "max_epochs=2") for o in FAST]
+    second = run(make_cfg(["+method=bnn", *longer, "model.hidden_features=64",
+                           f"ckpt_path={ckpt}"]))
+    # one more epoch on top of the first run's: its curves continue the first run's
+    assert second.epochs == 2 and len(second.curves["val/top1"]) == 2
+    assert second.curves["val/top1"][0] == first.curves["val/top1"][0]
+    with pytest.raises(BnnbenchError, match="was trained as method 'bnn'"):
+        run(make_cfg([*longer, "model.hidden_features=64", f"ckpt_path={ckpt}"]))
+    with pytest.raises(BnnbenchError, match="is not a file"):
+        run(make_cfg([*longer, f"ckpt_path={ckpt.with_name('nosuch.ckpt')}"]))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    run_dir = tmp_path / "run"
+    many = [o.replace("max_epochs=4", "max_epochs=1000") for o in RESUMABLE]
+    proc = subprocess.Popen(cli(*many, f"hydra.run.dir={run_dir}"), cwd=tmp_path, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("bnnbench: error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "Traceback" not in stderr
+    preempted = torch.load(run_dir / "checkpoints" / "preempted.ckpt", weights_only=True)
+    assert preempted["bnnbench_spec"]["method"]["name"] == "bnn"
+    assert not (run_dir / "metrics.json").exists()
+    short = [o.replace("max_epochs=1000", f"max_epochs={preempted['epoch'] + 2}") for o in many]
+    # another max_epochs is another config: refused, not resumed
+    other = subprocess.run(cli(*short, f"hydra.run.dir={run_dir}"), cwd=tmp_path, text=True,
+                           capture_output=True, timeout=600)
+    assert other.returncode == 2 and "trainer.max_epochs" in other.stderr
+    # the preempted checkpoint continues anywhere with ckpt_path
+    resumed = subprocess.run(cli(*short, f"ckpt_path={run_dir}/checkpoints/preempted.ckpt",
+                                 f"hydra.run.dir={tmp_path}/continued"), cwd=tmp_path, text=True,
+                             capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    import json
+
+    assert json.loads((tmp_path / "continued" / "metrics.json").read_text())["epochs"] == \
+        preempted["epoch"] + 2

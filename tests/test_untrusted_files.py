@@ -127,6 +127,17 @@ def test_a_run_config_names_only_registered_builders(tmp_path, section, node):
         export_run(tmp_path)
 
 
+@pytest.mark.parametrize("group", ["method", "data"])
+def test_every_shipped_config_maps_to_its_registry_name(group, make_cfg):
+    """A run records conf/<group>/<name>.yaml as <name>: the spec's registry name is the file's."""
+    from bnnbench.spec import spec_from_config
+    from tests.conftest import CONF
+
+    for path in sorted((CONF / group).glob("*.yaml")):
+        override = f"+method={path.stem}" if group == "method" else f"data={path.stem}"
+        assert spec_from_config(make_cfg([override]))[group]["name"] == path.stem
+
+
 # ---------------------------------------------------------------------------------- validation
 def valid_export(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A real (tiny BinaryNet MLP) export and its metadata."""

@@ -83,6 +83,14 @@ class EpochRecorder(pl.Callback):
         self.epoch_time_s: list[float] = []
         self._start = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in each checkpoint: a resumed run's record holds every epoch's curves."""
+        return {"curves": self.curves, "epoch_time_s": self.epoch_time_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curves = {k: list(v) for k, v in state["curves"].items()}
+        self.epoch_time_s = list(state["epoch_time_s"])
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
