@@ -78,8 +78,8 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
     run_dir = Path(run_dir).resolve()
     if run_dir in _CLAIMS:
         return _CLAIMS[run_dir].resumed
-    if is_ddp_worker():
-        return False
+    if is_ddp_worker():  # started by rank 0 before it writes any checkpoint: resume as it does
+        return (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
     marker = run_dir / RUN_MARKER
     if (run_dir / METRICS_FILE).exists():
         raise BnnbenchError(f"{run_dir} already holds a run that finished ({METRICS_FILE}); "
