@@ -6,13 +6,13 @@
 * The network is rebuilt through the registries from the spec stored in
   ``checkpoints/<checkpoint>.ckpt`` (default ``last``: the weights ``metrics.json``'s test numbers
   were measured with) and loaded from it; a run directory whose config (``config_resolved.yaml``)
-  names another model or method is refused. Nothing read from disk is instantiated. ``packed=true`` evaluates the packed export instead
-  (``<run_dir>/packed.safetensors``, written by :func:`bnnbench.export.export_run` first if it
-  is not there yet, or ``packed_path``).
-* Data: the run's data (the checkpoint's spec), with its preprocessing, unless ``data=<name>`` picks another
-  config group option (composed from ``conf/`` exactly as a run composes it, with any
-  ``data.<key>=<value>``); ``data.<key>=<value>`` alone edits the run's data config. The test split
-  is used. The dataset's geometry (channels, size, classes) must match the run's.
+  names another model or method is refused. Nothing read from disk is instantiated.
+  ``packed=true`` evaluates the packed export instead (``<run_dir>/packed.safetensors``, written
+  by :func:`bnnbench.export.export_run` first if it is not there yet, or ``packed_path``).
+* Data: the run's data (the checkpoint's spec), with its preprocessing, unless ``data=<name>``
+  picks another config group option (composed from ``conf/`` exactly as a run composes it, with
+  any ``data.<key>=<value>``); ``data.<key>=<value>`` alone edits the run's data arguments. The
+  test split is used. The dataset's geometry (channels, size, classes) must match the run's.
 * Output: top-1 / top-5 printed and written to ``<run_dir>/eval.json``; when that exists,
   ``eval-<data>[-packed].json`` (then ``-1``, ``-2``, ...): nothing already written is replaced,
   and ``metrics.json`` is never touched.

@@ -66,13 +66,12 @@ import torch
 from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError, call_or_exit
-from bnnbench.files import atomic_path, write_atomic
+from bnnbench.files import atomic_path
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
 from bnnbench.nn.quantizers import Identity, Quantizer, SignQuantizer
 from bnnbench.rundir import CHECKPOINT_DIR, CONFIG_FILE, HYDRA_DIR
 from bnnbench.spec import (
     CHECKPOINT_SPEC_KEY,
-    GEOMETRY_KEYS,
     SECTIONS,
     Spec,
     as_spec,

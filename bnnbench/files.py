@@ -24,6 +24,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make shared run files private
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -43,6 +44,12 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         tmp.write_bytes(payload)
     return Path(path)
 
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

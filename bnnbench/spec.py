@@ -71,8 +71,8 @@ def check_plain(value: Any, where: str) -> Any:
 def check_geometry(geometry: Any, where: str = "geometry") -> dict[str, int]:
     """``in_chans``, ``num_classes``, ``img_size``: positive ints within :data:`GEOMETRY_LIMITS`."""
     if not isinstance(geometry, Mapping) or set(geometry) != set(GEOMETRY_KEYS):
-        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; "
-                            f"got {sorted(geometry) if isinstance(geometry, Mapping) else geometry!r}")
+        got = sorted(geometry) if isinstance(geometry, Mapping) else geometry
+        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; got {got!r}")
     for key in GEOMETRY_KEYS:
         value = geometry[key]
         if type(value) is not int or not 1 <= value <= GEOMETRY_LIMITS[key]:
@@ -106,7 +106,7 @@ def check_spec(spec: Any, where: str) -> Spec:
     refused = LOADING_KWARGS & set(out["model"]["kwargs"]) | set(GEOMETRY_KEYS) & set(
         out["model"]["kwargs"])
     if refused:
-        raise BnnbenchError(f"{where}.model.kwargs.{sorted(refused)[0]} is refused (the geometry "
+        raise BnnbenchError(f"{where}.model.kwargs.{min(refused)} is refused (the geometry "
                             "comes from the data; bnnbench never loads pretrained files)")
     return out
 

@@ -17,11 +17,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from bnnbench.errors import BnnbenchError, Preempted, check_range
 from bnnbench.export import load_checkpoint
-from bnnbench.files import write_atomic
+from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
 from bnnbench.rundir import (
@@ -86,6 +87,16 @@ class SaveOnPreemption(pl.Callback):
                      exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through :func:`bnnbench.files.atomic_path`: a run killed
+    while saving leaves the previous ``last.ckpt`` whole, so it can still be resumed."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 class ResumableRNG(pl.Callback):
@@ -170,7 +181,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                                               save_on_train_epoch_end=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(run_dir), logger=logger,
+        cfg.trainer, default_root_dir=str(run_dir), logger=logger, plugins=[AtomicCheckpointIO()],
         callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec), ResumableRNG(),
                    SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT),
                    pl.callbacks.RichProgressBar(leave=True)])

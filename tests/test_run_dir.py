@@ -109,8 +109,9 @@ def test_a_claim_is_exclusive_and_tells_a_live_run_from_a_killed_one(tmp_path):
     from bnnbench.rundir import claim_run_dir, release_run_dir
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom bnnbench.rundir import claim_run_dir\n"
-         "claim_run_dir(sys.argv[1]); print('claimed', flush=True); time.sleep(600)",
+        [sys.executable, "-c", ("import sys, time\nfrom bnnbench.rundir import claim_run_dir\n"
+                                "claim_run_dir(sys.argv[1]); print('claimed', flush=True); "
+                                "time.sleep(600)"),
          str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "claimed"

@@ -49,7 +49,8 @@ def write_export(path: Path, metadata: dict[str, str]) -> Path:
 def test_a_crafted_export_runs_no_code(tmp_path):
     marker = tmp_path / "marker"
     chain = json.dumps(hostile_config(marker))
-    spec = json.dumps({"model": {"name": "mlp", "kwargs": {"hidden_features": marker_chain(marker)}},
+    spec = json.dumps({"model": {"name": "mlp",
+                                 "kwargs": {"hidden_features": marker_chain(marker)}},
                        "method": {"name": "bnn", "knobs": {}},
                        "data": {"name": "synthetic", "args": {}}})
     path = write_export(tmp_path / "evil.safetensors", {
@@ -176,7 +177,7 @@ def _json_edit(key, fn):
 
 
 def _first_layer(layers):
-    return layers[sorted(layers)[0]]
+    return layers[min(layers)]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -211,7 +212,7 @@ def test_a_huge_geometry_allocates_nothing(tmp_path, monkeypatch):
     path, _ = valid_export(tmp_path)
     bad = rewrite(path, tmp_path / "big.safetensors",
                   _json_edit("geometry", lambda g: g.update(img_size=4096, in_chans=1)))
-    import bnnbench.export as export
+    from bnnbench import export
 
     built = []
     real_build = export.build_net
