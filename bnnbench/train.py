@@ -21,7 +21,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from bnnbench.errors import BnnbenchError, Preempted, check_range
-from bnnbench.export import load_checkpoint
+from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
@@ -105,11 +105,15 @@ class ResumableRNG(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "random": random.getstate(),
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda, "random": random.getstate(),
                 "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
         version, internal, gauss_next = state["random"]
         random.setstate((version, tuple(internal), gauss_next))
         kind, keys, pos, has_gauss, gauss = state["numpy"]
@@ -132,9 +136,10 @@ def run(cfg: DictConfig) -> RunRecord:
         release_run_dir(run_dir)
 
 
-def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool, spec: Spec) -> Path | None:
+def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
+                spec: Spec) -> tuple[Path, dict[str, tuple[int, ...]]] | None:
     """The checkpoint to resume from (``ckpt_path``, else a killed run's ``last.ckpt``), checked
-    to hold this run's model and method."""
+    to hold this run's model and method, and its network's tensor shapes."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         if not path.is_file():
@@ -144,20 +149,20 @@ def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool, spec: Spec) -> Pa
         path = run_dir / CHECKPOINT_DIR / "last.ckpt"
     else:
         return None
-    _, trained = load_checkpoint(path)
+    state, trained = load_checkpoint(path)
     for section in ("model", "method"):
         if trained[section] != spec[section]:
             raise BnnbenchError(f"{path} was trained as {section} {trained[section]['name']!r} "
                                 f"{trained[section][SECTIONS[section]]}, not this run's "
                                 f"{spec[section]['name']!r} {spec[section][SECTIONS[section]]}; "
                                 "resume it with its own config")
-    return path
+    return path, {k: tuple(v.shape) for k, v in state.items()}
 
 
 def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunRecord:
     """:func:`run` once ``run_dir`` is this process's."""
     spec = spec_from_config(cfg)
-    ckpt_path = resume_from(cfg, run_dir, resumed, spec)
+    resume = resume_from(cfg, run_dir, resumed, spec)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if not is_ddp_worker():  # before fit: a killed run's directory says what it was training
         write_atomic(run_dir / CONFIG_FILE, resolved)
@@ -165,6 +170,9 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
 
     datamodule = build_data(spec)
     geometry = geometry_of(datamodule, spec["data"]["name"])
+    if resume is not None:  # one line instead of Lightning's size-mismatch trace
+        check_shapes(spec, geometry, resume[1], str(resume[0]))
+    ckpt_path = resume[0] if resume is not None else None
     net = build_model(spec, geometry)
     method = build_method(spec)
     net = method.convert(net)

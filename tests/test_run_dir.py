@@ -189,6 +189,10 @@ def test_ckpt_path_resumes_from_any_checkpoint_of_the_same_model(make_cfg):
     assert second.curves["val/top1"][0] == first.curves["val/top1"][0]
     with pytest.raises(BnnbenchError, match="was trained as method 'bnn'"):
         run(make_cfg([*longer, "model.hidden_features=64", f"ckpt_path={ckpt}"]))
+    with pytest.raises(BnnbenchError, match=r"does not match the model .* other shapes"):
+        run(make_cfg(["+method=bnn", *longer, "model.hidden_features=64", "data=synthetic",
+                      "data.in_chans=1", "data.img_size=28", "data.num_classes=7",
+                      f"ckpt_path={ckpt}"]))
     with pytest.raises(BnnbenchError, match="is not a file"):
         run(make_cfg([*longer, f"ckpt_path={ckpt.with_name('nosuch.ckpt')}"]))
 
