@@ -10,6 +10,15 @@ from typing import Any
 class BnnbenchError(ValueError):
     """A user-facing error: the message names the bad input and the fix, on one line."""
 
+    exit_code = 2
+
+
+class Preempted(BnnbenchError):
+    """A run stopped by SIGTERM (preemption) after saving a checkpoint: 128 + SIGTERM, as a
+    process killed by the signal, so schedulers see a run that did not finish."""
+
+    exit_code = 143
+
 
 def check_range(key: str, value: float, *, low: float | None = None, high: float | None = None,
                 low_inclusive: bool = True) -> None:
@@ -24,7 +33,8 @@ def check_range(key: str, value: float, *, low: float | None = None, high: float
 
 def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``; a BnnbenchError anywhere in the cause chain becomes one line on
-    stderr and exit status 2 (hydra's ``instantiate`` wraps the errors its targets raise)."""
+    stderr and its exit status (2; 143 for a preempted run). The chain is searched because
+    hydra's ``instantiate`` wraps the errors its targets raise."""
     try:
         return fn(*args, **kwargs)
     except Exception as err:
@@ -34,4 +44,4 @@ def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if cause is None:
             raise
         print(f"bnnbench: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(cause.exit_code) from None

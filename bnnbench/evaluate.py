@@ -3,15 +3,16 @@
 ``python -m bnnbench.evaluate run_dir=<dir> [data=<name>] [data.<key>=<value> ...]
 [packed=true] [checkpoint=last|best|<file.ckpt>] [packed_path=<file>] [device=auto|cpu|cuda]``
 
-* The network is rebuilt from the run's own config (``config_resolved.yaml``) and loaded from
+* The network is rebuilt through the registries from the spec stored in
   ``checkpoints/<checkpoint>.ckpt`` (default ``last``: the weights ``metrics.json``'s test numbers
-  were measured with). ``packed=true`` evaluates the packed export instead
-  (``<run_dir>/packed.safetensors``, written by :func:`bnnbench.export.export_run` first if it
-  is not there yet, or ``packed_path``).
-* Data: the run's data config, with its preprocessing, unless ``data=<name>`` picks another
-  config group option (composed from ``conf/`` exactly as a run composes it, with any
-  ``data.<key>=<value>``); ``data.<key>=<value>`` alone edits the run's data config. The test split
-  is used. The dataset's geometry (channels, size, classes) must match the run's.
+  were measured with) and loaded from it; a run directory whose config (``config_resolved.yaml``)
+  names another model or method is refused. Nothing read from disk is instantiated.
+  ``packed=true`` evaluates the packed export instead (``<run_dir>/packed.safetensors``, written
+  by :func:`bnnbench.export.export_run` first if it is not there yet, or ``packed_path``).
+* Data: the run's data (the checkpoint's spec), with its preprocessing, unless ``data=<name>``
+  picks another config group option (composed from ``conf/`` exactly as a run composes it, with
+  any ``data.<key>=<value>``); ``data.<key>=<value>`` alone edits the run's data arguments. The
+  test split is used. The dataset's geometry (channels, size, classes) must match the run's.
 * Output: top-1 / top-5 printed and written to ``<run_dir>/eval.json``; when that exists,
   ``eval-<data>[-packed].json`` (then ``-1``, ``-2``, ...): nothing already written is replaced,
   and ``metrics.json`` is never touched.
@@ -29,14 +30,21 @@ import torch
 
 from bnnbench.errors import BnnbenchError, call_or_exit
 from bnnbench.export import (
-    GEOMETRY_KEYS,
     PACKED_FILE,
-    data_geometry,
     export_run,
     free_path,
     load_packed,
-    load_run_config,
     load_trained,
+    read_packed,
+)
+from bnnbench.files import write_atomic
+from bnnbench.spec import (
+    GEOMETRY_KEYS,
+    Spec,
+    build_data,
+    check_plain,
+    data_geometry,
+    spec_from_config,
 )
 
 EVAL_FILE = "eval.json"
@@ -46,8 +54,9 @@ USAGE = ("usage: python -m bnnbench.evaluate run_dir=<dir> [data=<name>] [data.<
          "[device=auto|cpu|cuda]")
 
 
-def compose_data(overrides: list[str]) -> Any:
-    """``cfg.data`` composed from conf/config.yaml with CLI-style ``data...`` overrides."""
+def compose_data(overrides: list[str]) -> Spec:
+    """The spec of conf/config.yaml composed with CLI-style ``data...`` overrides (its data
+    section is what matters)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -62,37 +71,32 @@ def compose_data(overrides: list[str]) -> Any:
         raise BnnbenchError(text) from err
     finally:
         GlobalHydra.instance().clear()
-    return cfg.data
+    return spec_from_config(cfg, "data=" + " ".join(overrides))
 
 
-def resolve_data(run_cfg: Any, overrides: list[str]) -> tuple[Any, str | None]:
-    """(data config to evaluate on, its group name if chosen with ``data=``)."""
+def resolve_data(run_spec: Spec, overrides: list[str]) -> tuple[Spec, str | None]:
+    """(a spec whose data section is what to evaluate on, its name if chosen with ``data=``)."""
     from omegaconf import OmegaConf
 
     keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
     if "data" in keys:
-        name = overrides[keys.index("data")].partition("=")[2]
-        return compose_data(overrides), name
+        composed = compose_data(overrides)
+        return {**run_spec, "data": composed["data"]}, composed["data"]["name"]
     if not overrides:
-        return run_cfg.data, None
-    data = OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+        return run_spec, None
     dotlist = [o.lstrip("+")[len("data."):] for o in overrides]
-    return OmegaConf.merge(data, OmegaConf.from_dotlist(dotlist)), None
+    args = OmegaConf.merge(OmegaConf.create(run_spec["data"]["args"]),
+                           OmegaConf.from_dotlist(dotlist))
+    plain = check_plain(OmegaConf.to_container(args, resolve=True), "data")
+    return {**run_spec, "data": {"name": run_spec["data"]["name"], "args": plain}}, None
 
 
-def run_data_name(run_dir: Path) -> str:
-    """The run's data option (metrics.json, else Hydra's recorded choices), else 'data'."""
+def run_data_name(run_dir: Path, spec: Spec) -> str:
+    """The run's data option (metrics.json, else the spec's data name)."""
     try:
         return str(json.loads((run_dir / "metrics.json").read_text())["data"])
     except (OSError, ValueError, KeyError):
-        pass
-    try:
-        from omegaconf import OmegaConf
-
-        choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-        return str(choices.get("data") or "data")
-    except Exception:
-        return "data"
+        return spec["data"]["name"]
 
 
 def pick_device(device: str) -> torch.device:
@@ -126,50 +130,41 @@ def evaluate_run(run_dir: Path, data_overrides: list[str] | None = None, packed:
                  checkpoint: str = "last", packed_path: Path | None = None,
                  device: str = "auto") -> tuple[dict[str, Any], Path]:
     """Evaluate; returns (the record written, the path of the json file)."""
-    from hydra.utils import instantiate
-
     run_dir = Path(run_dir)
-    run_cfg = load_run_config(run_dir)
-    data_cfg, data_name = resolve_data(run_cfg, list(data_overrides or []))
-    trained_geometry = data_geometry(run_cfg.data)
-    geometry = data_geometry(data_cfg)
-    if geometry != trained_geometry:
-        diff = ", ".join(f"{k} {geometry[k]} vs {trained_geometry[k]}" for k in GEOMETRY_KEYS
-                         if geometry[k] != trained_geometry[k])
-        raise BnnbenchError(f"the data does not fit the run's model: {diff} (data vs run)")
     dev = pick_device(device)
     if packed:
         path = Path(packed_path) if packed_path else run_dir / PACKED_FILE
         if not path.exists() and not packed_path:
             path = export_run(run_dir, path, checkpoint)
         net = load_packed(path, device=dev)
+        trained_spec, trained_geometry, _, _ = read_packed(path)
         source = str(path)
     else:
-        net, _, _ = load_trained(run_dir, checkpoint)
+        net, trained_spec, trained_geometry = load_trained(run_dir, checkpoint)
         source = str(run_dir / "checkpoints" / f"{checkpoint}.ckpt") \
             if not checkpoint.endswith(".ckpt") else checkpoint
-    dm = instantiate(data_cfg)
+    data_spec, data_name = resolve_data(trained_spec, list(data_overrides or []))
+    geometry = data_geometry(data_spec)
+    if geometry != trained_geometry:
+        diff = ", ".join(f"{k} {geometry[k]} vs {trained_geometry[k]}" for k in GEOMETRY_KEYS
+                         if geometry[k] != trained_geometry[k])
+        raise BnnbenchError(f"the data does not fit the run's model: {diff} (data vs run)")
+    dm = build_data(data_spec)
     dm.setup("test")
     start = time.perf_counter()
     scores = test_accuracy(net, dm.test_dataloader(), dev)
-    name = data_name or run_data_name(run_dir)
+    name = data_name or run_data_name(run_dir, data_spec)
     record = {
         "data": name, "split": "test", **scores, "packed": packed, "source": source,
         "checkpoint": checkpoint, "device": str(dev),
         "eval_time_s": round(time.perf_counter() - start, 3),
-        "data_config": _plain(data_cfg),
+        "data_config": {"name": data_spec["data"]["name"], **data_spec["data"]["args"]},
     }
     out = run_dir / EVAL_FILE
     if out.exists():
         out = free_path(run_dir / f"eval-{name}{'-packed' if packed else ''}.json")
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(out, json.dumps(record, indent=2) + "\n")
     return record, out
-
-
-def _plain(cfg: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:

@@ -29,16 +29,21 @@ File layout (safetensors: raw little-endian tensors + a JSON header; no pickle a
     ``L.weight.<key>``. Used when present, verified the same way.
 
 * Metadata (safetensors ``__metadata__``, strings): ``format`` = ``bnnbench-packed``,
-  ``format_version``, ``config`` (the run's resolved config as JSON: model, method, data), the
-  data ``geometry``, the per-layer ``layers`` encodings, ``source`` and the accounting's
-  ``deployed_bytes``.
+  ``format_version`` (2), ``spec`` (JSON, :mod:`bnnbench.spec`: the model's registry name and
+  kwargs, the method's registry name and knobs, the data's name and arguments; plain values
+  only), the data ``geometry``, the per-layer ``layers`` encodings, ``source`` and the
+  accounting's ``deployed_bytes``.
 
 The file's size on disk is the ``deployed`` accounting of :mod:`bnnbench.size` plus the header
 (and, per quantized layer, under one byte of bit padding per plane and the codebook values beyond
 the quantizer's declared scales: one float for ABC-Net, ``<= 2^k`` for DoReFa k-bit).
 
-Loading (:func:`load_packed`) rebuilds the architecture from the config (model + the method's
-``convert``), puts a :class:`PackedWeight` in place of each quantized layer's weight quantizer
+Loading (:func:`load_packed`) treats the file as data: it validates every metadata field (no
+``_target_`` anywhere, registered names, positive integer shapes that agree with the tensors,
+``planes <= 32``, a sane geometry), checks on the meta device that the network the spec builds
+holds exactly the file's tensors, and only then rebuilds it through the registries (model + the
+method's ``convert``; nothing the file names is ever instantiated or imported), puts a
+:class:`PackedWeight` in place of each quantized layer's weight quantizer
 (the latent weight is dropped; ``quantized_weight()`` returns the decoded weight), and loads the
 rest. Every layer's own ``forward`` runs unchanged, so predictions equal the trained model's. Where
 a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscaled sign weights)
@@ -61,51 +66,55 @@ import torch
 from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError, call_or_exit
+from bnnbench.files import atomic_path
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
 from bnnbench.nn.quantizers import Identity, Quantizer, SignQuantizer
+from bnnbench.rundir import CHECKPOINT_DIR, CONFIG_FILE, HYDRA_DIR
+from bnnbench.spec import (
+    CHECKPOINT_SPEC_KEY,
+    SECTIONS,
+    Spec,
+    as_spec,
+    build_net,
+    check_geometry,
+    check_plain,
+    check_spec,
+    data_geometry,
+    spec_from_config,
+)
 
 FORMAT = "bnnbench-packed"
-FORMAT_VERSION = "1"
+# 2: the network is a run spec (registry names + plain arguments); 1 held a Hydra config
+FORMAT_VERSION = "2"
 PACKED_FILE = "packed.safetensors"
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILES = ("config_resolved.yaml", ".hydra/config.yaml")
-GEOMETRY_KEYS = ("in_chans", "num_classes", "img_size")
+CONFIG_FILES = (CONFIG_FILE, f"{HYDRA_DIR}/config.yaml")
+REQUIRED_METADATA = ("spec", "geometry", "layers")
+MAX_PLANES = 32  # a weight index has at most 32 bits (float32 values: at most 2^32 distinct)
 
 
-# ---------------------------------------------------------------------------------- CLI errors
 # ---------------------------------------------------------------------------------- rebuild
-def data_geometry(data_cfg: Any) -> dict[str, int]:
-    """``in_chans``, ``num_classes``, ``img_size`` of a data config (builds the datamodule, which
-    reads no file until ``setup``)."""
-    from hydra.utils import instantiate
-
-    dm = instantiate(data_cfg)
-    return {k: int(getattr(dm, k)) for k in GEOMETRY_KEYS}
-
-
-def build_net(cfg: Any, geometry: dict[str, int]) -> nn.Module:
-    """The converted network of a run config: ``method.convert(model(geometry))`` (as train.py)."""
-    from hydra.utils import instantiate
-
-    from bnnbench.methods.fp import FullPrecision
-
-    net = instantiate(cfg.model, **geometry)
-    method = instantiate(cfg.method) if cfg.get("method") is not None else FullPrecision()
-    return method.convert(net)
-
-
-def load_run_config(run_dir: Path) -> Any:
-    """The run's config (``config_resolved.yaml``, else ``.hydra/config.yaml``)."""
-    from omegaconf import OmegaConf
-
+def run_config_path(run_dir: Path) -> Path:
+    """The run's config file: ``config_resolved.yaml``, else ``.hydra/config.yaml``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BnnbenchError(f"run_dir={run_dir} is not a directory")
     for name in CONFIG_FILES:
         if (run_dir / name).exists():
-            return OmegaConf.load(run_dir / name)
+            return run_dir / name
     raise BnnbenchError(f"{run_dir} holds no run config ({' or '.join(CONFIG_FILES)}); "
                         "point run_dir at a directory written by `python -m bnnbench`")
+
+
+def read_run_spec(path: Path) -> Spec:
+    """The spec of a run config file, read as data: nothing it names is instantiated."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a readable YAML config "
+                            f"({str(err).splitlines()[0][:80]})") from err
+    return spec_from_config(cfg, str(path))
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str = "last") -> Path:
@@ -119,8 +128,8 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "last") -> Path:
     return path
 
 
-def load_state(path: Path) -> dict[str, Tensor]:
-    """The network's state_dict from a Lightning checkpoint (keys without the ``net.`` prefix)."""
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], Spec]:
+    """(the network's state_dict without the ``net.`` prefix, the spec it was trained with)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -128,21 +137,73 @@ def load_state(path: Path) -> dict[str, Tensor]:
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise BnnbenchError(f"{path} has no state_dict; is it a bnnbench checkpoint?")
-    return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    if CHECKPOINT_SPEC_KEY not in ckpt:
+        raise BnnbenchError(f"{path} does not record what it was trained as (written before "
+                            "bnnbench stored its spec in checkpoints); retrain the run")
+    spec = check_spec(ckpt[CHECKPOINT_SPEC_KEY], f"{path}:{CHECKPOINT_SPEC_KEY}")
+    return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, spec
 
 
-def load_trained(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Any, dict[str, int]]:
-    """(network in eval mode with the checkpoint's weights, run config, data geometry)."""
-    cfg = load_run_config(run_dir)
+def load_trained(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Spec, dict[str, int]]:
+    """(network in eval mode with the checkpoint's weights, its spec, its data geometry).
+
+    The network is rebuilt from the checkpoint's own spec; a run directory whose config says
+    otherwise (model, method or data geometry) is refused rather than evaluated as another model.
+    """
+    config = run_config_path(run_dir)
     ckpt = checkpoint_path(run_dir, checkpoint)
-    geometry = data_geometry(cfg.data)
-    net = build_net(cfg, geometry)
-    missing, unexpected = net.load_state_dict(load_state(ckpt), strict=False)
+    run_spec = read_run_spec(config)
+    state, spec = load_checkpoint(ckpt)
+    geometry = data_geometry(spec)
+    for section in ("model", "method"):
+        if run_spec[section] != spec[section]:
+            raise BnnbenchError(
+                f"{ckpt} was trained as {section} {spec[section]['name']!r} "
+                f"{spec[section][SECTIONS[section]]} but {run_dir}'s config says "
+                f"{run_spec[section]['name']!r} {run_spec[section][SECTIONS[section]]}; the run "
+                "directory was changed after training: restore its config")
+    if data_geometry(run_spec) != geometry:
+        raise BnnbenchError(f"{ckpt} was trained on data of geometry {geometry} but {run_dir}'s "
+                            f"config says {data_geometry(run_spec)}; restore its config")
+    check_shapes(spec, geometry, {k: tuple(v.shape) for k, v in state.items()}, str(ckpt))
+    net = build_net(spec, geometry)
+    missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise BnnbenchError(f"{ckpt} does not match the run's model: missing "
                             f"{missing[:3]}, unexpected {unexpected[:3]}")
-    return net.eval(), cfg, geometry
+    return net.eval(), spec, geometry
+
+
+def check_shapes(spec: Spec, geometry: dict[str, int], shapes: dict[str, tuple[int, ...]],
+                 source: str, packed: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse when the network the spec builds (on the meta device: no memory) does not hold
+    exactly the tensors a file stores, before building it for real. ``packed``: quantized
+    layers' weight shapes stored in packed form (not in ``shapes``)."""
+    packed = packed or {}
+    with torch.device("meta"):
+        net = build_net(spec, geometry)
+    state = {k: tuple(v.shape) for k, v in net.state_dict().items()
+             if not k.endswith("num_batches_tracked") and ".weight_quantizer." not in f".{k}"}
+    for name, shape in packed.items():
+        layer = net.get_submodule(name) if name in dict(net.named_modules()) else None
+        if not isinstance(layer, _QuantMixin):
+            raise BnnbenchError(f"{source} does not match the model its spec builds: layer "
+                                f"{name} is not quantized there")
+        if tuple(layer.weight.shape) != tuple(shape):
+            raise BnnbenchError(f"{source} does not match the model its spec builds: layer "
+                                f"{name} stores a weight of shape {tuple(shape)}, the model's "
+                                f"is {tuple(layer.weight.shape)}")
+        state.pop(f"{name}.weight", None)
+    stored = {k: v for k, v in shapes.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(state) - set(stored))
+    unexpected = sorted(set(stored) - set(state))
+    wrong = sorted(k for k in set(state) & set(stored) if tuple(state[k]) != tuple(stored[k]))
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label} {keys[:3]}" for label, keys in
+                           (("missing", missing), ("unexpected", unexpected),
+                            ("other shapes", wrong)) if keys)
+        raise BnnbenchError(f"{source} does not match the model its spec builds: {detail}")
 
 
 # ---------------------------------------------------------------------------------- bits
@@ -248,6 +309,9 @@ def decode_weight(meta: dict[str, Any], tensors: dict[str, Tensor],
         for p in range(int(meta["planes"])):
             codes |= unpack_bits(bits[p], n).to(torch.int64) << p
         book = tensors["codebook"].to(torch.float32)
+        if n and int(codes.max()) >= book.shape[-1]:
+            raise BnnbenchError(f"a packed weight indexes value {int(codes.max())} of a "
+                                f"{book.shape[-1]}-value codebook: the file is corrupt")
         if meta["codebook"] == "tensor":
             return book[codes].reshape(shape)
         return torch.gather(book, 1, codes.reshape(out, -1)).reshape(shape)
@@ -328,36 +392,30 @@ def packed_tensors(net: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, layers
 
 
-def save_packed(net: nn.Module, path: Path, cfg: Any, geometry: dict[str, int],
+def save_packed(net: nn.Module, path: Path, spec: Spec, geometry: dict[str, int],
                 source: str = "") -> Path:
-    """Write ``net`` (a converted, trained network) packed to ``path``; returns the path."""
-    from omegaconf import OmegaConf
+    """Write ``net`` (a converted, trained network built from ``spec``, or from a composed
+    config: :func:`bnnbench.spec.as_spec`) packed to ``path`` (atomically); returns the path."""
     from safetensors.torch import save_file
 
     from bnnbench import __version__
     from bnnbench.size import account
 
+    spec = as_spec(spec)
     tensors, layers = packed_tensors(net)
-    if isinstance(cfg, dict):
-        config = cfg
-    else:
-        try:
-            config = OmegaConf.to_container(cfg, resolve=True)
-        except Exception:  # .hydra/config.yaml keeps ${hydra:...} for the logger: keep as text
-            config = OmegaConf.to_container(cfg, resolve=False)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "bnnbench_version": __version__,
-        "config": json.dumps(config),
-        "geometry": json.dumps(geometry),
+        "spec": json.dumps(spec),
+        "geometry": json.dumps(check_geometry(geometry)),
         "layers": json.dumps(layers),
         "source": source,
         "deployed_bytes": str(account(net, "deployed").total_bytes),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -374,11 +432,11 @@ def free_path(path: Path) -> Path:
 def export_run(run_dir: Path, out: Path | None = None, checkpoint: str = "last") -> Path:
     """Export a trained run to one safetensors file; returns its path (never overwrites)."""
     run_dir = Path(run_dir)
-    net, cfg, geometry = load_trained(run_dir, checkpoint)
+    net, spec, geometry = load_trained(run_dir, checkpoint)
     path = Path(out) if out is not None else run_dir / PACKED_FILE
     if path.is_dir():
         path = path / PACKED_FILE
-    return save_packed(net, free_path(path), cfg, geometry,
+    return save_packed(net, free_path(path), spec, geometry,
                        source=str(checkpoint_path(run_dir, checkpoint)))
 
 
@@ -410,44 +468,116 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
                 kernels: str = "auto") -> nn.Module:
     """The packed inference model of an export (eval mode).
 
+    The file is data: its metadata is validated (:func:`read_packed`) and the network rebuilt
+    through the registries from the spec's names, after checking on the meta device that it holds
+    exactly the file's tensors; nothing the file names is instantiated.
+
     ``kernels``: ``auto`` runs every layer :func:`kernel_route` accepts (BinaryNet bit-exact,
     XNOR-Net, Tang's residual binarization, binary-weight linear layers) on
     :mod:`bnnbench.kernels` when it is importable,
     ``never`` keeps every layer's own forward on decoded weights.
     """
-    from omegaconf import OmegaConf
-    from safetensors.torch import load_file
-
     if kernels not in ("auto", "never"):
         raise BnnbenchError(f"kernels={kernels!r} is not valid; choose auto or never")
-    meta = read_metadata(path)
-    cfg = OmegaConf.create(json.loads(meta["config"]))
-    geometry = json.loads(meta["geometry"])
-    layers: dict[str, Any] = json.loads(meta["layers"])
-    tensors = load_file(str(path), device="cpu")
-    net = build_net(cfg, geometry)
+    spec, geometry, layers, tensors = read_packed(path)
+    check_shapes(spec, geometry, {k: tuple(t.shape) for k, t in tensors.items()
+                                  if not _packed_key(k, layers)}, str(path),
+                 packed={name: tuple(meta["shape"]) for name, meta in layers.items()})
+    net = build_net(spec, geometry)
     for name, lmeta in layers.items():
         layer = net.get_submodule(name)
-        if not isinstance(layer, _QuantMixin):
-            raise BnnbenchError(f"{path}: layer {name} is not quantized in the rebuilt model")
         prefix = f"{name}.weight."
         parts = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
         packed = PackedWeight(lmeta, parts, layer.weight_quantizer)
         layer.weight_quantizer = packed
         layer.weight = None  # the latent weight is gone; quantized_weight() decodes
-    state = net.state_dict()
-    expected = {k for k in state if not k.endswith("num_batches_tracked")
-                and ".weight_quantizer." not in f".{k}"}
-    missing = sorted(expected - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
-    if missing or unexpected:
-        raise BnnbenchError(f"{path} does not match the model its config builds: missing "
-                            f"{missing[:3]}, unexpected {unexpected[:3]}")
     net.load_state_dict(tensors, strict=False)
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)
     return net
+
+
+def _packed_key(key: str, layers: dict[str, Any]) -> bool:
+    name, _, _ = key.rpartition(".weight.")
+    return bool(name) and name in layers
+
+
+def read_packed(path: Path) -> tuple[Spec, dict[str, int], dict[str, Any], dict[str, Tensor]]:
+    """(spec, geometry, per-layer encodings, tensors) of an export, every field validated: one
+    BnnbenchError naming the field for anything a bnnbench export would not hold."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise BnnbenchError(f"{path} lacks the {missing[0]!r} metadata of a bnnbench export; "
+                            "re-export the run with `python -m bnnbench.export`")
+    fields = {}
+    for key in REQUIRED_METADATA:
+        try:
+            fields[key] = json.loads(meta[key])
+        except ValueError as err:
+            raise BnnbenchError(f"{path}: metadata {key!r} is not valid JSON") from err
+    spec = check_spec(fields["spec"], f"{path}: spec")
+    geometry = check_geometry(fields["geometry"], f"{path}: geometry")
+    layers = check_plain(fields["layers"], f"{path}: layers")
+    if not isinstance(layers, dict):
+        raise BnnbenchError(f"{path}: metadata 'layers' must map layer names to encodings")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a readable safetensors file "
+                            f"({str(err).splitlines()[0][:80]})") from err
+    for name, lmeta in layers.items():
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        check_layer(lmeta, parts, f"{path}: layer {name}")
+    return spec, geometry, layers, tensors
+
+
+def check_layer(meta: Any, parts: dict[str, Tensor], where: str) -> None:
+    """A packed layer's encoding agrees with its tensors (shapes, dtypes, plane counts)."""
+    if not isinstance(meta, dict) or meta.get("encoding") not in ("sign", "codebook",
+                                                                  "quantizer"):
+        raise BnnbenchError(f"{where}: encoding must be sign, codebook or quantizer")
+    shape = meta.get("shape")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 5 \
+            or not all(type(d) is int and d >= 1 for d in shape):
+        raise BnnbenchError(f"{where}: shape must be a list of 1 to 5 positive integers")
+    if meta["encoding"] == "quantizer":
+        return  # the layer's own quantizer unpacks (and checks) its factorization
+    n, out = math.prod(shape), shape[0]
+    planes = meta.get("planes")
+    if type(planes) is not int or not 1 <= planes <= MAX_PLANES:
+        raise BnnbenchError(f"{where}: planes must be an integer in 1..{MAX_PLANES}")
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "bits": ((planes, (n + 7) // 8), torch.uint8)}
+    if meta["encoding"] == "sign":
+        scale = meta.get("scale")
+        if planes != 1 or scale not in ("none", "tensor", "channel"):
+            raise BnnbenchError(f"{where}: a sign encoding has 1 plane and scale "
+                                "none, tensor or channel")
+        if scale != "none":
+            expected["scale"] = ((1,) if scale == "tensor" else (out,), torch.float32)
+    else:
+        book = parts.get("codebook")
+        kind = meta.get("codebook")
+        if kind not in ("tensor", "channel") or book is None or book.dim() != (
+                1 if kind == "tensor" else 2):
+            raise BnnbenchError(f"{where}: a codebook encoding needs codebook tensor (u,) or "
+                                "channel (O, u)")
+        values = book.shape[-1]
+        if not 1 <= values <= 2 ** planes:
+            raise BnnbenchError(f"{where}: {values} codebook values do not fit {planes} planes")
+        expected["codebook"] = ((values,) if kind == "tensor" else (out, values), torch.float32)
+    if set(parts) != set(expected):
+        raise BnnbenchError(f"{where}: stores {sorted(parts)}; its encoding needs "
+                            f"{sorted(expected)}")
+    for key, (want, dtype) in expected.items():
+        if tuple(parts[key].shape) != want or parts[key].dtype != dtype:
+            raise BnnbenchError(f"{where}: {key} is {parts[key].dtype} "
+                                f"{tuple(parts[key].shape)}, its encoding needs {dtype} {want}")
 
 
 # ---------------------------------------------------------------------------------- kernels

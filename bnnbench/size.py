@@ -505,9 +505,9 @@ def write_json(size: ModelSize, path: Path, extra: dict[str, Any] | None = None)
     data = size.to_dict()
     if extra:
         data = {**extra, **data}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    return path
+    from bnnbench.files import write_atomic
+
+    return write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -523,13 +523,14 @@ def _main(cfg: Any) -> ModelSize:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from bnnbench.export import build_net, data_geometry
+    from bnnbench.spec import build_net, data_geometry, spec_from_config
 
-    geometry = data_geometry(cfg.data)
+    spec = spec_from_config(cfg)
+    geometry = data_geometry(spec)
     for key in ("in_chans", "num_classes", "img_size"):
         if cfg.size.get(key) is not None:
             geometry[key] = int(cfg.size[key])
-    net = build_net(cfg, geometry)
+    net = build_net(spec, geometry)
     opts = OmegaConf.to_container(cfg.size, resolve=True)
     assert isinstance(opts, dict)
     name = opts.pop("convention")

@@ -6,30 +6,46 @@ plain arguments.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from bnnbench.errors import BnnbenchError, check_range
+from bnnbench.errors import BnnbenchError, Preempted, check_range
+from bnnbench.export import check_shapes, load_checkpoint
+from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
-from bnnbench.methods.fp import FullPrecision
+from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
+from bnnbench.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    claim_run_dir,
+    is_ddp_worker,
+    release_run_dir,
+)
 from bnnbench.size import account
-from bnnbench.report.record import (
-    METRICS_FILE,
-    EpochRecorder,
-    RunRecord,
-    config_hash,
-    git_commit,
+from bnnbench.spec import (
+    CHECKPOINT_SPEC_KEY,
+    SECTIONS,
+    Spec,
+    build_data,
+    build_method,
+    build_model,
+    geometry_of,
+    spec_from_config,
 )
 
-CHECKPOINT_DIR = "checkpoints"
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
+PREEMPTED_CHECKPOINT = "preempted.ckpt"
 SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
 
@@ -47,55 +63,155 @@ def choice(group: str, default: str) -> str:
     return value if value is not None else default
 
 
-def guard_run_dir(run_dir: Path) -> None:
-    """Refuse to train into a directory that already holds a finished run or checkpoints.
+class StoreSpecInCheckpoint(pl.Callback):
+    """Every checkpoint carries the run spec it was trained with (plain data, loadable with
+    ``weights_only=True``): evaluate/export rebuild the network from this copy, so a run
+    directory whose config changed later cannot be evaluated as another model."""
 
-    DDP workers (LOCAL_RANK > 0) are launched by rank 0 into its run directory: not checked.
-    """
-    if int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return
-    taken = [p for p in (run_dir / METRICS_FILE, run_dir / CHECKPOINT_DIR) if p.exists()]
-    if taken:
-        raise BnnbenchError(f"{run_dir} already holds a run ({taken[0].name}); choose a new "
-                            "hydra.run.dir instead of overwriting it")
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_SPEC_KEY] = self.spec
+
+
+class SaveOnPreemption(pl.Callback):
+    """SIGTERM (preemption): Lightning stops at the next batch; save the weights and loop state at
+    that point to ``checkpoints/preempted.ckpt`` before anything is torn down."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through :func:`bnnbench.files.atomic_path`: a run killed
+    while saving leaves the previous ``last.ckpt`` whole, so it can still be resumed."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class ResumableRNG(pl.Callback):
+    """The global RNG states (torch, numpy, random) go into each checkpoint and come back on
+    resume, so a resumed run draws the same data order and dropout masks as one never stopped."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda, "random": random.getstate(),
+                "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        version, internal, gauss_next = state["random"]
+        random.setstate((version, tuple(internal), gauss_next))
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
 def run(cfg: DictConfig) -> RunRecord:
-    """Train, validate and test one configuration; write metrics.json beside the Hydra outputs."""
+    """Train, validate and test one configuration; write metrics.json beside the Hydra outputs.
+
+    Into a directory holding a killed run of the same config, the run resumes from its
+    ``checkpoints/last.ckpt``; ``ckpt_path=<file>`` resumes from any checkpoint of this model.
+    """
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    guard_run_dir(run_dir)
+    # returns at once when GuardRunDir already claimed the directory for this process
+    resumed = claim_run_dir(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    try:
+        return train_claimed(cfg, run_dir, resumed)
+    finally:
+        release_run_dir(run_dir)
+
+
+def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
+                spec: Spec) -> tuple[Path, dict[str, tuple[int, ...]]] | None:
+    """The checkpoint to resume from (``ckpt_path``, else a killed run's ``last.ckpt``), checked
+    to hold this run's model and method, and its network's tensor shapes."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise BnnbenchError(f"ckpt_path={path} is not a file; pass a checkpoint to resume "
+                                "from (e.g. <run_dir>/checkpoints/last.ckpt)")
+    elif resumed and (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
+        path = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    else:
+        return None
+    state, trained = load_checkpoint(path)
+    for section in ("model", "method"):
+        if trained[section] != spec[section]:
+            raise BnnbenchError(f"{path} was trained as {section} {trained[section]['name']!r} "
+                                f"{trained[section][SECTIONS[section]]}, not this run's "
+                                f"{spec[section]['name']!r} {spec[section][SECTIONS[section]]}; "
+                                "resume it with its own config")
+    return path, {k: tuple(v.shape) for k, v in state.items()}
+
+
+def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunRecord:
+    """:func:`run` once ``run_dir`` is this process's."""
+    spec = spec_from_config(cfg)
+    resume = resume_from(cfg, run_dir, resumed, spec)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if not is_ddp_worker():  # before fit: a killed run's directory says what it was training
+        write_atomic(run_dir / CONFIG_FILE, resolved)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model, in_chans=datamodule.in_chans,
-                      num_classes=datamodule.num_classes, img_size=datamodule.img_size)
-    method = instantiate(cfg.method) if "method" in cfg else FullPrecision()
+    datamodule = build_data(spec)
+    geometry = geometry_of(datamodule, spec["data"]["name"])
+    if resume is not None:  # one line instead of Lightning's size-mismatch trace
+        check_shapes(spec, geometry, resume[1], str(resume[0]))
+    ckpt_path = resume[0] if resume is not None else None
+    net = build_model(spec, geometry)
+    method = build_method(spec)
     net = method.convert(net)
-    size = account(net, "deployed", (datamodule.in_chans, datamodule.img_size,
-                                     datamodule.img_size)).to_dict()
+    size = account(net, "deployed", (geometry["in_chans"], geometry["img_size"],
+                                     geometry["img_size"])).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
 
     recorder = EpochRecorder()
+    # saved at the end of each training epoch, after the recorder's curves: a resume continues
+    # at the next epoch with every curve so far
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best",
-                                              monitor="val/top1", mode="max", save_last=True)
+                                              monitor="val/top1", mode="max", save_last=True,
+                                              save_on_train_epoch_end=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(run_dir), logger=logger,
-        callbacks=[recorder, checkpoint, pl.callbacks.RichProgressBar(leave=True)])
+        cfg.trainer, default_root_dir=str(run_dir), logger=logger, plugins=[AtomicCheckpointIO()],
+        callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec), ResumableRNG(),
+                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT),
+                   pl.callbacks.RichProgressBar(leave=True)])
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Preempted(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+                        f"{trainer.global_step}: saved {CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT}; "
+                        "rerun the same command to resume from the last epoch's checkpoint (or "
+                        f"pass ckpt_path=<run_dir>/{CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT})"
+                        ) from None
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
     # the recipe's hash leaves out where and how the run is logged (paths differ run to run)
-    recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "logger"]),
-                               resolve=True)
+    # (nor where it resumed from)
+    recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(
+        cfg, [k for k in cfg if k not in ("logger", "ckpt_path")]), resolve=True)
     record = RunRecord(
-        method=choice("method", "fp"), model=choice("model", "?"), data=choice("data", "?"),
+        method=spec["method"]["name"], model=choice("model", "?"), data=spec["data"]["name"],
         seed=int(cfg.seed), test_top1=round(test["test/top1"], 4),
         test_top5=round(test["test/top5"], 4),
         best_val_top1=round(float(checkpoint.best_model_score or float("nan")), 4),
@@ -106,7 +222,6 @@ def run(cfg: DictConfig) -> RunRecord:
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}},
     )
     if trainer.is_global_zero:
-        (run_dir / "config_resolved.yaml").write_text(resolved)
         record.write(run_dir)
     return record
 

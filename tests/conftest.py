@@ -19,6 +19,10 @@ CONF = ROOT / "conf"
 if not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# CLI tests start `python -m bnnbench...` in a tmp directory: import this checkout there too,
+# not whichever copy the environment has installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 os.environ.setdefault("WANDB_SILENT", "true")
 
 

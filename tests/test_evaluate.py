@@ -16,6 +16,7 @@ from bnnbench.errors import BnnbenchError
 from bnnbench.evaluate import evaluate_run
 from bnnbench.export import load_trained
 from bnnbench.lit import predict
+from bnnbench.spec import build_data
 from bnnbench.train import run
 from tests.conftest import FAST, compose_config
 
@@ -36,10 +37,8 @@ def test_evaluate_run_and_its_packed_export(run_dir):
     assert json.loads(path.read_text()) == record
     assert record["n"] == 1000 and record["data"] == "mnist5k" and not record["packed"]
     # top-1 is the trained network's accuracy on the whole 1,000-digit test split
-    net, cfg, _ = load_trained(run_dir)
-    from hydra.utils import instantiate
-
-    dm = instantiate(cfg.data)
+    net, spec, _ = load_trained(run_dir)
+    dm = build_data(spec)
     dm.setup("test")
     targets = np.concatenate([y.numpy() for _, y in dm.test_dataloader()])
     correct = (predict(net, dm.test_dataloader()).numpy() == targets).mean()
@@ -80,7 +79,7 @@ def test_evaluate_on_full_mnist_layout_with_shared_preprocessing(run_dir, tmp_pa
                                          "data.val_size=500"], packed=True)
     assert path.name.startswith("eval-mnist-packed") and other["data"] == "mnist"
     assert (other["n"], other["top1"], other["top5"]) == (1000, base["top1"], base["top5"])
-    assert other["data_config"]["_target_"] == "bnnbench.data.mnist.MNIST"
+    assert other["data_config"]["name"] == "mnist"
 
 
 def test_bad_data_and_run_dirs_are_one_clear_error(run_dir, tmp_path):

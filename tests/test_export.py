@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -28,9 +29,11 @@ from bnnbench.export import (
 )
 from bnnbench.lit import predict
 from bnnbench.methods import list_methods
+from bnnbench.models import registry
 from bnnbench.nn.blocks import ConvBlock
 from bnnbench.nn.layers import is_quantized, quantized_layers
 from bnnbench.size import account
+from bnnbench.spec import build_data, build_net, spec_from_config
 from bnnbench.train import run
 from tests.conftest import FAST
 
@@ -47,6 +50,12 @@ def tiny_convnet(*, in_chans: int, num_classes: int, img_size: int) -> nn.Module
         ConvBlock(nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
         nn.Flatten(), nn.Linear(16 * (img_size // 4) ** 2, 32), nn.BatchNorm1d(32), nn.ReLU(),
         nn.Linear(32, num_classes))
+
+
+@pytest.fixture(autouse=True)
+def tiny_convnet_registered(monkeypatch):
+    """Exports rebuild only registered models: tiny_convnet joins the registry per test."""
+    monkeypatch.setitem(registry._MODELS, "tiny_convnet", tiny_convnet)
 
 
 def header_bytes(path: Path) -> int:
@@ -130,14 +139,14 @@ def test_a_quantizer_may_pack_its_own_factorization():
 def tiny_export(make_cfg, tmp_path: Path, overrides: list[str]) -> tuple[nn.Module, Path]:
     """tiny_convnet converted by a method (trained-like BatchNorm statistics), eval mode, and
     its packed export."""
-    from bnnbench.export import build_net
-
     cfg = make_cfg(overrides)
     with open_dict(cfg):
-        cfg.model = OmegaConf.create({"_target_": f"{__name__}.tiny_convnet"})
+        cfg.model = OmegaConf.create({"_target_": "bnnbench.models.create_model",
+                                      "name": "tiny_convnet"})
+    spec = spec_from_config(cfg)
     torch.manual_seed(0)
-    net = trained_like_batchnorm(build_net(cfg, GEOMETRY), seed=1).eval()
-    return net, save_packed(net, tmp_path / "tiny.safetensors", cfg, GEOMETRY)
+    net = trained_like_batchnorm(build_net(spec, GEOMETRY), seed=1).eval()
+    return net, save_packed(net, tmp_path / "tiny.safetensors", spec, GEOMETRY)
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -213,11 +222,9 @@ def test_kernel_routes_match_the_trained_forward(case, make_cfg, tmp_path):
 
 
 @lru_cache(maxsize=2)
-def cached_test_loader(data_yaml: str):
-    """The test split of a data config, loaded once for every parametrization."""
-    from hydra.utils import instantiate
-
-    dm = instantiate(OmegaConf.create(data_yaml))
+def cached_test_loader(data_json: str):
+    """The test split of a spec's data, loaded once for every parametrization."""
+    dm = build_data({"data": json.loads(data_json)})
     dm.setup("test")
     return dm.test_dataloader()
 
@@ -230,9 +237,9 @@ def test_trained_run_round_trip_predictions_and_size(method, make_cfg):
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = export_run(run_dir)
     assert path == run_dir / "packed.safetensors"
-    trained, cfg, _ = load_trained(run_dir)
+    trained, spec, _ = load_trained(run_dir)
     packed = load_packed(path)
-    loader = cached_test_loader(OmegaConf.to_yaml(cfg.data))
+    loader = cached_test_loader(json.dumps(spec["data"], sort_keys=True))
     expected = predict(trained, loader)
     assert len(expected) == 1000
     assert torch.equal(predict(packed, loader), expected)

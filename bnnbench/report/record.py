@@ -12,6 +12,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from bnnbench.files import write_atomic
+
 METRICS_FILE = "metrics.json"
 
 
@@ -39,8 +41,7 @@ class RunRecord:
 
     def write(self, run_dir: Path) -> Path:
         path = Path(run_dir) / METRICS_FILE
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        return path
+        return write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunRecord":
@@ -81,6 +82,14 @@ class EpochRecorder(pl.Callback):
         self.curves: dict[str, list[float]] = {k: [] for k in (*self.KEYS, "lr")}
         self.epoch_time_s: list[float] = []
         self._start = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in each checkpoint: a resumed run's record holds every epoch's curves."""
+        return {"curves": self.curves, "epoch_time_s": self.epoch_time_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curves = {k: list(v) for k, v in state["curves"].items()}
+        self.epoch_time_s = list(state["epoch_time_s"])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()

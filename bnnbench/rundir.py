@@ -1,0 +1,215 @@
+"""A run directory belongs to one run: claimed atomically before anything is written into it.
+
+* :func:`claim_run_dir` refuses a directory that holds a finished run (``metrics.json``) or a
+  live run (its marker ``run.json`` is locked), and takes over a killed run's directory (marker
+  unlocked) only to resume that same config. A fresh claim creates the marker exclusively (locked,
+  then linked into place: ``link`` fails on an existing name, like ``O_CREAT | O_EXCL``): of two
+  runs started together into one directory exactly one gets it. The lock lives as long as the run's
+  process, so a marker whose lock is free belongs to a run that died.
+* :class:`GuardRunDir` is a Hydra callback (``hydra.callbacks`` in conf/config.yaml) that claims
+  the job's directory in ``on_job_start`` and only then writes ``.hydra/`` (Hydra's own copy is
+  switched off with ``hydra.output_subdir: null``): a refused relaunch rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.files import write_atomic
+from bnnbench.report.record import METRICS_FILE
+
+RUN_MARKER = "run.json"
+CONFIG_FILE = "config_resolved.yaml"
+CHECKPOINT_DIR = "checkpoints"
+HYDRA_DIR = ".hydra"
+
+# Keys that may differ when the same command is rerun to resume (where to resume from).
+RESUME_IGNORED = ("ckpt_path",)
+
+
+@dataclasses.dataclass
+class Claim:
+    fd: int  # the open marker, holding its lock while this process runs there
+    resumed: bool  # the directory held a killed run of the same config
+
+
+# run directory -> this process's claim on it
+_CLAIMS: dict[Path, Claim] = {}
+
+
+def is_ddp_worker() -> bool:
+    """DDP ranks > 0 are launched by rank 0 into its (already claimed) run directory."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+def marker_is_locked(marker: Path) -> bool:
+    """Whether a live process holds the run marker's lock (its run is training right now)."""
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
+    """Make ``run_dir`` this process's run directory, or raise BnnbenchError (nothing written).
+
+    ``config``: the run's resolved config (plain). A directory holding a killed run (marker
+    unlocked, no metrics.json) is taken over when its ``config_resolved.yaml`` equals ``config``
+    (up to :data:`RESUME_IGNORED`): returns True, the run resumes there. A fresh directory:
+    False. DDP workers and a second call for the same directory return the first call's answer.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _CLAIMS:
+        return _CLAIMS[run_dir].resumed
+    if is_ddp_worker():  # started by rank 0 before it writes any checkpoint: resume as it does
+        return (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
+    marker = run_dir / RUN_MARKER
+    if (run_dir / METRICS_FILE).exists():
+        raise BnnbenchError(f"{run_dir} already holds a run that finished ({METRICS_FILE}); "
+                            "choose a new hydra.run.dir instead of overwriting it")
+    if marker.exists():
+        return _take_over(run_dir, marker, config)
+    if (run_dir / CHECKPOINT_DIR).exists():  # a run from before markers existed
+        raise BnnbenchError(f"{run_dir} already holds a run ({CHECKPOINT_DIR}); choose a new "
+                            "hydra.run.dir instead of overwriting it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Write and lock the marker under a private name, then link it into place: link() fails when
+    # the name exists, so of two runs started together exactly one claims the directory, and the
+    # marker is never visible unlocked while its run lives.
+    fd, tmp = tempfile.mkstemp(prefix=f".{RUN_MARKER}.", dir=run_dir)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _write_owner(fd)
+        os.link(tmp, marker)
+    except FileExistsError:
+        os.close(fd)
+        raise BnnbenchError(f"another run is training in {run_dir} right now ({RUN_MARKER} is "
+                            "taken); choose a new hydra.run.dir") from None
+    finally:
+        os.unlink(tmp)
+    _CLAIMS[run_dir] = Claim(fd, resumed=False)
+    return False
+
+
+def _take_over(run_dir: Path, marker: Path, config: dict[str, Any] | None) -> bool:
+    """Claim the directory of a killed run to resume it (see :func:`claim_run_dir`)."""
+    fd = os.open(marker, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BnnbenchError(f"another run is training in {run_dir} right now ({RUN_MARKER} is "
+                            "locked); choose a new hydra.run.dir") from None
+    try:
+        saved = run_dir / CONFIG_FILE
+        if not saved.exists() and (run_dir / CHECKPOINT_DIR).exists():
+            raise BnnbenchError(f"{run_dir} holds an unfinished run without its {CONFIG_FILE}; "
+                                "choose a new hydra.run.dir, its checkpoints stay as they are")
+        if saved.exists() and config is not None:
+            import yaml
+
+            differ = _differences(_comparable(yaml.safe_load(saved.read_text())),
+                                  _comparable(config))
+            if differ:
+                raise BnnbenchError(
+                    f"{run_dir} holds an unfinished run of another config ({', '.join(differ[:3])}"
+                    " differ); rerun its own command to resume it, or choose a new "
+                    "hydra.run.dir")
+        os.ftruncate(fd, 0)
+        _write_owner(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    _CLAIMS[run_dir] = Claim(fd, resumed=True)
+    return True
+
+
+def _write_owner(fd: int) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+             "argv": sys.argv}
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(owner) + "\n").encode())
+    os.fsync(fd)
+
+
+def _comparable(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: v for k, v in config.items() if k not in RESUME_IGNORED}
+    return config
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two plain configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "<root>"]
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Drop this process's lock on ``run_dir`` (the marker stays: the directory is a run's)."""
+    claim = _CLAIMS.pop(Path(run_dir).resolve(), None)
+    if claim is not None:
+        os.close(claim.fd)  # closing releases the flock
+
+
+def write_hydra_files(config: Any, run_dir: Path) -> None:
+    """What Hydra writes to ``.hydra/`` (config, hydra, overrides), atomically, after the claim."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    task = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    out = Path(run_dir) / HYDRA_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", OmegaConf.to_yaml(task))
+    write_atomic(out / "hydra.yaml", OmegaConf.to_yaml({"hydra": config.hydra}))
+    write_atomic(out / "overrides.yaml", OmegaConf.to_yaml(config.hydra.overrides.task))
+
+
+try:  # hydra is a dependency; the guard is a plain class when it is absent (e.g. docs builds)
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object  # type: ignore[misc,assignment]
+
+
+class GuardRunDir(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Claim each job's directory before anything is written there; a refusal is one line."""
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        if is_ddp_worker():
+            return
+        from omegaconf import OmegaConf
+
+        run_dir = Path(config.hydra.runtime.output_dir)
+        # the job's own config, resolved as the task sees it (hydra's sweep keys do not resolve
+        # in a single run)
+        task = OmegaConf.to_container(
+            OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+        try:
+            resumed = claim_run_dir(run_dir, task)
+        except BnnbenchError as err:
+            print(f"bnnbench: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if not resumed:  # a resumed run keeps the .hydra/ it started with
+            write_hydra_files(config, run_dir)
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        release_run_dir(Path(config.hydra.runtime.output_dir))
