@@ -218,9 +218,41 @@ def pack_bits(bits: Tensor) -> Tensor:
 
 
 def unpack_bits(packed: Tensor, n: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: ``(n,)`` bool."""
-    words = packed.reshape(-1, 1).to(torch.int32)
-    return ((words >> _SHIFTS.to(packed.device)) & 1).reshape(-1)[:n].bool()
+    """Inverse of :func:`pack_bits`: ``(n,)`` bool (uint8 arithmetic: one byte per bit in flight,
+    not four)."""
+    shifts = _SHIFTS.to(device=packed.device, dtype=torch.uint8)
+    return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:n].bool()
+
+
+def kernel_words_from_bits(bits: Tensor, shape: list[int], conv: bool,
+                           chunk_bits: int = 1 << 20) -> Tensor:
+    """The kernels' packed weight of a ``sign``-encoded layer, read from its stored bits.
+
+    ``bits``: :func:`pack_bits` of the flattened weight's signs. Linear (out, in) -> (out,
+    words over in); conv (OC, C/g, KH, KW) -> (OC, KH, KW, words over C/g). Rows are converted
+    a chunk of about ``chunk_bits`` weights at a time, so the bool/uint8 temporaries stay a
+    few MiB whatever the layer's size (no float copy of the weight, no layer-sized temporary).
+    """
+    rows, per_row = shape[0], math.prod(shape[1:])
+    step = max(1, chunk_bits // max(per_row, 1))
+    parts = []
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        first, last = r0 * per_row, r1 * per_row
+        window = unpack_bits(bits[first // 8: (last + 7) // 8], last - first + first % 8)
+        neg = window[first % 8:].reshape(r1 - r0, *shape[1:])
+        parts.append(kernel_words(neg.permute(0, 2, 3, 1) if conv else neg))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def kernel_words(neg: Tensor) -> Tensor:
+    """(..., K) bool (True = -1) -> (..., ceil(K/32)) int32 in :mod:`bnnbench.kernels`' packing
+    (32 signs per word, least-significant bit first, zero padded), without a float copy."""
+    k = neg.shape[-1]
+    padded = torch.nn.functional.pad(neg.to(torch.uint8), (0, (-k) % 32))
+    shifts = _SHIFTS.to(device=neg.device, dtype=torch.uint8)
+    as_bytes = (padded.reshape(*neg.shape[:-1], -1, 8) << shifts).sum(-1, dtype=torch.uint8)
+    return as_bytes.contiguous().view(torch.int32)  # little-endian: byte 0 holds bits 0-7
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -483,7 +515,7 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     check_shapes(spec, geometry, {k: tuple(t.shape) for k, t in tensors.items()
                                   if not _packed_key(k, layers)}, str(path),
                  packed={name: tuple(meta["shape"]) for name, meta in layers.items()})
-    net = build_net(spec, geometry)
+    net = _build_empty(spec, geometry)
     for name, lmeta in layers.items():
         layer = net.get_submodule(name)
         prefix = f"{name}.weight."
@@ -491,11 +523,26 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
         packed = PackedWeight(lmeta, parts, layer.weight_quantizer)
         layer.weight_quantizer = packed
         layer.weight = None  # the latent weight is gone; quantized_weight() decodes
-    net.load_state_dict(tensors, strict=False)
+    net.load_state_dict(tensors, strict=False, assign=True)
+    left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:  # a tensor the file does not hold (an export always holds them all)
+        raise BnnbenchError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
+                            "re-export the run")
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)
     return net
+
+
+def _build_empty(spec: Spec, geometry: dict[str, int]) -> nn.Module:
+    """The spec's network with every parameter and buffer on the meta device (no storage):
+    the file's tensors are assigned afterwards, so a packed model never holds a float copy of
+    its weights. A network whose construction needs real tensors is built normally."""
+    try:
+        with torch.device("meta"):
+            return build_net(spec, geometry)
+    except (NotImplementedError, RuntimeError):  # e.g. an init that reads tensor values
+        return build_net(spec, geometry)
 
 
 def _packed_key(key: str, layers: dict[str, Any]) -> bool:
@@ -642,14 +689,13 @@ def use_kernels(net: nn.Module) -> int:
         if route is None:
             continue
         q = layer.weight_quantizer
-        signs = q.forward()  # W = a_o s: packing keeps s (bit 1 = W < 0), a_o goes after the dot
+        shape = [int(d) for d in q.meta["shape"]]
+        # W = a_o s: the stored bits are s (bit 1 = W < 0, as the kernels pack), a_o goes after
+        # the dot; packed straight from the bits, never through a float weight
+        packed = kernel_words_from_bits(q.bits[0], shape, conv=not isinstance(layer, QuantLinear))
         scale = None
         if q.meta.get("scale") != "none":
-            scale = q.scale.to(torch.float32).reshape(-1).expand(signs.shape[0]).contiguous()
-        if isinstance(layer, QuantLinear):
-            packed = K.pack_signs(signs)
-        else:  # (OC, C/g, KH, KW) -> (OC, KH, KW, words), packed along C
-            packed = K.pack_signs(signs.permute(0, 2, 3, 1).contiguous())
+            scale = q.scale.to(torch.float32).reshape(-1).expand(shape[0]).contiguous()
         layer.register_buffer("xnor_weight", packed, persistent=False)
         layer.register_buffer("xnor_scale", scale, persistent=False)
         forwards = _LINEAR_FORWARDS if isinstance(layer, QuantLinear) else _CONV_FORWARDS
