@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import bnnbench.kernels as K
-    from bnnbench.export import build_net, load_packed
+    from bnnbench.export import load_packed, read_metadata
+    from bnnbench.spec import build_net, check_geometry, check_spec
 
     torch.set_grad_enabled(False)
     # warm the CPU kernels (numba loads/compiles them on first use): not the model's memory
@@ -40,25 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     K.binary_weight_gemm(torch.randn(2, 64), w, torch.ones(64))
     K.binary_conv2d(torch.randn(1, 32, 4, 4), K.pack_conv_weight(torch.randn(8, 32, 3, 3)),
                     torch.ones(8), padding=(1, 1))
+    if args[0] == "packed":
+        meta = read_metadata(args[1])
+        spec = check_spec(json.loads(meta["spec"]), "spec")
+        geometry = check_geometry(json.loads(meta["geometry"]))
+        batch = int(args[2])
+    else:
+        from bnnbench.bench.packed_inference import composed
+
+        spec = composed(args[5:])
+        geometry = {"in_chans": int(args[1]), "num_classes": int(args[2]),
+                    "img_size": int(args[3])}
+        batch = int(args[4])
+    with torch.device("meta"):  # the classes and libraries the network needs: imports, not data
+        build_net(spec, geometry)
     import gc
 
     gc.collect()
     _reset_peak()
     base = _status_mib("VmRSS")
-    if args[0] == "packed":
-        net = load_packed(args[1])
-        geometry = None
-        batch = int(args[2])
-        from bnnbench.export import read_metadata
-
-        geometry = json.loads(read_metadata(args[1])["geometry"])
-    else:
-        from bnnbench.bench.packed_inference import composed
-
-        geometry = {"in_chans": int(args[1]), "num_classes": int(args[2]),
-                    "img_size": int(args[3])}
-        batch = int(args[4])
-        net = build_net(composed(args[5:]), geometry).eval()
+    net = load_packed(args[1]) if args[0] == "packed" else build_net(spec, geometry).eval()
     loaded = _status_mib("VmHWM")
     x = torch.randn(batch, geometry["in_chans"], geometry["img_size"], geometry["img_size"])
     net(x)

@@ -75,11 +75,12 @@ def build_module(overrides: list[str], geometry: dict[str, int]):
 
     from bnnbench.bench.packed_inference import composed
     from bnnbench.lit import BNNModule
-    from bnnbench.methods.fp import FullPrecision
+    from bnnbench.spec import build_method, build_model, spec_from_config
 
     cfg = composed([*overrides, "model=resnet18"])
-    method = instantiate(cfg.method) if cfg.get("method") is not None else FullPrecision()
-    net = method.convert(instantiate(cfg.model, **geometry))
+    spec = spec_from_config(cfg)  # built as `python -m bnnbench` builds it: through the registries
+    method = build_method(spec)
+    net = method.convert(build_model(spec, geometry))
     return BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=None)
 
 
