@@ -159,6 +159,46 @@ def threading_layer() -> str:
 
 
 def _parallel_threads(work_words: int) -> int:
+    """Threads for a call with ``work_words`` word popcounts: 1 (the single-threaded variant)
+    below :data:`PARALLEL_MIN_WORDS`, else :func:`kernel_threads`."""
+    threads = kernel_threads()
+    return 1 if threads <= 1 or work_words < PARALLEL_MIN_WORDS else threads
+
+
+def _run_threaded(kernel, threads: int, *args):
+    """Call a ``*_parallel`` kernel on ``threads`` threads with dynamic scheduling.
+
+    Chunk size 1 hands the ``prange`` tasks (blocks of rows, many per thread) out one at a
+    time instead of one equal slice per thread: on a shared machine a thread that loses its
+    core for a while then delays only its current task, not half of the call. Numba's thread
+    count and chunk size are per calling thread; both are restored.
+    """
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with numba.parallel_chunksize(1):
+            return kernel(*args)
+    finally:
+        numba.set_num_threads(saved)
+
+
+def threading_layer() -> str:
+    """Numba's threading layer (``tbb``, ``omp`` or ``workqueue``), starting it if needed.
+
+    Numba picks it when the first parallel kernel runs (TBB first when installed: it is the
+    one that is both fork-safe and thread-safe; GNU OpenMP is not fork-safe; workqueue is not
+    thread-safe); ``NUMBA_THREADING_LAYER`` overrides the choice.
+    """
+    try:
+        return numba.threading_layer()
+    except ValueError:  # not started yet: one tiny threaded call starts it
+        out = np.empty((1, 4), np.int32)
+        cpu_jit.xnor_popcount_gemm_parallel(np.zeros((1, 1), np.uint32),
+                                            np.zeros((4, 1), np.uint32), 32, out, 4)
+        return numba.threading_layer()
+
+
+def _parallel_threads(work_words: int) -> int:
     """Threads for a call with ``work_words`` word popcounts: 1 below the threshold.
 
     Returns the count to run the ``*_parallel`` variant with (after setting numba's thread
@@ -189,8 +229,8 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     out = np.empty((m, n), dtype=np.int32)
     threads = _parallel_threads(m * n * kw)
     if threads > 1:
-        rows_per_task = 4 * max(1, -(-n // (16 * threads)))  # ~4 tasks per thread, 4-row groups
-        cpu_jit.xnor_popcount_gemm_parallel(a, w, k, out, rows_per_task)
+        rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
+        _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
     else:
         cpu_jit.xnor_popcount_gemm(a, w, k, out)
     return torch.from_numpy(out)
@@ -308,14 +348,16 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tenso
     oh = (h + 2 * padding[0] - kh) // stride[0] + 1
     ow = (w + 2 * padding[1] - kwid) // stride[1] + 1
     x32 = x.detach().to(torch.float32).contiguous().numpy()
-    threaded = _parallel_threads(n * oh * ow * oc * kh * kwid * words) > 1
-    pack = cpu_jit.pack_nchw_signs_parallel if threaded else cpu_jit.pack_nchw_signs
-    conv = cpu_jit.xnor_popcount_conv2d_parallel if threaded else cpu_jit.xnor_popcount_conv2d
-    x_bits = pack(x32, groups)
+    threads = _parallel_threads(n * oh * ow * oc * kh * kwid * words)
     w_bits = (w_packed.view(groups, ocg, kh, kwid, words).permute(0, 2, 3, 4, 1).contiguous()
               .numpy().view(np.uint32))
     dots = np.empty((n, oh, ow, oc), dtype=np.int32)
-    conv(x_bits, w_bits, c // groups, stride[0], stride[1], padding[0], padding[1], dots)
+    args = (c // groups, stride[0], stride[1], padding[0], padding[1], dots)
+    if threads > 1:
+        x_bits = _run_threaded(cpu_jit.pack_nchw_signs_parallel, threads, x32, groups)
+        _run_threaded(cpu_jit.xnor_popcount_conv2d_parallel, threads, x_bits, w_bits, *args)
+    else:
+        cpu_jit.xnor_popcount_conv2d(cpu_jit.pack_nchw_signs(x32, groups), w_bits, *args)
     y = _scale_bias_(torch.from_numpy(dots).to(torch.float32), scale, bias)
     odt = x.dtype if x.is_floating_point() else torch.float32
     return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)

@@ -56,7 +56,7 @@ def _assert_ran(threads: tuple[str, list[str]], *names: str) -> None:
     assert ran and set(ran) == set(want), (variant, ran)
 
 
-# (M, N, K): M = 1 with N not a multiple of the GEMV's 4-row groups, odd and even word counts
+# (M, N, K): M = 1 with N not a multiple of the task blocks, odd and even word counts
 # (uint32 and uint64 words), N = 1, more weight rows than tasks, batch-like M.
 GEMM_SHAPES = [(1, 1, 1), (1, 37, 1031), (1, 10, 640), (1, 131, 64), (3, 1, 33), (2, 40, 95),
                (33, 17, 200), (64, 70, 128), (256, 9, 33)]
@@ -129,6 +129,7 @@ def test_kernel_threads_policy(monkeypatch):
     monkeypatch.setattr(C, "KERNEL_THREADS", 2)
     assert C._parallel_threads(99) == 1
     assert C._parallel_threads(100) == min(2, pool)
+    assert C.numba.get_parallel_chunksize() == 0  # the dynamic chunking does not leak
 
 
 def test_threading_layer_is_known():
