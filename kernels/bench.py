@@ -156,7 +156,7 @@ PLANS: dict[str, dict] = {
                                          (8, 128, 28, 128, 1), (1, 256, 13, 384, 2)],
              "gpu_gemv_n": (4096, 8192, 16384), "gpu_gemm_n": (4096, 8192),
              "gpu_gemm_mn": [(256, 4096), (4096, 4096), (8192, 8192)],
-             "thread_gemm": [(256, 4096), (1, 8192), (1, 1024)],
+             "thread_gemm": [(256, 4096), (1, 8192), (1, 4096)],
              "thread_convs": [(256, 128, 14, 128, 1), (1, 64, 8, 64, 1)],
              "roofline_n": (4096, 8192)},
     # GPU re-measurement inside a short lease: GEMV-like rows and two GEMM shapes, no extra paths

@@ -65,10 +65,12 @@ LUT_BYTE_MAX_M = 8
 LUT_ROW_CHUNK = 64
 
 #: threaded kernels from this many 32-bit word popcounts per call (M N KW for the GEMM,
-#: N OH OW OC KH KW CW for the conv); below it one thread. Measured on the 2-core bench machine
-#: (`reports/kernels.md`, threads table): waking numba's pool costs ~10-30 us, so a call needs
-#: roughly 100 us of one-thread work before a second thread pays.
-PARALLEL_MIN_WORDS = 1 << 18
+#: N OH OW OC KH KW CW for the conv); below it one thread. 2^20 is ~0.3-0.5 ms of one-thread
+#: work on the 2-core bench machine: waking numba's pool costs ~10-30 us, and when the other
+#: core is busy (torch's OpenMP workers still spinning after a torch op, or another process)
+#: a second thread can cost far more than it saves (warm GEMV M=1 N=K=4096, 2^19 words:
+#: 0.54 ms on one thread, 2.5 ms on two at load average 7). Tiny shapes stay single-threaded.
+PARALLEL_MIN_WORDS = 1 << 20
 #: threads for the compiled kernels. None (default): torch's thread count
 #: (``torch.get_num_threads()``, so ``torch.set_num_threads`` and Lightning's per-rank split
 #: under DDP govern both), capped by numba's pool (``NUMBA_NUM_THREADS``, all cores by default).
