@@ -26,7 +26,7 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   bf16 activations).
 
 Threads: the compiled popcount GEMM and the packed conv (with its sign packing) run on numba's
-thread pool (:func:`kernel_threads` threads, by default all of numba's, i.e. every core) when a
+thread pool (:func:`kernel_threads` threads: torch's thread count by default) when a
 call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the calling thread
 below that, where waking the pool costs more than it saves. Each thread owns whole output rows,
 so the threaded results equal the single-threaded ones bit for bit.
@@ -182,35 +182,6 @@ def _run_threaded(kernel, threads: int, *args):
             return kernel(*args)
     finally:
         numba.set_num_threads(saved)
-
-
-def threading_layer() -> str:
-    """Numba's threading layer (``tbb``, ``omp`` or ``workqueue``), starting it if needed.
-
-    Numba picks it when the first parallel kernel runs (TBB first when installed: it is the
-    one that is both fork-safe and thread-safe; GNU OpenMP is not fork-safe; workqueue is not
-    thread-safe); ``NUMBA_THREADING_LAYER`` overrides the choice.
-    """
-    try:
-        return numba.threading_layer()
-    except ValueError:  # not started yet: one tiny threaded call starts it
-        out = np.empty((1, 4), np.int32)
-        cpu_jit.xnor_popcount_gemm_parallel(np.zeros((1, 1), np.uint32),
-                                            np.zeros((4, 1), np.uint32), 32, out, 4)
-        return numba.threading_layer()
-
-
-def _parallel_threads(work_words: int) -> int:
-    """Threads for a call with ``work_words`` word popcounts: 1 below the threshold.
-
-    Returns the count to run the ``*_parallel`` variant with (after setting numba's thread
-    count, which is per calling thread), or 1 for the single-threaded variant.
-    """
-    threads = kernel_threads()
-    if threads <= 1 or work_words < PARALLEL_MIN_WORDS:
-        return 1
-    numba.set_num_threads(threads)
-    return threads
 
 
 def use_popcount(m: int, n: int) -> bool:

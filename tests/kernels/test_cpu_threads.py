@@ -67,7 +67,9 @@ def test_popcount_gemm_variants_exact(m, n, k, threads, monkeypatch):
     monkeypatch.setattr(C, "POPCOUNT_MIN_M", 1 << 30)  # always the popcount loop, any M
     a = rand_signs_source((m, k), seed=m + n)
     w = rand_signs_source((n, k), seed=k)
+    pool_threads = C.numba.get_num_threads()
     got = K.xnor_gemm(R.pack_signs_ref(a), R.pack_signs_ref(w), k, backend="cpu")
+    assert C.numba.get_num_threads() == pool_threads  # the call's thread count does not leak
     assert got.dtype == torch.int32
     assert torch.equal(got.double(), sign(a) @ sign(w).T)
     _assert_ran(threads, "xnor_popcount_gemm")
