@@ -895,10 +895,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "### Cold GEMV against the DRAM roofline",
         "",
-        "Bytes/s of the packed GEMV (M=1, activations packed beforehand: the kernel alone) "
-        "reading its packed weights after a cache flush, against plain streaming reads of a "
-        "buffer of the same size after a flush (numpy's sum over uint32 words, a compiled "
-        "uint64 sum on 1 and 2 threads); the fastest read is the roofline. Median over "
+        "Bytes/s of the packed GEMV (M=1, activations packed beforehand) reading its packed "
+        "weights after a cache flush, as the public `xnor_gemm` call and as the compiled loop "
+        "alone, against plain streaming reads of a buffer of the same size after a flush "
+        "(numpy's sum over uint32 words, a compiled uint64 sum on 1 and 2 threads); the "
+        "fastest read is the roofline. The flush also evicts the call's own Python and torch "
+        "dispatch state, which is most of the difference between the call and the loop (a "
+        "fixed cost, the same at both sizes). Median over "
         f"{repeats} interleaved cold calls each.",
         "",
         *roof_goals,
