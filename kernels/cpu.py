@@ -6,7 +6,8 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
 
 * **popcount** (both operands binary, few rows: :func:`use_popcount`): one fused compiled loop,
   :func:`bnnbench.kernels.cpu_jit.xnor_popcount_gemm`, dot = k - 2 * popcount(a XOR w) with a
-  hardware popcount; it reads the 1-bit weights once and keeps the sums in registers.
+  hardware popcount on 64-bit words (32-bit when the word count is odd); it reads the 1-bit
+  weights once and keeps the sums in registers.
 * **int8 matmul** (both binary, many rows): unpack to int8 +-1 and ``torch._int_mm`` (VNNI
   on AVX-512 CPUs), the CPU analogue of the int8 tensor-core path. Unpacking the weights
   costs O(N K) per call, which is why few rows go to the popcount loop instead.
@@ -24,6 +25,12 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
   bf16 activations).
 
+Threads: the compiled popcount GEMM and the packed conv (with its sign packing) run on numba's
+thread pool (:func:`kernel_threads` threads: torch's thread count by default) when a
+call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the calling thread
+below that, where waking the pool costs more than it saves. Each thread owns whole output rows,
+so the threaded results equal the single-threaded ones bit for bit.
+
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import sys
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,6 +63,20 @@ BW_LUT_MAX_M = 256
 LUT_BYTE_MAX_M = 8
 #: rows per lookup-table pass (bounds the table: 16 * K * rows bytes for nibbles).
 LUT_ROW_CHUNK = 64
+
+#: threaded kernels from this many 32-bit word popcounts per call (M N KW for the GEMM,
+#: N OH OW OC KH KW CW for the conv); below it one thread. 2^20 is ~0.3-0.5 ms of one-thread
+#: work on the 2-core bench machine: waking numba's pool costs ~10-30 us, and when the other
+#: core is busy (torch's OpenMP workers still spinning after a torch op, or another process)
+#: a second thread can cost far more than it saves (warm GEMV M=1 N=K=4096, 2^19 words:
+#: 0.54 ms on one thread, 2.5 ms on two at load average 7). Tiny shapes stay single-threaded.
+PARALLEL_MIN_WORDS = 1 << 20
+#: threads for the compiled kernels. None (default): torch's thread count
+#: (``torch.get_num_threads()``, so ``torch.set_num_threads`` and Lightning's per-rank split
+#: under DDP govern both), capped by numba's pool (``NUMBA_NUM_THREADS``, all cores by default).
+#: An int overrides torch's count (still capped by the pool); 1 forces the single-threaded
+#: loops. The bench and the tests set it.
+KERNEL_THREADS: int | None = None
 
 # pm_table[b, j] = +1 if bit j of byte b is 0 else -1  (LSB first).
 _PM_TABLE = (1.0 - 2.0 * ((torch.arange(256)[:, None] >> torch.arange(8)) & 1)).to(torch.float32)
@@ -116,17 +138,74 @@ def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # GEMMs
 # ---------------------------------------------------------------------------------------------
+def kernel_threads() -> int:
+    """Threads the compiled kernels may use (see :data:`KERNEL_THREADS`)."""
+    wanted = torch.get_num_threads() if KERNEL_THREADS is None else KERNEL_THREADS
+    return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+
+
+def threading_layer() -> str:
+    """Numba's threading layer (``tbb``, ``omp`` or ``workqueue``), starting it if needed.
+
+    Numba picks it when the first parallel kernel runs (TBB first when installed: it is the
+    one that is both fork-safe and thread-safe; GNU OpenMP is not fork-safe; workqueue is not
+    thread-safe); ``NUMBA_THREADING_LAYER`` overrides the choice.
+    """
+    try:
+        return numba.threading_layer()
+    except ValueError:  # not started yet: one tiny threaded call starts it
+        out = np.empty((1, 4), np.int32)
+        cpu_jit.xnor_popcount_gemm_parallel(np.zeros((1, 1), np.uint32),
+                                            np.zeros((4, 1), np.uint32), 32, out, 4)
+        return numba.threading_layer()
+
+
+def _parallel_threads(work_words: int) -> int:
+    """Threads for a call with ``work_words`` word popcounts: 1 (the single-threaded variant)
+    below :data:`PARALLEL_MIN_WORDS`, else :func:`kernel_threads`."""
+    threads = kernel_threads()
+    return 1 if threads <= 1 or work_words < PARALLEL_MIN_WORDS else threads
+
+
+def _run_threaded(kernel, threads: int, *args):
+    """Call a ``*_parallel`` kernel on ``threads`` threads with dynamic scheduling.
+
+    Chunk size 1 hands the ``prange`` tasks (blocks of rows, many per thread) out one at a
+    time instead of one equal slice per thread: on a shared machine a thread that loses its
+    core for a while then delays only its current task, not half of the call. Numba's thread
+    count and chunk size are per calling thread; both are restored.
+    """
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with numba.parallel_chunksize(1):
+            return kernel(*args)
+    finally:
+        numba.set_num_threads(saved)
+
+
 def use_popcount(m: int, n: int) -> bool:
     """True when the popcount loop beats unpack + int8 matmul for an (M x K) @ (N x K).T."""
     return m <= max(POPCOUNT_MIN_M, n // POPCOUNT_ROWS_PER_M)
 
 
 def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
-    """dot = k - 2 * popcount(a ^ w): one compiled pass over the packed weights."""
-    a = a_packed.contiguous().numpy().view(np.uint32)
-    w = w_packed.contiguous().numpy().view(np.uint32)
-    out = np.empty((a.shape[0], w.shape[0]), dtype=np.int32)
-    cpu_jit.xnor_popcount_gemm(a, w, k, out)
+    """dot = k - 2 * popcount(a ^ w): one compiled pass over the packed weights.
+
+    An even word count is read as 64-bit words (half the popcounts and loads; the zero
+    padding bits of both operands XOR to 0 either way).
+    """
+    word = np.uint64 if a_packed.shape[1] % 2 == 0 else np.uint32
+    a = a_packed.contiguous().numpy().view(word)
+    w = w_packed.contiguous().numpy().view(word)
+    m, n, kw = a.shape[0], w.shape[0], a_packed.shape[1]
+    out = np.empty((m, n), dtype=np.int32)
+    threads = _parallel_threads(m * n * kw)
+    if threads > 1:
+        rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
+        _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
+    else:
+        cpu_jit.xnor_popcount_gemm(a, w, k, out)
     return torch.from_numpy(out)
 
 
@@ -242,12 +321,16 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tenso
     oh = (h + 2 * padding[0] - kh) // stride[0] + 1
     ow = (w + 2 * padding[1] - kwid) // stride[1] + 1
     x32 = x.detach().to(torch.float32).contiguous().numpy()
-    x_bits = cpu_jit.pack_nchw_signs(x32, groups)
+    threads = _parallel_threads(n * oh * ow * oc * kh * kwid * words)
     w_bits = (w_packed.view(groups, ocg, kh, kwid, words).permute(0, 2, 3, 4, 1).contiguous()
               .numpy().view(np.uint32))
     dots = np.empty((n, oh, ow, oc), dtype=np.int32)
-    cpu_jit.xnor_popcount_conv2d(x_bits, w_bits, c // groups, stride[0], stride[1], padding[0],
-                                 padding[1], dots)
+    args = (c // groups, stride[0], stride[1], padding[0], padding[1], dots)
+    if threads > 1:
+        x_bits = _run_threaded(cpu_jit.pack_nchw_signs_parallel, threads, x32, groups)
+        _run_threaded(cpu_jit.xnor_popcount_conv2d_parallel, threads, x_bits, w_bits, *args)
+    else:
+        cpu_jit.xnor_popcount_conv2d(cpu_jit.pack_nchw_signs(x32, groups), w_bits, *args)
     y = _scale_bias_(torch.from_numpy(dots).to(torch.float32), scale, bias)
     odt = x.dtype if x.is_floating_point() else torch.float32
     return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)

@@ -4,48 +4,95 @@ Why compiled loops: the XNOR-popcount dot product must read each 1-bit weight on
 the partial sums in registers. Numpy spells it as ``xor -> bitwise_count -> sum``, three
 passes that write and re-read temporaries as large as the packed weights, which is what held
 the packed GEMV to ~2.7x over fp32 with cold caches. One fused loop with a hardware popcount
-(LLVM ``ctpop``, vectorised to ``vpopcnt`` where the CPU has it) reads the weights once.
+(LLVM ``ctpop``, vectorised to ``vpopcnt`` where the CPU has it, to ``vpshufb`` + ``vpsadbw``
+elsewhere) reads the weights once.
 
 All functions take contiguous numpy arrays in canonical shapes and write into ``out``; they
-are compiled on first use and cached on disk (``cache=True``), single-threaded (torch's own
-OpenMP workers keep spinning on the other cores between ops in a model; a second pool measured
-slower there).
+are compiled on first use and cached on disk (``cache=True``).
+
+Threads: the popcount GEMM, the packed conv and the sign packing each come in two compiled
+variants built from one loop body, a single-threaded one and a ``*_parallel`` one
+(``parallel=True``, ``prange`` over independent output rows, so every thread writes its own
+rows and the integer sums are the same as the single-threaded ones, bit for bit).
+:mod:`bnnbench.kernels.cpu` picks the threaded variant only above a work threshold: a
+parallel region costs tens of microseconds to wake the pool, and right after a torch op
+torch's own OpenMP workers are still spinning on the other cores, so small calls stay on one
+thread. Numba's threading layer is its default choice (TBB when installed, which is fork- and
+thread-safe; then OpenMP; then workqueue); see :func:`threading_layer`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 _JIT = dict(cache=True, nogil=True, boundscheck=False, fastmath=True)
+#: the threaded variants: same flags plus parfors (``prange`` runs on numba's thread pool).
+_PJIT = dict(_JIT, parallel=True)
 
 
 @intrinsic
-def _popcount32(typingctx, word):
-    """Hardware population count of a uint32 (LLVM ``ctpop``)."""
-    sig = types.uint32(types.uint32)
+def _popcount(typingctx, word):
+    """Hardware population count of a uint32 or uint64 word, as an int64 (LLVM ``ctpop``).
+
+    Returned as int64 so that sums of it stay integers: numba types ``int64 + uint64`` as
+    float64.
+    """
+    if not isinstance(word, types.Integer) or word.bitwidth not in (32, 64):
+        return None
+    sig = types.int64(word)
 
     def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
+        ones = builder.ctpop(args[0])
+        if word.bitwidth < 64:
+            ones = builder.zext(ones, context.get_value_type(types.int64))
+        return ones
 
     return sig, codegen
 
 
 @njit(**_JIT)
-def xnor_popcount_gemm(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray) -> None:
-    """``out[m, n] = k - 2 * sum_t popcount(a[m, t] ^ w[n, t])`` (uint32 words, int32 out).
+def _xnor_popcount_rows(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray, n0: int,
+                        n1: int) -> None:
+    """Weight rows ``n0 <= n < n1`` of :func:`xnor_popcount_gemm` (the shared loop body).
 
     The weight row ``w[n]`` is the outer loop so that it is read from memory once and reused
-    from L1 by every activation row.
+    from L1 by every activation row; the inner loop over words is one vectorised reduction
+    (LLVM keeps several vector accumulators itself). Interleaving four weight rows by hand
+    measured 1.8x slower warm and slower cold on the 2-core bench machine: the four-row body
+    no longer vectorised as well.
     """
     m_rows, kw = a.shape
-    for n in range(w.shape[0]):
+    for n in range(n0, n1):
         for m in range(m_rows):
             ones = 0
             for t in range(kw):
-                ones += _popcount32(a[m, t] ^ w[n, t])
+                ones += _popcount(a[m, t] ^ w[n, t])
             out[m, n] = k - 2 * ones
+
+
+@njit(**_JIT)
+def xnor_popcount_gemm(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray) -> None:
+    """``out[m, n] = k - 2 * sum_t popcount(a[m, t] ^ w[n, t])``, one thread.
+
+    a (M, KW), w (N, KW): the same unsigned word type, uint32 or uint64 (64-bit words halve
+    the popcount instructions; :mod:`bnnbench.kernels.cpu` passes them when KW is even);
+    out (M, N) int32.
+    """
+    _xnor_popcount_rows(a, w, k, out, 0, w.shape[0])
+
+
+@njit(**_PJIT)
+def xnor_popcount_gemm_parallel(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray,
+                                rows_per_task: int) -> None:
+    """:func:`xnor_popcount_gemm` on numba's thread pool: blocks of ``rows_per_task`` weight
+    rows, one block per ``prange`` iteration (each thread writes whole output columns)."""
+    n_rows = w.shape[0]
+    tasks = (n_rows + rows_per_task - 1) // rows_per_task
+    for b in prange(tasks):
+        n0 = b * rows_per_task
+        _xnor_popcount_rows(a, w, k, out, n0, min(n0 + rows_per_task, n_rows))
 
 
 @njit(**_JIT)
@@ -114,6 +161,29 @@ def sign_lut_gemm(x: np.ndarray, w_bytes: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(**_JIT)
+def _pack_signs_plane(x: np.ndarray, groups: int, item: int, out: np.ndarray) -> None:
+    """Word ``t`` of group ``g`` of image ``n`` for every pixel, ``item = (n G + g) W + t``
+    (the shared body of :func:`pack_nchw_signs` and its parallel variant)."""
+    batch, channels, height, width = x.shape
+    words = out.shape[4]
+    group_channels = channels // groups
+    t = item % words
+    g = (item // words) % groups
+    n = item // (words * groups)
+    first = g * group_channels + 32 * t
+    bits = min(32, group_channels - 32 * t)
+    row = np.empty(width, np.uint32)
+    for h in range(height):
+        row[:] = 0
+        for b in range(bits):  # contiguous rows of one channel: vectorised
+            line = x[n, first + b, h]
+            for w in range(width):
+                row[w] |= np.uint32(line[w] < 0) << np.uint32(b)
+        for w in range(width):
+            out[n, h, w, g, t] = row[w]
+
+
+@njit(**_JIT)
 def pack_nchw_signs(x: np.ndarray, groups: int) -> np.ndarray:
     """Signs of a float32 NCHW tensor packed along each group's channels, NHWC-ordered.
 
@@ -122,30 +192,62 @@ def pack_nchw_signs(x: np.ndarray, groups: int) -> np.ndarray:
     :func:`xnor_popcount_conv2d` reads, made in one pass with no NHWC copy of the floats.
     """
     batch, channels, height, width = x.shape
-    group_channels = channels // groups
-    words = (group_channels + 31) // 32
+    words = (channels // groups + 31) // 32
     out = np.empty((batch, height, width, groups, words), np.uint32)
-    row = np.empty(width, np.uint32)
-    for n in range(batch):
-        for g in range(groups):
-            for t in range(words):
-                first = g * group_channels + 32 * t
-                bits = min(32, group_channels - 32 * t)
-                for h in range(height):
-                    row[:] = 0
-                    for b in range(bits):  # contiguous rows of one channel: vectorised
-                        line = x[n, first + b, h]
-                        for w in range(width):
-                            row[w] |= np.uint32(line[w] < 0) << np.uint32(b)
-                    for w in range(width):
-                        out[n, h, w, g, t] = row[w]
+    for item in range(batch * groups * words):
+        _pack_signs_plane(x, groups, item, out)
     return out
+
+
+@njit(**_PJIT)
+def pack_nchw_signs_parallel(x: np.ndarray, groups: int) -> np.ndarray:
+    """:func:`pack_nchw_signs` on numba's thread pool, one (image, group, word) per task."""
+    batch, channels, height, width = x.shape
+    words = (channels // groups + 31) // 32
+    out = np.empty((batch, height, width, groups, words), np.uint32)
+    for item in prange(batch * groups * words):
+        _pack_signs_plane(x, groups, item, out)
+    return out
+
+
+@njit(**_JIT)
+def _conv_output_row(x: np.ndarray, w: np.ndarray, channels: int, stride_h: int,
+                     stride_w: int, pad_h: int, pad_w: int, out: np.ndarray, item: int) -> None:
+    """Output row ``i`` of image ``n``, ``item = n OH + i``: the shared body of
+    :func:`xnor_popcount_conv2d` and its parallel variant (each call owns its accumulator)."""
+    batch, height, width, groups, words = x.shape
+    kernel_h, kernel_w = w.shape[1], w.shape[2]
+    out_channels = w.shape[4]
+    out_h, out_w = out.shape[1], out.shape[2]
+    n = item // out_h
+    i = item % out_h
+    acc = np.empty(out_channels, np.int32)
+    for j in range(out_w):
+        for g in range(groups):
+            acc[:] = 0
+            taps = 0
+            for kh in range(kernel_h):
+                ih = i * stride_h - pad_h + kh
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = j * stride_w - pad_w + kw
+                    if iw < 0 or iw >= width:
+                        continue
+                    taps += 1
+                    for t in range(words):
+                        a = x[n, ih, iw, g, t]
+                        for o in range(out_channels):
+                            acc[o] += _popcount(a ^ w[g, kh, kw, t, o])
+            base = g * out_channels
+            for o in range(out_channels):
+                out[n, i, j, base + o] = taps * channels - 2 * acc[o]
 
 
 @njit(**_JIT)
 def xnor_popcount_conv2d(x: np.ndarray, w: np.ndarray, channels: int, stride_h: int,
                          stride_w: int, pad_h: int, pad_w: int, out: np.ndarray) -> None:
-    """Direct packed conv2d with exact zero padding: integer dot products, NHWC.
+    """Direct packed conv2d with exact zero padding: integer dot products, NHWC, one thread.
 
     x (N, H, W, G, CW) uint32 from :func:`pack_nchw_signs` (Cg = ``channels`` per group);
     w (G, KH, KW, CW, OCg) uint32: the weight signs, output channels innermost so that the
@@ -159,30 +261,33 @@ def xnor_popcount_conv2d(x: np.ndarray, w: np.ndarray, channels: int, stride_h: 
     NCHW floats here (scale and bias fused) measured slower than this contiguous int32 store
     followed by torch's vectorised epilogue.
     """
-    batch, height, width, groups, words = x.shape
-    kernel_h, kernel_w = w.shape[1], w.shape[2]
-    out_channels = w.shape[4]
-    out_h, out_w = out.shape[1], out.shape[2]
-    acc = np.empty(out_channels, np.int32)
-    for n in range(batch):
-        for i in range(out_h):
-            for j in range(out_w):
-                for g in range(groups):
-                    acc[:] = 0
-                    taps = 0
-                    for kh in range(kernel_h):
-                        ih = i * stride_h - pad_h + kh
-                        if ih < 0 or ih >= height:
-                            continue
-                        for kw in range(kernel_w):
-                            iw = j * stride_w - pad_w + kw
-                            if iw < 0 or iw >= width:
-                                continue
-                            taps += 1
-                            for t in range(words):
-                                a = x[n, ih, iw, g, t]
-                                for o in range(out_channels):
-                                    acc[o] += _popcount32(a ^ w[g, kh, kw, t, o])
-                    base = g * out_channels
-                    for o in range(out_channels):
-                        out[n, i, j, base + o] = taps * channels - 2 * acc[o]
+    for item in range(out.shape[0] * out.shape[1]):
+        _conv_output_row(x, w, channels, stride_h, stride_w, pad_h, pad_w, out, item)
+
+
+@njit(**_PJIT)
+def xnor_popcount_conv2d_parallel(x: np.ndarray, w: np.ndarray, channels: int, stride_h: int,
+                                  stride_w: int, pad_h: int, pad_w: int,
+                                  out: np.ndarray) -> None:
+    """:func:`xnor_popcount_conv2d` on numba's thread pool, one output row (n, i) per task."""
+    for item in prange(out.shape[0] * out.shape[1]):
+        _conv_output_row(x, w, channels, stride_h, stride_w, pad_h, pad_w, out, item)
+
+
+@njit(**_JIT)
+def stream_read(words: np.ndarray) -> np.uint64:
+    """Sum of a 1-D uint64 array, one thread: a plain streaming read (the bench's DRAM
+    roofline for the cold GEMV; an add per word costs far less than the load)."""
+    total = np.uint64(0)
+    for i in range(words.shape[0]):
+        total += words[i]
+    return total
+
+
+@njit(**_PJIT)
+def stream_read_parallel(words: np.ndarray) -> np.uint64:
+    """:func:`stream_read` on numba's thread pool (every core streaming its own slice)."""
+    total = np.uint64(0)
+    for i in prange(words.shape[0]):
+        total += words[i]
+    return total

@@ -14,8 +14,15 @@ def test_bench_writes_report(tmp_path):
     for needle in ("# Packed kernel benchmarks", "## Machine", "date (UTC)", "cores",
                    "--plan tiny", "xnor GEMV (both binary)", "binary-weight GEMV",
                    "multibit GEMV", "binary conv2d", "speedup cold", "speedup warm",
-                   "pending (no GPU in this session)"):
+                   "pending (no GPU in this session)", "Compiled-kernel threads: 1 vs 2",
+                   "torch threads", "path at 2 threads", "Cold GEMV against the DRAM roofline",
+                   "(roofline)", "of the streaming read", "threading layer"):
         assert needle in text, needle
+    # one thread-table row per case and torch thread setting; six reads per roofline shape
+    plan = bench.PLANS["tiny"]
+    n_cases = len(plan["thread_gemm"]) + len(plan["thread_convs"])
+    assert text.count("one thread (below threshold)") == n_cases * len(bench.THREAD_TORCH_SETTINGS)
+    assert text.count("\n| M=1 N=K=64 | ") == 6 * len(plan["roofline_n"])
     n_pending = text.count("pending (no GPU in this session)")
     assert n_pending >= len(bench.GPU_PLAN)
 

@@ -1,0 +1,186 @@
+"""The compiled CPU kernels' threaded and single-threaded variants, each forced and checked.
+
+Every case runs twice, once with the single-threaded loops and once on numba's thread pool
+(the threshold set to 0), records which compiled variant actually ran (so a dispatch change
+cannot silently test the same path twice) and compares the integers with the float64 /
+reference result exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bnnbench.kernels as K
+import bnnbench.kernels.cpu as C
+from bnnbench.kernels import cpu_jit as J
+from bnnbench.kernels import reference as R
+
+from ._util import rand_signs_source, sign
+
+THREADED = ("xnor_popcount_gemm_parallel", "pack_nchw_signs_parallel",
+            "xnor_popcount_conv2d_parallel")
+SINGLE = ("xnor_popcount_gemm", "pack_nchw_signs", "xnor_popcount_conv2d")
+
+needs_two_threads = pytest.mark.skipif(
+    __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="numba's pool has one thread")
+
+
+@pytest.fixture(params=["single", "threaded"])
+def threads(request, monkeypatch) -> tuple[str, list[str]]:
+    """Force one variant for every call; returns (variant, names of the jit functions run)."""
+    if request.param == "threaded" and C.numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba's pool has one thread")
+    ran: list[str] = []
+    for name in THREADED + SINGLE:
+        fn = getattr(J, name)
+
+        def spy(*args, _fn=fn, _name=name):
+            ran.append(_name)
+            return _fn(*args)
+
+        monkeypatch.setattr(J, name, spy)
+    threaded = request.param == "threaded"
+    monkeypatch.setattr(C, "KERNEL_THREADS", 2 if threaded else 1)
+    monkeypatch.setattr(C, "PARALLEL_MIN_WORDS", 0 if threaded else 1 << 62)
+    return request.param, ran
+
+
+def _assert_ran(threads: tuple[str, list[str]], *names: str) -> None:
+    variant, ran = threads
+    want = [n + "_parallel" if variant == "threaded" else n for n in names]
+    assert ran and set(ran) == set(want), (variant, ran)
+
+
+# (M, N, K): M = 1 with N not a multiple of the task blocks, odd and even word counts
+# (uint32 and uint64 words), N = 1, more weight rows than tasks, batch-like M.
+GEMM_SHAPES = [(1, 1, 1), (1, 37, 1031), (1, 10, 640), (1, 131, 64), (3, 1, 33), (2, 40, 95),
+               (33, 17, 200), (64, 70, 128), (256, 9, 33)]
+
+
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_popcount_gemm_variants_exact(m, n, k, threads, monkeypatch):
+    monkeypatch.setattr(C, "POPCOUNT_MIN_M", 1 << 30)  # always the popcount loop, any M
+    a = rand_signs_source((m, k), seed=m + n)
+    w = rand_signs_source((n, k), seed=k)
+    pool_threads = C.numba.get_num_threads()
+    got = K.xnor_gemm(R.pack_signs_ref(a), R.pack_signs_ref(w), k, backend="cpu")
+    assert C.numba.get_num_threads() == pool_threads  # the call's thread count does not leak
+    assert got.dtype == torch.int32
+    assert torch.equal(got.double(), sign(a) @ sign(w).T)
+    _assert_ran(threads, "xnor_popcount_gemm")
+
+
+# (N, C, H, W, OC, KSIZE, stride, padding, groups): batches > 1 (rows of several images in
+# one pool), a channel count over 32 (two words), stride 2, groups=2, a 1x1 kernel.
+CONV_CASES = [(3, 37, 6, 5, 7, 3, 1, 1, 1), (4, 6, 7, 7, 4, 3, 2, 1, 2),
+              (2, 70, 4, 4, 5, 1, 1, 0, 1), (1, 3, 9, 8, 4, 5, 2, 2, 1)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(c) for c in CONV_CASES])
+def test_conv_variants_exact(case, threads):
+    nb, c, h, w, oc, ks, s, p, g = case
+    x = rand_signs_source((nb, c, h, w), seed=c)
+    wt = rand_signs_source((oc, c // g, ks, ks), seed=oc)
+    y = K.binary_conv2d(x, K.pack_conv_weight(wt), stride=s, padding=p, groups=g, backend="cpu")
+    assert torch.equal(y.double(), F.conv2d(sign(x), sign(wt), stride=s, padding=p, groups=g))
+    _assert_ran(threads, "pack_nchw_signs", "xnor_popcount_conv2d")
+
+
+@needs_two_threads
+@pytest.mark.parametrize("word", [np.uint32, np.uint64])
+@pytest.mark.parametrize("rows_per_task", [4, 8, 1000])
+def test_gemm_word_types_and_task_blocks(word, rows_per_task):
+    """Both compiled variants, called directly with 32- and 64-bit words and every task split
+    (tasks of 4 and 8 rows with a ragged last one, one task for everything)."""
+    m, n, kw = 1, 30, 6
+    rng = np.random.default_rng(0)
+    a32 = rng.integers(0, 2**32, (m, kw), dtype=np.uint64).astype(np.uint32)
+    w32 = rng.integers(0, 2**32, (n, kw), dtype=np.uint64).astype(np.uint32)
+    k = kw * 32
+    want = R.xnor_gemm_ref(torch.from_numpy(a32.view(np.int32)),
+                           torch.from_numpy(w32.view(np.int32)), k).numpy()
+    a, w = a32.view(word), w32.view(word)
+    single = np.empty((m, n), np.int32)
+    J.xnor_popcount_gemm(a, w, k, single)
+    threaded = np.full((m, n), -12345, np.int32)
+    J.xnor_popcount_gemm_parallel(a, w, k, threaded, rows_per_task)
+    assert np.array_equal(single, want) and np.array_equal(threaded, want)
+
+
+def test_stream_read_sums():
+    words = np.arange(1, 1001, dtype=np.uint64)
+    assert J.stream_read(words) == J.stream_read_parallel(words) == 500500
+
+
+def test_kernel_threads_policy(monkeypatch):
+    """Default: torch's thread count (capped by numba's pool); an int overrides it."""
+    pool = C.numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(C, "KERNEL_THREADS", None)
+    monkeypatch.setattr(C.torch, "get_num_threads", lambda: 1)
+    assert C.kernel_threads() == 1
+    monkeypatch.setattr(C.torch, "get_num_threads", lambda: 64)
+    assert C.kernel_threads() == pool
+    monkeypatch.setattr(C, "KERNEL_THREADS", 1)
+    assert C.kernel_threads() == 1
+    monkeypatch.setattr(C, "PARALLEL_MIN_WORDS", 100)
+    monkeypatch.setattr(C, "KERNEL_THREADS", 2)
+    assert C._parallel_threads(99) == 1
+    assert C._parallel_threads(100) == min(2, pool)
+    assert C.numba.get_parallel_chunksize() == 0  # the dynamic chunking does not leak
+
+
+def test_threading_layer_is_known():
+    assert C.threading_layer() in ("tbb", "omp", "workqueue")
+
+
+def _fork_case() -> tuple[tuple, tuple]:
+    """Small GEMM and conv operands and their float64 results (computed in the parent)."""
+    a, w = rand_signs_source((5, 300), seed=1), rand_signs_source((23, 300), seed=2)
+    x, wt = rand_signs_source((2, 40, 5, 5), seed=3), rand_signs_source((6, 40, 3, 3), seed=4)
+    want_gemm = sign(a) @ sign(w).T
+    want_conv = F.conv2d(sign(x), sign(wt), padding=1)
+    return (a, w, x, wt), (want_gemm, want_conv)
+
+
+def _child_runs_threaded_kernels(queue, operands, wanted) -> None:
+    """In a forked child: the threaded GEMM and conv against the parent's float64 results.
+
+    Only our kernels run here: a torch matmul in a child forked from a process whose torch
+    already ran OpenMP regions hangs in GNU libgomp (torch's limitation, not numba's).
+    """
+    C.KERNEL_THREADS, C.PARALLEL_MIN_WORDS = 2, 0
+    a, w, x, wt = operands
+    want_gemm, want_conv = wanted
+    got = K.xnor_gemm(K.pack_signs(a), K.pack_signs(w), 300, backend="cpu")
+    ok = torch.equal(got.double(), want_gemm)
+    y = K.binary_conv2d(x, K.pack_conv_weight(wt), padding=1, backend="cpu")
+    ok = ok and torch.equal(y.double(), want_conv)
+    queue.put((ok, C.threading_layer()))
+
+
+@needs_two_threads
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_threaded_kernels_in_forked_child(monkeypatch):
+    """The parent starts numba's pool first, then forks (a DataLoader worker, a DDP launcher):
+    the child's threaded kernels must still run and stay exact (GNU OpenMP would hang here)."""
+    monkeypatch.setattr(C, "KERNEL_THREADS", 2)
+    monkeypatch.setattr(C, "PARALLEL_MIN_WORDS", 0)
+    layer = C.threading_layer()
+    operands, wanted = _fork_case()
+    a = operands[0]
+    K.xnor_gemm(K.pack_signs(a), K.pack_signs(a), 300, backend="cpu")  # pool running in parent
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_runs_threaded_kernels, args=(queue, operands, wanted))
+    child.start()
+    child.join(timeout=120)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0, f"forked child failed (exit {child.exitcode}, layer {layer})"
+    ok, child_layer = queue.get(timeout=10)
+    assert ok and child_layer == layer
