@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         for table in tables:
             runs_dir = args.runs or (launch(table, args.overrides, args.runs_root) if args.run
                                      else newest_runs(table, args.runs_root))
-            command = " ".join(["python -m bnnbench.report", table, "--run",
+            how = ["--runs", str(args.runs)] if args.runs else ["--run"]  # what really ran
+            command = " ".join(["python -m bnnbench.report", table, *how,
                                 *(["--", *args.overrides] if args.overrides else [])])
             print("wrote", render(table, runs_dir, args.out, command))
     except (BnnbenchError, subprocess.CalledProcessError) as err:
