@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnnbench.bench import cpu_model
+from bnnbench.report.record import git_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'' if args.plan == 'full' else ' --plan ' + args.plan}` on "
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; do not edit by hand, rerun it.",
         "",
-        f"- Device: {device_description(device)}; Lightning precision `{precision}`.",
+        f"- Device: {device_description(device)}; Lightning precision `{precision}`; "
+        f"bnnbench commit {git_commit()}.",
         "- One Lightning training step of ResNet-18 (`model=resnet18`, each method's shipped "
         "config and optimizer) on a synthetic batch already on the device: forward, loss, "
         f"backward, optimizer step, method hooks. Median of {args.steps} steps after "
