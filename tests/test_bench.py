@@ -70,3 +70,24 @@ def test_memory_rows_measure_fresh_processes(tmp_path):
     assert cells[0] == "tiny mlp" and cells[1] == "2"
     assert float(cells[2]) > 0 and float(cells[3]) > 0  # file and float parameter MiB
     assert cells[-1] in ("met", "missed")
+
+
+def test_gpu_script_logs_every_step_and_bundles_what_ran(tmp_path, monkeypatch):
+    """The GPU script's plumbing on CPU: a step that fails is logged and reported, skipped steps
+    are listed, and the tarball holds the summary and the step's log."""
+    import sys
+    import tarfile
+
+    from bnnbench.bench import gpu
+
+    monkeypatch.setattr(gpu, "STEPS", (
+        ("fails", [sys.executable, "-c", "import sys; print('step ran'); sys.exit(3)"], 30),
+        ("skipped", [sys.executable, "-c", "print('never')"], 30),
+    ))
+    assert gpu.main(["--out", str(tmp_path), "--skip", "skipped", "--budget", "60"]) == 0
+    with tarfile.open(tmp_path / "gpu_results.tar.gz") as tar:
+        names = set(tar.getnames())
+        summary = tar.extractfile("gpu_results/summary.txt").read().decode()
+        log = tar.extractfile("gpu_results/fails.log").read().decode()
+    assert "gpu_results/fails.log" in names and "step ran" in log
+    assert "fails: exit 3" in summary and "skipped: skipped" in summary
