@@ -523,7 +523,7 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         copies = [make(i) for i in range(r)]
         return timer(lambda: [fn(*c) for c in copies]) / r
 
-    def row(case, shape, base, tb, tp, ok, moved_bytes=None, macs=None):
+    def row(case, shape, base, tb, tp, check: str, moved_bytes=None, macs=None):
         speed = tb / tp
         extra = ""
         if moved_bytes is not None:
@@ -531,7 +531,7 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         elif macs is not None:
             extra = f"{macs / (tp * 1e-3) / 1e12:.0f} T MAC/s"
         rows.append([case, shape, base, f"{tb * 1e3:.1f}", f"{tp * 1e3:.1f}", f"{speed:.2f}x",
-                     extra, "exact" if ok is True else ("ok" if ok else "WRONG")])
+                     extra, check])
         print(f"  {case:<40} {shape:<18} base {tb * 1e3:9.1f} us packed {tp * 1e3:9.1f} us "
               f"{speed:6.2f}x {extra} {rows[-1][-1]}", flush=True)
         if on_row is not None:
@@ -544,8 +544,15 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         if on_row is not None:
             on_row(rows)
 
-    def close(y, ref, rtol=2e-2) -> bool:
-        return bool(((y.double() - ref).abs() <= rtol * (ref.abs() + ref.abs().mean())).all())
+    def exact(got, ref) -> str:
+        return "exact" if torch.equal(got.double(), ref.double()) else "WRONG"
+
+    def near(y, ref, rtol=2e-2) -> str:
+        ok = ((y.double() - ref).abs() <= rtol * (ref.abs() + ref.abs().mean())).all()
+        return "ok" if bool(ok) else "WRONG"
+
+    def pm1(t):  # +-1 with sign(0) = +1, as the packing has it
+        return torch.sign(t.double()) + (t == 0)
 
     gen = torch.Generator(device=dev).manual_seed(0)
     half = torch.bfloat16 if dev.type == "cuda" else torch.float32  # CPU: plumbing tests only
@@ -558,8 +565,8 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                 ap = K.pack_signs(x)
                 w0 = torch.randn(n, n, device=dev, dtype=half, generator=gen)
                 wp0, s0 = K.pack_signs(w0), w0.float().abs().mean(1)
-                sx, sw = torch.sign(x.double()) + (x == 0), torch.sign(w0.double()) + (w0 == 0)
-                ref_xnor = sx @ sw.T
+                sw = pm1(w0)
+                ref_xnor = pm1(x) @ sw.T
                 ref_binary_weight = (x.double() @ sw.T) * s0.double()
 
                 def mk_dense(i, n=n):
@@ -570,19 +577,18 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                     return (K.pack_signs(w), w.float().abs().mean(1))
 
                 tb = rotated(mk_dense, lambda w, x=x: torch.matmul(x, w.T), n * n * 2)
-                ok = bool(torch.equal(K.xnor_gemm(ap, wp0, n).double(), ref_xnor))
+                ok = exact(K.xnor_gemm(ap, wp0, n), ref_xnor)
                 tp = rotated(mk_packed, lambda wp, s, ap=ap, n=n: K.xnor_gemm(ap, wp, n),
                              n * n // 8)
                 row("xnor GEMV (both binary)", shape, "torch bf16 matmul", tb, tp, ok,
                     moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
                 if tk is not None and m >= 4 and plan.get("gpu_compare_paths", True):
-                    ok = bool(torch.equal(tk.xnor_gemm(ap, wp0, n, path="dot").double(),
-                                          ref_xnor))
+                    ok = exact(tk.xnor_gemm(ap, wp0, n, path="dot"), ref_xnor)
                     tq = rotated(mk_packed, lambda wp, s, ap=ap, n=n:
                                  tk.xnor_gemm(ap, wp, n, path="dot"), n * n // 8)
                     row("xnor GEMV, int8-dot path forced", shape, "torch bf16 matmul", tb, tq,
                         ok, moved_bytes=n * n // 8 + ap.numel() * 4 + m * n * 4)
-                ok = close(K.binary_weight_gemm(x, wp0, s0), ref_binary_weight) and "ok"
+                ok = near(K.binary_weight_gemm(x, wp0, s0), ref_binary_weight)
                 tw = rotated(mk_packed, lambda wp, s, x=x: K.binary_weight_gemm(x, wp, s),
                              n * n // 8)
                 row("binary-weight GEMV (bf16 x)", shape, "torch bf16 matmul", tb, tw, ok,
@@ -591,7 +597,7 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                     try:
                         gl0 = _gemlite_a16w1(w0, s0)
                         if gl0 is not None:
-                            ok = close(gl0(x), ref_binary_weight) and "ok"
+                            ok = near(gl0(x), ref_binary_weight)
 
                             def mk_gl(i, n=n):
                                 w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
@@ -611,25 +617,25 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
             a = torch.randn(m, n, device=dev, dtype=half, generator=gen)
             w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
             ap, wp = K.pack_signs(a), K.pack_signs(w)
-            sa = (torch.sign(a) + (a == 0)).to(torch.int8)
-            sw = (torch.sign(w) + (w == 0)).to(torch.int8)
+            sa, sw = pm1(a).to(torch.int8), pm1(w).to(torch.int8)
             tb = timer(lambda: torch.matmul(a, w.T))
-            ref = None
-            if dev.type == "cuda" and m > 16 and m % 8 == 0 and n % 8 == 0:
-                ref = torch._int_mm(sa, sw.T)  # cuBLASLt int8: exact int32, independent of ours
-            ok = ref is None or bool(torch.equal(K.xnor_gemm(ap, wp, n), ref))
+            # an exact int32 reference independent of ours: cuBLASLt int8 where it takes the
+            # shape, else float64 (exact for these integer sums)
+            int_mm_ref = dev.type == "cuda" and m > 16 and m % 8 == 0 and n % 8 == 0
+            ref = torch._int_mm(sa, sw.T) if int_mm_ref else sa.double() @ sw.double().T
+            ok = exact(K.xnor_gemm(ap, wp, n), ref)
             tp = timer(lambda: K.xnor_gemm(ap, wp, n))
             row("xnor GEMM (`xnor_gemm`, auto path)", shape, "torch bf16 matmul", tb, tp, ok,
                 macs=m * n * n)
             if tk is not None and plan.get("gpu_compare_paths", True):
-                ok = ref is None or bool(torch.equal(tk.xnor_gemm(ap, wp, n, path="dot"), ref))
+                ok = exact(tk.xnor_gemm(ap, wp, n, path="dot"), ref)
                 td = timer(lambda: tk.xnor_gemm(ap, wp, n, path="dot"))
                 row("xnor GEMM, Triton int8-dot path forced", shape, "torch bf16 matmul", tb, td,
                     ok, macs=m * n * n)
-            if ref is not None and tk is not None:  # cuBLASLt int8 alone, for the roofline
+            if int_mm_ref and tk is not None:  # cuBLASLt int8 alone, for the roofline
                 ti = timer(lambda: torch._int_mm(sa, sw.T))
                 row("`_int_mm` on unpacked +-1 int8 (no unpack)", shape, "torch bf16 matmul",
-                    tb, ti, True, macs=m * n * n)
+                    tb, ti, "is the reference", macs=m * n * n)
         except Exception as e:  # noqa: BLE001
             failed("xnor GEMM", shape, e)
     return rows
@@ -692,7 +698,8 @@ def gpu_versions() -> dict[str, str]:
     import subprocess
 
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                                 "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         driver = "?"
@@ -710,6 +717,14 @@ def gpu_versions() -> dict[str, str]:
 def _table_gpu(rows: list[list[str]]) -> str:
     return _table(["case", "shape", "baseline", "baseline us", "packed us", "speedup",
                    "HBM fraction / throughput", "check vs float64"], rows)
+
+
+def _write_report(out: Path, lines: list[str]) -> None:
+    """Replace ``out`` atomically (a temporary file beside it, then a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
 
 
 def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
@@ -734,7 +749,8 @@ def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
         "weights, activations, outputs) over its time, relative to the nominal bandwidth. "
         "Packed rows include packing nothing: activations are packed once, beforehand (a packed "
         "network packs them in the previous layer). *check*: the packed result against a float64 "
-        "computation on the same inputs (exact = equal integers; ok = within 2% relative).",
+        "computation on the same inputs (exact = equal integers; ok = within 2% relative; the "
+        "`_int_mm` row is the GEMM rows' reference itself).",
         "",
         _table_gpu(g_rows),
         "",
@@ -743,10 +759,7 @@ def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
         *gpu_goal_lines(g_rows),
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    _write_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -917,10 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         _table_gpu(g_rows),
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    _write_report(out, lines)
     print(f"wrote {out}")
     return 0
 

@@ -120,7 +120,8 @@ def _popcount_configs() -> list[triton.Config]:
 # Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
 # --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
 def _gemm_cfgs(shapes) -> list[triton.Config]:
-    """Tensor-core tiles; their K loop is pipelined by the kernel's ``num_stages`` (KSTAGES unused)."""
+    """Tensor-core tiles; their K loop is pipelined by the kernel's ``num_stages``
+    (``KSTAGES`` is unused on this path)."""
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 8,
                            "KSTAGES": 1}, num_warps=w, num_stages=s)
             for bm, bn, bkw, w, s in shapes]

@@ -72,10 +72,10 @@ def run_step(name: str, cmd: list[str], limit: float, work: Path) -> str:
 
 def bundle(work: Path, out: Path) -> None:
     """Tar the step folder into ``out/gpu_results.tar.gz`` (atomically replaced)."""
-    tmp = out / "gpu_results.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as tar:
+    from bnnbench.files import atomic_path
+
+    with atomic_path(out / "gpu_results.tar.gz") as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(work, arcname="gpu_results")
-    tmp.replace(out / "gpu_results.tar.gz")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from bnnbench import CONFIG_DIR
 from bnnbench.export import build_net, load_packed, save_packed
+from bnnbench.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRY = {"in_chans": 1, "num_classes": 10, "img_size": 28}  # the embedded MNIST digits
@@ -200,7 +201,8 @@ def profile_table(fn: Callable[[], object], top: int = 12) -> str:
         for _ in range(5):
             fn()
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=60)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top,
+                                     max_name_column_width=60)
 
 
 def _eager_ms(fn: Callable[[], object]) -> float:
@@ -236,7 +238,8 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
                 rows.append(f"| {label} | {r['batch']} | {r['fp_ms']:.3f} | "
                             f"{r['packed_ms']:.3f} | {r['fp_ms'] / r['packed_ms']:.2f}x | "
                             f"{r['fp_eager_ms']:.3f} | {r['packed_eager_ms']:.3f} | "
-                            f"{r['agree']:.1f}% | {goal_verdict(r['batch'], r['fp_ms'] / r['packed_ms'])} |")
+                            f"{r['agree']:.1f}% | "
+                            f"{goal_verdict(r['batch'], r['fp_ms'] / r['packed_ms'])} |")
                 print(rows[-1], flush=True)
                 if "profile" in r:
                     profiles += [f"### {label}, batch {r['batch']}, packed (fp16)", "",
@@ -304,10 +307,7 @@ def _gpu_report_text(g_rows: list[str], gpu_name: str, profiles: list[str]) -> l
 
 
 def _write(out: Path, text: list[str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(text))
-    os.replace(tmp, out)
+    write_atomic(out, "\n".join(text))
     print("wrote", out)
 
 

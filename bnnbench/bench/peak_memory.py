@@ -1,7 +1,8 @@
 """Peak memory of loading and running one model, in a fresh process (used by the packed bench).
 
 ``python -m bnnbench.bench.peak_memory packed <file.safetensors> <batch>`` or
-``python -m bnnbench.bench.peak_memory float <in_chans> <num_classes> <img_size> <batch> <overrides...>``
+``python -m bnnbench.bench.peak_memory float <in_chans> <num_classes> <img_size> <batch>
+<overrides...>``
 prints one JSON line, in MiB: the resident set after the imports and a warm-up of the packed
 kernels (whose one-off compilation is not the model's memory), and the peak resident set
 while loading the model and while running one forward. Linux: the peak is the kernel's

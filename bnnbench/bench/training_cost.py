@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bnnbench.bench import cpu_model
+from bnnbench.files import write_atomic
 from bnnbench.report.record import git_commit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text("\n".join(text))
-    os.replace(tmp, args.out)
+    write_atomic(args.out, "\n".join(text))
     print("wrote", args.out)
     return 0
 

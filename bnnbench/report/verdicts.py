@@ -40,7 +40,8 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
               "optimizer.lr=0.01 method.activation=prelu"),
     ),
     "tang_table3": (
-        Claim("binary last layer: scale layer > none", "method.fp_last=false method.scale_layer=true",
+        Claim("binary last layer: scale layer > none",
+              "method.fp_last=false method.scale_layer=true",
               "method.fp_last=false method.scale_layer=false"),
         Claim("full-precision last layer > binary last layer (no scale)",
               "method.fp_last=true method.scale_layer=false",

@@ -46,6 +46,7 @@ def test_gpu_rows_logic_with_a_fake_timer():
     assert not [r for r in rows if "failed" in r[6]], rows
     # every row was checked against float64 on the same inputs: exact integers for both-binary
     assert [r[7] for r in rows[:2]] == ["exact", "ok"], rows
+    assert rows[-1][7] == "exact", rows  # the GEMM row is checked too (float64 reference here)
     # a constant timer over R rotated weight copies gives 2 ms / R per call: dense bf16 copies
     # of 64x64 (8 KiB) need R = 4 * L2 / 8 KiB = 32, packed ones (512 B) hit the cap of 64
     assert [r[5] for r in rows] == ["2.00x"] * (2 * n_gemv) + ["1.00x"] * len(plan["gpu_gemm_n"])
