@@ -166,12 +166,11 @@ def memory_rows(workdir: Path, cases=MEMORY_CASES) -> list[str]:
         net = trained_like_batchnorm(build_net(cfg, geometry)).eval()
         path = save_packed(net, workdir / f"mem{abs(hash(label))}.safetensors", cfg, geometry)
         file_mib = path.stat().st_size / 2**20
-        float_params = sum(t.numel() * t.element_size() for t in
-                           build_net(composed(overrides), geometry).state_dict().values()) / 2**20
         _child_peak(["packed", str(path), str(batch)])  # fills numba's on-disk kernel cache
         packed = _child_peak(["packed", str(path), str(batch)])
         dense = _child_peak(["float", str(geometry["in_chans"]), str(geometry["num_classes"]),
                              str(geometry["img_size"]), str(batch), *overrides])
+        float_params = dense["tensor_mib"]
         p_add = packed["peak_mib"] - packed["base_mib"]
         f_add = dense["peak_mib"] - dense["base_mib"]
         act = max(0.0, f_add - float_params)

@@ -4,8 +4,8 @@
 ``python -m bnnbench.bench.peak_memory float <in_chans> <num_classes> <img_size> <batch>
 <overrides...>``
 prints one JSON line, in MiB: the resident set after the imports and a warm-up of the packed
-kernels (whose one-off compilation is not the model's memory), and the peak resident set
-while loading the model and while running one forward. Linux: the peak is the kernel's
+kernels (whose one-off compilation is not the model's memory), the peak resident set while
+loading the model and while running one forward, and the bytes of the model's state_dict. Linux: the peak is the kernel's
 high-water mark (``VmHWM``), reset after the warm-up (``/proc/self/clear_refs``).
 """
 
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = _status_mib("VmHWM")
     x = torch.randn(batch, geometry["in_chans"], geometry["img_size"], geometry["img_size"])
     net(x)
-    print(json.dumps({"base_mib": base, "load_peak_mib": loaded, "peak_mib": _status_mib("VmHWM")}))
+    tensor_mib = sum(t.numel() * t.element_size() for t in net.state_dict().values()) / 2**20
+    print(json.dumps({"base_mib": base, "load_peak_mib": loaded, "peak_mib": _status_mib("VmHWM"),
+                      "tensor_mib": tensor_mib}))
     return 0
 
 
