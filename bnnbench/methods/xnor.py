@@ -9,24 +9,49 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
     register_method, replace_layers
-from bnnbench.nn.layers import QuantConv2d, QuantLinear
-from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, \
-    move_dropout_after_quantizer, prepend_input_norm, replace_relus, set_xnor_order
+from bnnbench.nn.layers import QuantConv2d, QuantLinear, is_quantized, quantized_layers
+from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, drop_affine, \
+    input_norm, move_dropout_after_quantizer, prepend_input_norm, replace_relus, set_xnor_order
 from bnnbench.nn.paper_quantizers import ScaledSignQuantizer
 from bnnbench.nn.quantizers import SignQuantizer
 
 
+def mean_center_(weight: Tensor) -> None:
+    """Subtract, in place, the mean over the input channels (dim 1) at each output channel and
+    kernel position: ``W[o, :, h, w] -= mean_c W[o, c, h, w]`` (a Linear: ``W[o, :] -= mean_i
+    W[o, i]``). The authors' ``meancenterConvParms`` (allenai/XNOR-Net util.lua:
+    ``weight:mean(2)`` over Torch's input-plane dimension)."""
+    with torch.no_grad():
+        weight.sub_(weight.mean(dim=1, keepdim=True))
+
+
 class _XnorBase(BinarizationMethod):
-    def __init__(self, latent_clip: float | None = 1.0, **kwargs: Any) -> None:
+    def __init__(self, latent_clip: float | None = 1.0, mean_center: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if latent_clip is not None:
             check_range("method.latent_clip", latent_clip, low=0, low_inclusive=False)
         self.latent_clip = latent_clip
+        self.mean_center = mean_center
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Project the binary layers' latent weights: mean-center (``mean_center``), then clip.
+
+        The authors run ``meancenterConvParms`` then ``clampConvParms`` on the binary layers
+        before every forward (train.lua); after every step, and once in ``convert``, is the same
+        sequence of weights.
+        """
+        if self.mean_center:
+            for _, layer in quantized_layers(model):
+                if is_quantized(layer):
+                    mean_center_(layer.weight)
+        super().after_optimizer_step(model)
 
 
 @register_method
@@ -38,7 +63,14 @@ class BinaryWeightNetwork(_XnorBase):
     sign (:func:`bnnbench.functional.xnor_weight`). Latent weights clipped to
     ``[-latent_clip, latent_clip]`` after each step (the authors' code clamps to [-1, 1]);
     ``latent_clip: null`` disables it. First and last layers full precision; ReLUs kept.
-    Reproduces: ABC-Net Table (ResNet-18 BWN 60.8/83.0 top-1/top-5).
+    ``mean_center`` (default false; the ``bwn_alexnet`` preset sets it): before every step's
+    forward the authors subtract from each binary layer's latent weights their mean over the
+    input channels (:func:`mean_center_`, allenai/XNOR-Net ``meancenterConvParms``), then clamp;
+    we do it after every optimizer step and once at ``convert``.
+    Optimizer: the authors train BWN with SGD momentum 0.9, lr 1e-2 and weight decay 5e-4 in
+    their step regimes (``+preset=bwn_alexnet``); the method config keeps Adam 1e-3.
+    Reproduces: ABC-Net Table (ResNet-18 BWN 60.8/83.0 top-1/top-5); AlexNet 56.8 top-1
+    (``bwn_alexnet``).
     """
 
     name = "bwn"
@@ -53,7 +85,10 @@ class BinaryWeightNetwork(_XnorBase):
             return cls.from_float(layer, weight_quantizer=ScaledSignQuantizer(),
                                   latent_clip=self.latent_clip)
 
-        return replace_layers(model, names, make)
+        replace_layers(model, names, make)
+        if self.mean_center:  # the first forward sees projected weights, as theirs
+            self.after_optimizer_step(model)
+        return model
 
 
 @register_method
@@ -83,6 +118,13 @@ class XnorNet(_XnorBase):
     Weight gradient: Eq. 7's ``1{|W| <= 1}`` on the ``alpha`` term, as the authors'
     ``updateBinaryGradWeight``; the ``1/n`` term keeps weights past the clip bound moving.
     First and last layers full precision.
+    ``mean_center`` (default false): the authors' per-step mean-centering of the latent weights
+    over the input channels before the clamp (see :class:`BinaryWeightNetwork`).
+    ``affine_bn`` (default true): false makes the BatchNorm of every binary block (the one whose
+    output the block binarizes) non-affine, ``(x - mean) / sqrt(var + eps)``, as
+    alexnetxnor.lua's ``SpatialBatchNormalization(n, 1e-4, false)``; with it the binarization
+    threshold is the running mean, not a learned shift.
+    Optimizer (authors' code): Adam 1e-3 in step regimes (``+preset=xnor_alexnet``).
     Reproduces: Tang Table 6 / ABC-Net Table (AlexNet 69.2/44.2, ResNet-18 73.2/51.2 top-5/top-1).
     """
 
@@ -91,7 +133,7 @@ class XnorNet(_XnorBase):
     binarizes = "weights (sign x per-filter scale) and activations (sign x K)"
 
     def __init__(self, activation_scale: bool = True, activation: str = "identity",
-                 **kwargs: Any) -> None:
+                 affine_bn: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_choice("method.activation", activation, ACTIVATIONS)
         if activation == "relu":
@@ -100,6 +142,7 @@ class XnorNet(_XnorBase):
                 "everywhere); use method.activation=identity (the paper's block) or htanh/prelu")
         self.activation_scale = activation_scale
         self.activation = activation
+        self.affine_bn = affine_bn
 
     def convert(self, model: nn.Module) -> nn.Module:
         names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
@@ -116,4 +159,11 @@ class XnorNet(_XnorBase):
         set_xnor_order(model)
         prepend_input_norm(model, names, self.activation)
         move_dropout_after_quantizer(model)
+        if not self.affine_bn:
+            for name, _ in list(quantized_layers(model)):
+                norm = input_norm(model, name)
+                if norm is not None and norm.affine:
+                    drop_affine(norm)
+        if self.mean_center:  # the first forward sees projected weights, as theirs
+            self.after_optimizer_step(model)
         return model

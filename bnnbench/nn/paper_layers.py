@@ -279,32 +279,47 @@ def move_dropout_after_quantizer(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------- XNOR block
 
-def _normalized_before(model: nn.Module, name: str) -> bool:
-    """Whether the layer at ``name`` reads a BatchNorm's output (through activations/dropout/pool).
+def input_norm(model: nn.Module, name: str) -> nn.Module | None:
+    """The BatchNorm whose output the layer at ``name`` reads (through activations, dropout or
+    pooling), or None.
 
     Recognized: a ConvBlock whose ``bn`` runs before its ``conv``; an ``nn.Sequential`` where the
-    closest preceding sibling that is not an activation, dropout or pooling is a BatchNorm;
-    timm-style ``convK`` (K > 1) with a sibling ``bn{K-1}`` (conv2 of a ResNet block reads
-    bn1 -> act1). Anything else (a ResNet block's conv1 and downsample, which read the residual
-    sum; a Linear after Flatten) does not.
+    closest preceding sibling that is not an activation, dropout or pooling is a BatchNorm (this
+    covers the ``norm -> act -> layer`` wrappers of :func:`prepend_input_norm`); timm-style
+    ``convK`` (K > 1) with a sibling ``bn{K-1}`` (conv2 of a ResNet block reads bn1 -> act1).
+    Anything else (a ResNet block's conv1 and downsample, which read the residual sum; a Linear
+    after Flatten) has none.
     """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if isinstance(parent, ConvBlock) and child == "conv":
-        return parent.bn is not None and parent.order.index("bn") < parent.order.index("conv")
+        if parent.bn is not None and parent.order.index("bn") < parent.order.index("conv"):
+            return parent.bn
+        return None
     if isinstance(parent, nn.Sequential):
         keys = list(parent._modules)
         for key in reversed(keys[:keys.index(child)]):
             module = parent._modules[key]
             if isinstance(module, _NORM_TYPES):
-                return True
+                return module
             if not isinstance(module, (*_ACT_TYPES, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d)):
-                return False
-        return False
+                return None
+        return None
     match = re.fullmatch(r"conv(\d+)", child)
     if match and int(match.group(1)) > 1:
-        return isinstance(getattr(parent, f"bn{int(match.group(1)) - 1}", None), _NORM_TYPES)
-    return False
+        norm = getattr(parent, f"bn{int(match.group(1)) - 1}", None)
+        return norm if isinstance(norm, _NORM_TYPES) else None
+    return None
+
+
+def drop_affine(norm: nn.Module) -> None:
+    """Make a BatchNorm non-affine in place: ``(x - mean) / sqrt(var + eps)``, no gamma/beta.
+
+    XNOR-Net's alexnetxnor.lua builds every SpatialBatchNormalization with ``affine=false``.
+    """
+    norm.affine = False
+    norm.weight = None
+    norm.bias = None
 
 
 def prepend_input_norm(model: nn.Module, names: list[str], activation: str) -> list[str]:
@@ -320,7 +335,7 @@ def prepend_input_norm(model: nn.Module, names: list[str], activation: str) -> l
     """
     wrapped = []
     for name in names:
-        if _normalized_before(model, name):
+        if input_norm(model, name) is not None:
             continue
         layer = model.get_submodule(name)
         if isinstance(layer, nn.Conv2d):
