@@ -330,7 +330,8 @@ def _solve_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "mps" else torch.float64
 
 
-def abc_weight_bases(w: Tensor, num_bases: int) -> tuple[Tensor, Tensor]:
+def abc_weight_bases(w: Tensor, num_bases: int,
+                     channelwise: bool = False) -> tuple[Tensor, Tensor]:
     r"""ABC-Net's binary weight bases and their least-squares coefficients ([ABC] Sec. 3.1).
 
     Bases:  ``B_i = sign(W - mean(W) + u_i std(W))``, ``u_i = -1 + (i - 1) 2 / (M - 1)`` for
@@ -342,48 +343,81 @@ def abc_weight_bases(w: Tensor, num_bases: int) -> tuple[Tensor, Tensor]:
     solution, so rank-deficient ``B`` (repeated bases, e.g. a constant ``W``) is handled.
     Shape ``(M,)``.
 
+    ``channelwise=True`` (the paper's channel-wise variant, Sec. 3.1): the same construction on
+    each output channel ``W[o]`` separately (its own mean, std, bases and least-squares
+    ``alpha``); ``alphas`` then has shape ``(M, O)``. Needs ``w.dim() >= 2``.
+
     No gradient flows through either output (they are recomputed from ``W`` each forward); see
     :func:`abc_weight` for the trainable approximation.
     """
     _check_int("num_bases", num_bases)
+    if channelwise and w.dim() < 2:
+        raise ValueError(f"channel-wise bases need a weight with an output-channel dim, got "
+                         f"{w.dim()}-D")
     with torch.no_grad():
         wd = w.detach()
-        mean = wd.mean()
-        std = wd.std(correction=0) if wd.numel() > 1 else torch.zeros_like(mean)
+        # rows: one per fitted unit (the whole tensor, or each output channel)
+        rows = wd.reshape(wd.shape[0], -1) if channelwise else wd.reshape(1, -1)
+        mean = rows.mean(dim=1, keepdim=True)
+        std = (rows.std(dim=1, correction=0, keepdim=True) if rows.shape[1] > 1
+               else torch.zeros_like(mean))
         if num_bases == 1:
             u = torch.zeros(1, dtype=w.dtype, device=w.device)
         else:
             u = torch.linspace(-1.0, 1.0, num_bases, dtype=w.dtype, device=w.device)
-        shape = (num_bases,) + (1,) * wd.dim()
-        bases = _pm1(wd.unsqueeze(0) - mean + u.view(shape) * std)
+        bases = _pm1(rows.unsqueeze(0) - mean + u.view(-1, 1, 1) * std)  # (M, rows, n)
         dt = _solve_dtype(w)
-        b = bases.reshape(num_bases, -1).to(dt)  # (M, n) = B^T
-        alphas = torch.linalg.pinv(b @ b.T, hermitian=True) @ (b @ wd.reshape(-1).to(dt))
-    return bases, alphas.to(w.dtype)
+        b = bases.transpose(0, 1).to(dt)  # (rows, M, n) = B^T per row
+        gram = b @ b.transpose(1, 2)  # (rows, M, M)
+        alphas = torch.linalg.pinv(gram, hermitian=True) @ (b @ rows.to(dt).unsqueeze(-1))
+        alphas = alphas.squeeze(-1).T.to(w.dtype)  # (M, rows)
+    bases = bases.reshape(num_bases, *w.shape)
+    return bases, (alphas if channelwise else alphas[:, 0])
+
+
+def _alpha_view(alphas: Tensor, w: Tensor) -> Tensor:
+    """``alphas`` ``(M,)`` or ``(M, O)`` shaped to broadcast against ``(M, *w.shape)``."""
+    if alphas.dim() == 1:
+        return alphas.view(-1, *([1] * w.dim()))
+    return alphas.view(alphas.shape[0], alphas.shape[1], *([1] * (w.dim() - 1)))
 
 
 class _AbcWeight(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, w: Tensor, num_bases: int) -> Tensor:  # type: ignore[override]
-        bases, alphas = abc_weight_bases(w, num_bases)
-        return torch.tensordot(alphas, bases, dims=1)
+    def forward(  # type: ignore[override]
+        ctx: Any, w: Tensor, num_bases: int, channelwise: bool, alpha_grad: bool
+    ) -> Tensor:
+        bases, alphas = abc_weight_bases(w, num_bases, channelwise)
+        ctx.alpha_grad = alpha_grad
+        if alpha_grad:  # (sum_m alpha_m), per output channel when channel-wise
+            ctx.save_for_backward(_alpha_view(alphas, w).sum(0))
+        return (_alpha_view(alphas, w) * bases).sum(0)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return g, None
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        if ctx.alpha_grad:
+            (alpha_sum,) = ctx.saved_tensors
+            return g * alpha_sum, None, None, None
+        return g, None, None, None
 
 
-def abc_weight(w: Tensor, num_bases: int) -> Tensor:
+def abc_weight(w: Tensor, num_bases: int, channelwise: bool = False,
+               alpha_grad: bool = False) -> Tensor:
     r"""ABC-Net's weight approximation ``W~ = sum_i alpha_i B_i`` ([ABC] Sec. 3.1).
 
-    Forward:  bases and coefficients from :func:`abc_weight_bases`.
+    Forward:  bases and coefficients from :func:`abc_weight_bases` (``channelwise``: one set per
+    output channel).
 
-    Backward: straight-through to the latent weights, ``dL/dW = dL/dW~`` (identity; [ABC] Sec. 3.1
-    uses the STE for every ``dB_i/dW``, the ``alpha_i`` are treated as constants of the forward
-    pass).
+    Backward (the STE ``dB_i/dW = 1``; the ``alpha_i`` are constants of the forward pass):
+      * ``alpha_grad=False``: straight through, ``dL/dW = dL/dW~``.
+      * ``alpha_grad=True``: the paper's Sec. 3.1 gradient
+        ``dc/dW = dc/dO (sum_i alpha_i dO_i/dB_i dB_i/dW) = sum_i alpha_i dc/dB_i``, where
+        ``O_i = Conv(B_i, A)`` is the i-th binary convolution and ``O = sum_i alpha_i O_i``; the
+        conv is linear in its weight, so ``dc/dO dO_i/dB_i = dL/dW~`` for every i and
+        ``dL/dW = (sum_i alpha_i) dL/dW~`` (per output channel when channel-wise).
     """
     _check_int("num_bases", num_bases)
-    return _AbcWeight.apply(w, num_bases)
+    return _AbcWeight.apply(w, num_bases, bool(channelwise), bool(alpha_grad))
 
 
 class _AbcActivation(torch.autograd.Function):

@@ -185,6 +185,7 @@ def test_binarynet_mnist_preset_is_the_papers_setting(make_cfg):
     assert cfg.method._target_.endswith("bnn.BinaryNet")
     assert (cfg.method.fp_first, cfg.method.fp_last) == (False, False)
     assert cfg.method.loss == "squared_hinge" and cfg.method.lr_scale is True
+    assert cfg.method.latent_init == "uniform"  # binary_net.py: W = Uniform((-H, H)), H = 1
     assert cfg.model.name == "mlp" and cfg.model.hidden_features == 4096 and cfg.model.depth == 3
     assert (cfg.model.dropout_in, cfg.model.dropout_hidden) == (0.2, 0.5)
     assert cfg.data._target_.endswith("mnist.MNIST") and cfg.data.batch_size == 100
@@ -207,6 +208,7 @@ def test_binaryconnect_mnist_preset_is_the_papers_setting(make_cfg):
 
     cfg = make_cfg(["+preset=binaryconnect_mnist"])
     assert cfg.method.loss == "squared_hinge" and cfg.method.stochastic is False
+    assert cfg.method.latent_init == "uniform"
     assert (cfg.model.hidden_features, cfg.model.depth) == (1024, 3)
     assert (cfg.model.dropout_in, cfg.model.dropout_hidden) == (0.0, 0.0)
     assert cfg.data.batch_size == 200 and cfg.data.val_size == 10000

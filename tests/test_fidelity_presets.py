@@ -40,6 +40,7 @@ def test_binarynet_cifar10_is_the_authors_cifar10_py(make_cfg):
     assert cfg.method._target_.endswith("bnn.BinaryNet")
     assert (cfg.method.fp_first, cfg.method.fp_last, cfg.method.stochastic) == (False, False, False)
     assert cfg.method.loss == "squared_hinge" and cfg.method.lr_scale is True
+    assert cfg.method.latent_init == "uniform"  # binary_net.py: W = Uniform((-H, H)), H = 1
     assert cfg.model.name == "vgg_small" and list(cfg.model.widths) == [128, 256, 512]
     assert cfg.model.hidden_features == 1024 and cfg.model.dropout == 0.0
     assert cfg.data._target_.endswith("cifar.CIFAR10")

@@ -24,7 +24,11 @@ class ABCNet(BinarizationMethod):
     Weights (Sec. 3.1): ``W ~ sum_{i=1}^M alpha_i B_i``, ``B_i = sign(W - mean W + u_i std W)``,
     ``u_i = -1 + (i - 1) 2 / (M - 1)`` (``u = 0`` for M = 1), ``alpha`` the least-squares fit to
     ``vec(W)``, recomputed every forward; gradient straight through to W
-    (:func:`bnnbench.functional.abc_weight`).
+    (:func:`bnnbench.functional.abc_weight`). Knobs: ``channelwise`` (default false; true fits
+    mean, std, bases and alphas per output channel, the paper's channel-wise variant: M floats per
+    output channel instead of M per layer); ``alpha_grad`` (default false: ``dL/dW = dL/dW~``;
+    true: the paper's Sec. 3.1 chain ``dc/dW = sum_m alpha_m dc/dB_m``, i.e.
+    ``dL/dW = (sum_m alpha_m) dL/dW~``, with the STE ``dB_m/dW = 1``).
     Activations (Sec. 3.2): ``A ~ sum_{n=1}^N beta_n H_{v_n}(x)``, ``H_v(x) = 2 1{clip(x + v, 0, 1)
     >= 0.5} - 1``, shifts ``v`` and scales ``beta`` learnable per binary layer; STE slope
     ``1{0 <= x + v <= 1}`` (:func:`bnnbench.functional.abc_activation`). ``activation_bases=null``
@@ -49,8 +53,11 @@ class ABCNet(BinarizationMethod):
     binarizes = "weights (M bases) and activations (N bases)"
 
     def __init__(self, weight_bases: int = 3, activation_bases: int | None = 3,
-                 activation: str = "identity", **kwargs: Any) -> None:
+                 activation: str = "identity", channelwise: bool = False,
+                 alpha_grad: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.channelwise = channelwise
+        self.alpha_grad = alpha_grad
         self.weight_bases = check_bits("method.weight_bases", weight_bases)
         self.activation_bases = (None if activation_bases is None else
                                  check_bits("method.activation_bases", activation_bases))
@@ -64,7 +71,8 @@ class ABCNet(BinarizationMethod):
         def make(_: str, layer: nn.Module) -> nn.Module:
             cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
             return cls.from_float(
-                layer, weight_quantizer=ABCWeightQuantizer(self.weight_bases),
+                layer, weight_quantizer=ABCWeightQuantizer(self.weight_bases, self.channelwise,
+                                                           self.alpha_grad),
                 input_quantizer=(ABCActivationQuantizer(self.activation_bases)
                                  if binary_acts else None))
 

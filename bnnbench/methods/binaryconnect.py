@@ -11,9 +11,9 @@ from typing import Any
 from torch import nn
 
 from bnnbench.errors import check_range
-from bnnbench.methods.base import BinarizationMethod, layers_to_binarize, register_method, \
-    replace_layers
-from bnnbench.methods.bnn import binary_layer, glorot_lr_scale
+from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
+    register_method, replace_layers
+from bnnbench.methods.bnn import LATENT_INITS, binary_layer, glorot_lr_scale, init_latent_weights
 from bnnbench.nn.layers import quantized_layers
 
 
@@ -49,6 +49,13 @@ class BinaryConnect(BinarizationMethod):
 
     Layers: the paper binarizes every layer's weights, the first and the last included, so
     ``fp_first`` and ``fp_last`` default to False here. ReLUs are kept.
+    Latent init: ``latent_init='host'`` (default) keeps the host model's initialization;
+    ``'uniform'`` draws the binary layers' latent weights from U(-H, H) with H = ``latent_clip``
+    (1 when the clip is off) and zeroes their biases, as the authors' Theano layers
+    (:func:`bnnbench.methods.bnn.init_latent_weights`).
+    Schedule (authors' MNIST script): Adam 1e-3 decayed exponentially to 3e-6 over 250 epochs
+    (:func:`bnnbench.schedulers.exponential_to`); ``+preset=binaryconnect_mnist`` makes the decay
+    span ``trainer.max_epochs``; the method config's default is BinaryNet's ``scheduler=binarynet``.
     Options: ``stochastic``; ``loss='squared_hinge'`` (the paper's L2-SVM output layer);
     ``lr_scale`` (default on: the authors' per-layer Glorot learning-rate scale
     ``1 / sqrt(1.5 / (fan_in + fan_out))``, :func:`glorot_param_groups`; false: one lr).
@@ -61,8 +68,11 @@ class BinaryConnect(BinarizationMethod):
 
     def __init__(self, stochastic: bool = False, lr_scale: bool = True,
                  latent_clip: float | None = 1.0, weight_grad_mask: bool = False,
-                 fp_first: bool = False, fp_last: bool = False, **kwargs: Any) -> None:
+                 latent_init: str = "host", fp_first: bool = False, fp_last: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(fp_first=fp_first, fp_last=fp_last, **kwargs)
+        check_choice("method.latent_init", latent_init, LATENT_INITS)
+        self.latent_init = latent_init
         if latent_clip is not None:
             check_range("method.latent_clip", latent_clip, low=0, low_inclusive=False)
         self.stochastic = stochastic
@@ -72,9 +82,11 @@ class BinaryConnect(BinarizationMethod):
 
     def convert(self, model: nn.Module) -> nn.Module:
         names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
-        return replace_layers(model, names, lambda _, layer: binary_layer(
+        replace_layers(model, names, lambda _, layer: binary_layer(
             layer, stochastic=self.stochastic, binarize_input=False,
             latent_clip=self.latent_clip, weight_grad_mask=self.weight_grad_mask))
+        init_latent_weights(model, self.latent_init, bound=self.latent_clip or 1.0)
+        return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return glorot_param_groups(model) if self.lr_scale else super().param_groups(model)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 from bnnbench.methods.base import (
     BinarizationMethod,
+    check_choice,
     first_and_last,
     layers_to_binarize,
     register_method,
     replace_activations,
     replace_layers,
 )
-from bnnbench.nn.layers import QuantConv2d, QuantLinear, quantized_layers
+from bnnbench.nn.layers import QuantConv2d, QuantLinear, is_quantized, quantized_layers
 from bnnbench.nn.paper_layers import move_dropout_after_quantizer
 from bnnbench.nn.quantizers import SignQuantizer
 from bnnbench.nn.shift import replace_batchnorms
@@ -39,6 +41,28 @@ def binary_layer(layer: nn.Module, *, stochastic: bool, binarize_input: bool,
         input_quantizer=SignQuantizer(stochastic=stochastic) if binarize_input else None,
         latent_clip=latent_clip,
     )
+
+
+LATENT_INITS = ("host", "uniform")
+
+
+def init_latent_weights(model: nn.Module, latent_init: str, bound: float = 1.0) -> None:
+    """Initialize every binary layer's latent weights as the authors' code does, in place.
+
+    ``host``: keep the host model's initialization (PyTorch/timm defaults). ``uniform``: the
+    authors' Theano ``binary_net.DenseLayer``/``Conv2DLayer`` (BinaryConnect and BinaryNet): latent
+    weights ``W ~ U(-H, H)`` with ``H = bound`` (their ``H = 1``, the clip bound) and biases 0
+    (Lasagne's default ``b = Constant(0)``). Full-precision layers keep the host's init.
+    """
+    check_choice("method.latent_init", latent_init, LATENT_INITS)
+    if latent_init == "host":
+        return
+    with torch.no_grad():
+        for _, layer in quantized_layers(model):
+            if is_quantized(layer):
+                layer.weight.uniform_(-bound, bound)
+                if layer.bias is not None:
+                    layer.bias.zero_()
 
 
 def glorot_lr_scale(layer: nn.Module) -> float:
@@ -78,6 +102,15 @@ class BinaryNet(BinarizationMethod):
     first layer (``fp_first=false``) binarizes its weights only: its input (the image) stays real,
     as in the paper (Sec. 2.5) and the authors' code, whose first layer reads the real pixels.
 
+    Latent init: ``latent_init='host'`` (default) keeps the host model's initialization;
+    ``'uniform'`` draws every binary layer's latent weights from U(-1, 1) and zeroes its biases,
+    as the authors' ``binary_net.py`` (``W = lasagne.init.Uniform((-H, H))``, H = 1)
+    (:func:`init_latent_weights`).
+    Schedule (authors' scripts): Adam with the lr decayed exponentially once per epoch,
+    MNIST 3e-3 -> 3e-7 over 1000 epochs, CIFAR-10 1e-3 -> 3e-7 over 500 epochs
+    (:func:`bnnbench.schedulers.exponential_to`); the presets ``binarynet_mnist`` and
+    ``binarynet_cifar10`` make the decay span ``trainer.max_epochs``. The method config's default
+    ``scheduler=binarynet`` is MNIST's decay over a fixed 1000-epoch horizon.
     Options: ``stochastic`` binarization; ``loss='squared_hinge'`` (the paper's L2-SVM output);
     ``lr_scale`` (default on, Algorithm 1's per-layer learning-rate scale and the authors'
     ``W_LR_scale = "Glorot"``) multiplies each binary layer's learning rate by
@@ -93,8 +126,11 @@ class BinaryNet(BinarizationMethod):
     binarizes = "weights and activations (sign)"
 
     def __init__(self, stochastic: bool = False, lr_scale: bool = True, shift_bn: bool = False,
-                 weight_grad_mask: bool = False, **kwargs: Any) -> None:
+                 weight_grad_mask: bool = False, latent_init: str = "host",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        check_choice("method.latent_init", latent_init, LATENT_INITS)
+        self.latent_init = latent_init
         self.stochastic = stochastic
         self.lr_scale = lr_scale
         self.shift_bn = shift_bn
@@ -107,6 +143,7 @@ class BinaryNet(BinarizationMethod):
             layer, stochastic=self.stochastic, binarize_input=name != first,
             weight_grad_mask=self.weight_grad_mask))
         move_dropout_after_quantizer(model)
+        init_latent_weights(model, self.latent_init)
         if self.shift_bn:
             replace_batchnorms(model)
         return replace_activations(model, (nn.ReLU,), lambda _: nn.Hardtanh())

@@ -77,22 +77,28 @@ class DoReFaActivationQuantizer(Quantizer):
 class ABCWeightQuantizer(Quantizer):
     """ABC-Net weights ``sum_i alpha_i B_i`` over M binary bases (``functional.abc_weight``).
 
-    Deployed: M binary tensors (M bits per weight) and M float32 coefficients per layer.
+    ``channelwise``: one set of M bases and coefficients per output channel. ``alpha_grad``: the
+    paper's gradient ``dL/dW = (sum_i alpha_i) dL/dW~`` instead of the plain straight-through.
+    Deployed: M binary tensors (M bits per weight) and M float32 coefficients per layer
+    (``channelwise``: per output channel).
     """
 
-    scales_per_channel = 0
-
-    def __init__(self, num_bases: int) -> None:
+    def __init__(self, num_bases: int, channelwise: bool = False,
+                 alpha_grad: bool = False) -> None:
         super().__init__()
         self.num_bases = check_bits("method.weight_bases", num_bases)
+        self.channelwise = bool(channelwise)
+        self.alpha_grad = bool(alpha_grad)
         self.precision = num_bases
-        self.scales_per_tensor = num_bases
+        self.scales_per_channel = num_bases if self.channelwise else 0
+        self.scales_per_tensor = 0 if self.channelwise else num_bases
 
     def forward(self, x: Tensor) -> Tensor:
-        return BF.abc_weight(x, self.num_bases)
+        return BF.abc_weight(x, self.num_bases, self.channelwise, self.alpha_grad)
 
     def extra_repr(self) -> str:
-        return f"num_bases={self.num_bases}"
+        return (f"num_bases={self.num_bases}, channelwise={self.channelwise}, "
+                f"alpha_grad={self.alpha_grad}")
 
 
 def abc_default_shifts(num: int) -> Tensor:
