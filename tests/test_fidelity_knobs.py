@@ -198,3 +198,24 @@ def test_abcnet_grid_has_the_papers_weight_only_and_m2_rows():
     assert set(values["method.weight_bases"]) == {1, 2, 3, 5}
     assert set(values["method.activation_bases"]) == {1, 3, 5, None}
     assert create_method("abcnet", weight_bases=2, activation_bases=None) is not None
+
+
+# --- the new knobs survive a packed export (the spec rebuilds the same network) ------------------
+
+@pytest.mark.parametrize("overrides", [
+    ["+method=abcnet", "method.channelwise=true", "method.alpha_grad=true"],
+    ["+method=xnor", "method.affine_bn=false", "method.mean_center=true"],
+    ["+method=bnn", "method.latent_init=uniform", "method.fp_first=false"],
+])
+def test_new_knobs_round_trip_through_the_packed_export(overrides, make_cfg, tmp_path,
+                                                       monkeypatch):
+    from bnnbench.export import load_packed
+    from bnnbench.models import registry
+    from tests.test_export import tiny_convnet, tiny_export
+
+    monkeypatch.setitem(registry._MODELS, "tiny_convnet", tiny_convnet)
+    net, path = tiny_export(make_cfg, tmp_path, overrides)
+    packed = load_packed(path, kernels="never")
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(packed(x), net(x))
