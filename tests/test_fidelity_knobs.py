@@ -31,7 +31,7 @@ def binary(net: nn.Module) -> list[nn.Module]:
     return [layer for _, layer in quantized_layers(net) if is_quantized(layer)]
 
 
-# --- BinaryNet / BinaryConnect: U(-H, H) latent init (binary_net.py: W = Uniform((-H, H))) ---------
+# --- BinaryNet / BinaryConnect: U(-H, H) latent init (binary_net.py: W = Uniform((-H, H))) -----
 
 @pytest.mark.parametrize("method, knobs, bound", [
     ("bnn", {"fp_first": False, "fp_last": False}, 1.0),

@@ -83,7 +83,8 @@ def test_exponential_schedules_span_the_run(make_cfg, preset, epochs, lr_start, 
 
 # XNOR-Net train.lua regimes (epochs from 1): LR 1e-2, 5e-3, 1e-3, 5e-4, 1e-4 starting at epochs
 # 1, 19, 30, 44, 53 (Adam: x 0.1); WD 5e-4, 5e-4, 0, 0, 0.
-XNOR_REGIMES = [(1, 1e-2, 5e-4), (19, 5e-3, 5e-4), (30, 1e-3, 0.0), (44, 5e-4, 0.0), (53, 1e-4, 0.0)]
+XNOR_REGIMES = [(1, 1e-2, 5e-4), (19, 5e-3, 5e-4), (30, 1e-3, 0.0), (44, 5e-4, 0.0),
+                (53, 1e-4, 0.0)]
 
 
 def torch_regime(epoch_from_1: int) -> tuple[float, float]:

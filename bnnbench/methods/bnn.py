@@ -69,7 +69,8 @@ def glorot_lr_scale(layer: nn.Module) -> float:
     """BinaryNet's per-layer learning-rate scale 1 / sqrt(1.5 / (fan_in + fan_out)).
 
     The authors' code multiplies each binary layer's learning rate by this Glorot-derived factor
-    (with H = 1, the latent-weight clip bound). Conv: fan_in = k_h k_w C_in, fan_out = k_h k_w C_out.
+    (with H = 1, the latent-weight clip bound). Conv: fan_in = k_h k_w C_in,
+    fan_out = k_h k_w C_out.
     """
     if isinstance(layer, nn.Conv2d):
         taps = layer.kernel_size[0] * layer.kernel_size[1]
