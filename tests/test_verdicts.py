@@ -34,10 +34,15 @@ def test_difference_and_standard_error():
     (1.5, 1.0, 4.8, "inconclusive (within 2 standard errors)"),
     (-5.0, 1.0, -2.0, "reproduced"),           # the paper's own sign counts
     (5.0, 1.0, None, "reproduced"),            # no printed number: the claim's direction
-    (5.0, math.nan, 4.8, "inconclusive (fewer than 2 seeds)"),
+    (5.0, math.nan, 4.8, "inconclusive (fewer than 3 seeds)"),
 ])
 def test_verdict_rule(ours, se, paper, expected):
     assert verdict(ours, se, paper) == expected
+
+
+def test_two_seeds_give_no_verdict():
+    assert verdict(50.0, 1.0, 4.8, n=2) == "inconclusive (fewer than 3 seeds)"
+    assert verdict(50.0, 1.0, 4.8, n=3) == "reproduced"
 
 
 def test_spearman_against_known_values():

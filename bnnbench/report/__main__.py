@@ -1,9 +1,13 @@
-"""Regenerate comparison tables: ``python -m bnnbench.report <table|all> [--run] [-- overrides]``.
+"""Reports from runs: ``python -m bnnbench.report <dir|table> [...] [--out DIR] [--run] [-- overrides]``.
 
-Each table is a sweep in ``conf/sweep/<table>.yaml``. ``--run`` launches it
-(``python -m bnnbench -m +sweep=<table> ...``) into ``multirun/<table>/<time>``; then the newest
-runs of that table (or ``--runs DIR``) are grouped by the swept settings and written to
-``reports/<table>.md`` and ``.csv`` with the papers' numbers beside them.
+* ``<dir> [<dir> ...]``: any run or multirun directories, rendered together. The swept settings
+  are inferred from the runs' resolved configs, seeds are aggregated (mean ± std, n), and
+  ``<name>.md``, ``<name>.csv`` (one row per run), ``<name>.tex`` and PNG plots go to ``--out``
+  (default: ``<first dir>/report``). Failed and unfinished runs are listed, never dropped.
+* ``<table>``: a named table, a sweep in ``conf/sweep/<table>.yaml``. ``--run`` launches it
+  (``python -m bnnbench -m +sweep=<table> ...``) into ``multirun/<table>/<time>``; without it the
+  newest runs of that table (or ``--runs DIR``) are rendered to ``reports/<table>.*`` with the
+  papers' numbers and verdicts on their claims.
 """
 
 from __future__ import annotations
@@ -18,9 +22,15 @@ from omegaconf import OmegaConf
 
 from bnnbench import CONFIG_DIR
 from bnnbench.errors import BnnbenchError
-from bnnbench.report.collect import find_runs, group_rows, load_published
-from bnnbench.report.record import RunRecord
-from bnnbench.report.render import write_report
+from bnnbench.report.collect import (
+    Run,
+    load_published,
+    load_runs,
+    parse_overrides,
+    swept_keys,
+)
+from bnnbench.report.render import Report, build_report, write_report
+from bnnbench.report.verdicts import CLAIMS
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = Path(CONFIG_DIR) / "sweep"
@@ -56,8 +66,9 @@ def launch(table: str, overrides: list[str], runs_root: Path) -> Path:
     """Run the table's sweep; returns its multirun directory."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     sweep_dir = runs_root / table / stamp
+    # the sweep's own end-of-multirun report is skipped: this command renders it
     cmd = [sys.executable, "-m", "bnnbench", "-m", f"+sweep={table}",
-           f"hydra.sweep.dir={sweep_dir}", *overrides]
+           f"hydra.sweep.dir={sweep_dir}", "~hydra.callbacks.render_report", *overrides]
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return sweep_dir
@@ -71,44 +82,94 @@ def newest_runs(table: str, runs_root: Path) -> Path:
     return candidates[-1]
 
 
-def render(table: str, runs_dir: Path, out_dir: Path, command: str) -> Path:
-    records = [RunRecord.read(d) for d in find_runs([runs_dir])]
-    if not records:
-        raise BnnbenchError(f"no finished run (metrics.json) under {runs_dir}")
-    rows = group_rows(records, sweep_keys(table))
-    path = out_dir / f"{table}.md"
-    write_report(path, title=sweep_title(table), command=command, rows=rows,
-                 published=load_published(PUBLISHED, table), runs_dir=runs_dir,
-                 date=dt.date.today().isoformat(), table=table)
-    return path
+def published_table(table: str | None, keys: list[str]) -> str | None:
+    """Which rows of published.csv stand beside ours: the table's own, else the methods
+    table's for any sweep over methods alone."""
+    if table is not None and load_published(PUBLISHED, table):
+        return table
+    return "methods" if keys == ["method"] else None
+
+
+def sweep_of(runs: list[Run]) -> str | None:
+    """The named table these runs are a sweep of (their common ``+sweep=`` override), if any."""
+    names = {parse_overrides(run.overrides).get("sweep") for run in runs}
+    return names.pop() if len(names) == 1 and None not in names else None
+
+
+def build(dirs: list[Path], *, table: str | None = None, name: str | None = None,
+          command: str) -> Report:
+    """The report of every run under ``dirs`` (a named ``table``'s title, keys and claims)."""
+    runs = load_runs(dirs)
+    if not runs:
+        raise BnnbenchError(f"no run under {', '.join(map(str, dirs))} (no metrics.json, "
+                            "run.json or .hydra/config.yaml); pass a run or multirun directory")
+    table = table or sweep_of(runs)
+    known = table if table in list_tables() else None
+    keys = swept_keys(runs, sweep_keys(known) if known else None)
+    paper = published_table(table, keys)
+    title = sweep_title(known) if known else (
+        f"Sweep over {', '.join(keys)}: {len(runs)} runs")
+    return build_report(runs, keys, name=name or table or "report", title=title,
+                        command=command, sources=list(dirs),
+                        published=load_published(PUBLISHED, paper),
+                        claims_table=table if table in CLAIMS else paper)
+
+
+def render(dirs: list[Path], out_dir: Path, *, command: str, table: str | None = None,
+           name: str | None = None, plots: bool = True, echo: bool = True) -> list[Path]:
+    """Build and write a report; with ``echo``, print its table and verdicts."""
+    report = build(dirs, table=table, name=name, command=command)
+    written = write_report(report, out_dir, plots=plots)
+    if echo:
+        print(report.terminal())
+        print(f"\nreport: {out_dir / (report.name + '.md')} (+ .csv, .tex"
+              f"{', ' + ', '.join(report.plots.values()) if report.plots else ''})")
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bnnbench.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="+", help=f"'all' or any of: {', '.join(list_tables())}")
-    parser.add_argument("--run", action="store_true", help="launch the sweep before rendering")
-    parser.add_argument("--runs", type=Path, help="render these runs instead of the newest sweep")
+    parser.add_argument("targets", nargs="+", metavar="dir|table",
+                        help=f"run/multirun directories, 'all' or tables: {', '.join(list_tables())}")
+    parser.add_argument("--run", action="store_true", help="launch a table's sweep first")
+    parser.add_argument("--runs", type=Path, help="render a table from these runs instead of "
+                        "its newest sweep")
     parser.add_argument("--runs-root", type=Path, default=Path("multirun"))
-    parser.add_argument("--out", type=Path, default=ROOT / "reports")
+    parser.add_argument("--out", type=Path, help="output folder (tables: reports/; "
+                        "directories: <first dir>/report)")
+    parser.add_argument("--name", help="file name of a directories' report (default: its "
+                        "sweep's table, else 'report')")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.epilog = "Hydra overrides for every run go after --, e.g. -- trainer.max_epochs=20"
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.overrides = argv[split + 1:]
-    tables = list_tables() if args.tables == ["all"] else args.tables
     try:
-        unknown = [t for t in tables if t not in list_tables()]
+        targets = list_tables() if args.targets == ["all"] else args.targets
+        dirs = [Path(t) for t in targets if t not in list_tables() and Path(t).is_dir()]
+        tables = [t for t in targets if t in list_tables()]
+        unknown = [t for t in targets if t not in tables and Path(t) not in dirs]
         if unknown:
-            raise BnnbenchError(f"unknown table {unknown[0]!r}; valid tables: "
-                                f"{', '.join(list_tables())}, all")
+            raise BnnbenchError(f"{unknown[0]!r} is neither a directory nor a table; valid "
+                                f"tables: {', '.join(list_tables())}, all")
+        if dirs:
+            if args.run:
+                raise BnnbenchError("--run launches a named table's sweep; directories are "
+                                    "rendered as they are (drop --run)")
+            command = " ".join(["python -m bnnbench.report", *map(str, dirs),
+                                *(["--out", str(args.out)] if args.out else [])])
+            render(dirs, args.out or dirs[0] / "report", command=command, name=args.name,
+                   plots=not args.no_plots)
         for table in tables:
             runs_dir = args.runs or (launch(table, args.overrides, args.runs_root) if args.run
                                      else newest_runs(table, args.runs_root))
             how = ["--runs", str(args.runs)] if args.runs else ["--run"]  # what really ran
             command = " ".join(["python -m bnnbench.report", table, *how,
                                 *(["--", *args.overrides] if args.overrides else [])])
-            print("wrote", render(table, runs_dir, args.out, command))
+            render([runs_dir], args.out or ROOT / "reports", command=command, table=table,
+                   plots=not args.no_plots)
     except (BnnbenchError, subprocess.CalledProcessError) as err:
         print(f"bnnbench.report: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,33 +1,58 @@
-"""Find finished runs under directories and group them into table rows."""
+"""Find runs under directories, read their resolved configs and outcomes, infer what was swept.
+
+A run directory is one holding ``metrics.json`` (its outcome), ``run.json`` (the claim marker that
+``bnnbench.rundir`` writes before training) or ``.hydra/config.yaml``. The settings a sweep varied
+are read from the runs' *resolved* configs (``config_resolved.yaml``, else ``.hydra/config.yaml``)
+and compared as values: ``optimizer.lr=1e-2`` and ``optimizer.lr=0.01`` are one setting. Seeds are
+never a setting: they are what a row aggregates.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
 import statistics
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
 
 from bnnbench.report.record import METRICS_FILE, RunRecord
+from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RUN_MARKER, marker_is_locked
+
+#: config groups whose *choice* (``model=nin``) is a setting, ``method`` first: it usually
+#: determines the rest (its optimizer, schedule and knobs)
+GROUPS = ("method", "model", "data", "trainer", "optimizer", "scheduler")
+#: keys that never distinguish two settings: where a run logs, reads data from, resumes from
+IGNORED_KEYS = {"seed", "ckpt_path", "data.root", "data.num_workers", "trainer.default_root_dir"}
+IGNORED_PREFIXES = ("logger", "hydra", "callbacks")
+#: how a run ended; "unfinished": claimed (run.json / .hydra) but no metrics.json
+STATUSES = ("finished", "diverged", "failed", "unfinished")
+MISSING = "-"
 
 
-def find_runs(roots: list[Path]) -> list[Path]:
-    """Every directory below ``roots`` that holds a finished run (a metrics.json), sorted."""
-    found: set[Path] = set()
-    for root in roots:
-        found.update(p.parent for p in Path(root).rglob(METRICS_FILE))
-    return sorted(found)
+def normalize_value(value: Any) -> str:
+    """One spelling per value: numbers in ``%g`` form ('1e-2', 0.01 -> '0.01'), booleans lower."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return format(float(value), "g")
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        if value.lower() in ("true", "false"):
+            return value.lower()
+        try:
+            return format(float(value), "g")
+        except ValueError:
+            return value
+    return str(value)
 
 
-def normalize_value(value: str) -> str:
-    """'1e-2' and '0.01' name the same setting: numbers print in ``%g`` form."""
-    try:
-        return format(float(value), "g") if value.lower() not in ("true", "false") else value.lower()
-    except ValueError:
-        return value
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
     """{'method': 'bnn', 'optimizer.lr': '0.01', ...} from CLI overrides ('+' prefixes dropped)."""
     parsed = {}
     for item in overrides:
@@ -38,12 +63,182 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 def row_key(settings: dict[str, str], keys: list[str]) -> str:
     """The label of a table row: the varying settings, in sweep order ('k=v k=v')."""
-    return " ".join(f"{k}={settings.get(k, '-')}" for k in keys)
+    return " ".join(f"{k}={settings.get(k, MISSING)}" for k in keys)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{'optimizer.lr': '0.001', ...}: the leaves of a plain config, values normalized."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list):
+        return {prefix.rstrip("."): "[" + ", ".join(normalize_value(v) for v in tree) + "]"}
+    return {prefix.rstrip("."): normalize_value(tree)}
+
+
+@dataclass
+class Run:
+    """One run directory: what it was (config, group choices) and how it ended."""
+
+    path: Path
+    status: str
+    error: str | None
+    config: dict[str, str]
+    choices: dict[str, str]
+    overrides: list[str]
+    record: RunRecord | None = None
+
+    @property
+    def seed(self) -> int | None:
+        if self.record is not None:
+            return self.record.seed
+        seed = self.config.get("seed")
+        return int(float(seed)) if seed not in (None, MISSING) else None
+
+    def setting(self, key: str) -> str:
+        """This run's value of a setting: a group choice ('method') or a dotted config key."""
+        if key in GROUPS:
+            return self.choices.get(key, MISSING)
+        return self.config.get(key, MISSING)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished" and self.record is not None \
+            and self.record.test_top1 is not None
+
+
+def _warn(message: str) -> None:
+    print(f"bnnbench.report: warning: {message}", file=sys.stderr)
+
+
+def _read_config(run_dir: Path) -> dict[str, str]:
+    """The run's config, resolved, flattened; {} when it has none (or none that parses)."""
+    for path in (run_dir / CONFIG_FILE, run_dir / HYDRA_DIR / "config.yaml"):
+        if not path.is_file():
+            continue
+        try:
+            cfg = OmegaConf.load(path)
+            # the logger's paths use hydra's resolver, unknown outside a hydra job: left out
+            plain = {k: OmegaConf.to_container(cfg[k], resolve=True)
+                     if OmegaConf.is_config(cfg[k]) else cfg[k]
+                     for k in cfg if k not in IGNORED_PREFIXES}
+        except Exception as err:  # noqa: BLE001 - a broken config is reported, not fatal
+            _warn(f"{path} does not parse ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                  "its run is grouped without its config")
+            continue
+        return flatten(plain)
+    return {}
+
+
+def _read_hydra(run_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """(group choices, task overrides) from ``.hydra/``; empty when absent."""
+    choices: dict[str, str] = {}
+    overrides: list[str] = []
+    hydra_yaml = run_dir / HYDRA_DIR / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            picked = OmegaConf.load(hydra_yaml).hydra.runtime.choices
+            choices = {g: str(picked[g]) for g in GROUPS if picked.get(g) is not None}
+        except Exception:  # noqa: BLE001 - choices then come from metrics.json
+            pass
+    overrides_yaml = run_dir / HYDRA_DIR / "overrides.yaml"
+    if overrides_yaml.is_file():
+        try:
+            overrides = [str(o) for o in OmegaConf.load(overrides_yaml)]
+        except Exception:  # noqa: BLE001
+            pass
+    return choices, overrides
+
+
+def load_run(run_dir: Path) -> Run | None:
+    """Read one run directory; ``None`` (with a warning naming the file) for a malformed
+    metrics.json."""
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    choices, overrides = _read_hydra(run_dir)
+    metrics = run_dir / METRICS_FILE
+    record = None
+    if metrics.is_file():
+        try:
+            record = RunRecord.read(run_dir)
+            if record.status not in STATUSES:
+                raise ValueError(f"unknown status {record.status!r}")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            _warn(f"{metrics} is malformed ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else 'no detail'}); skipped")
+            return None
+        status, error = record.status, record.error
+        overrides = overrides or list(record.overrides)
+        for group, value in (("method", record.method), ("model", record.model),
+                             ("data", record.data)):
+            choices.setdefault(group, value)
+    else:
+        status = "unfinished"
+        error = ("no metrics.json: training right now" if marker_is_locked(run_dir / RUN_MARKER)
+                 else "no metrics.json: stopped before the end (killed, crashed or refused)")
+    choices.setdefault("method", "fp")  # no +method: the full-precision reference
+    if status != "finished" and not error:
+        error = f"{status} (no error line recorded)"
+    return Run(run_dir, status, error, config, choices, overrides, record)
+
+
+def find_runs(roots: Iterable[Path]) -> list[Path]:
+    """Every run directory at or below ``roots`` (see the module docstring), sorted."""
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        for marker in (METRICS_FILE, RUN_MARKER, f"{HYDRA_DIR}/config.yaml"):
+            found.update(p.parent if marker != f"{HYDRA_DIR}/config.yaml" else p.parent.parent
+                         for p in root.rglob(marker))
+    return sorted(found)
+
+
+def load_runs(roots: Iterable[Path]) -> list[Run]:
+    return [run for run in (load_run(d) for d in find_runs(roots)) if run is not None]
+
+
+def _override_order(runs: list[Run]) -> list[str]:
+    """Keys in the order the runs' overrides name them (a sweep's own order), first seen first."""
+    order: list[str] = []
+    for run in runs:
+        for key in parse_overrides(run.overrides):
+            if key not in order:
+                order.append(key)
+    return order
+
+
+def swept_keys(runs: list[Run], preferred: list[str] | None = None) -> list[str]:
+    """The settings that tell these runs apart, seeds aside.
+
+    A candidate (a group choice, then each config key: ``preferred`` order first, then the
+    order of the runs' overrides, then alphabetical) is a setting when it is *not determined*
+    by the settings already chosen: two runs agree on those and differ on it. So ``method`` is a
+    setting of a methods sweep but the optimizer each method brings is not, and a sweep of
+    ``optimizer.lr`` x ``method.activation`` yields exactly those two keys.
+    """
+    all_keys = sorted({k for run in runs for k in run.config}
+                      - IGNORED_KEYS - set(GROUPS))
+    all_keys = [k for k in all_keys if not k.startswith(IGNORED_PREFIXES)]
+    order = [*(preferred or []), *GROUPS, *_override_order(runs), *all_keys]
+    candidates = [k for i, k in enumerate(order) if k not in order[:i]
+                  and k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)]
+    chosen: list[str] = []
+    for key in candidates:
+        seen: dict[tuple[str, ...], str] = {}
+        for run in runs:
+            group = tuple(run.setting(k) for k in chosen)
+            value = run.setting(key)
+            if seen.setdefault(group, value) != value:
+                chosen.append(key)
+                break
+    return chosen or ["method"]
 
 
 @dataclass
 class Row:
-    """All seeds of one setting."""
+    """All finished seeds of one setting (what the verdicts compare)."""
 
     key: str
     records: list[RunRecord] = field(default_factory=list)
@@ -59,14 +254,15 @@ class Row:
         return sorted(r.seed for r in self.records)
 
 
-def group_rows(records: list[RunRecord], keys: list[str]) -> list[Row]:
-    """Group runs by the values of ``keys`` (seeds of the same setting share a row)."""
+def group_rows(runs: list[Run], keys: list[str]) -> list[Row]:
+    """Finished runs grouped by the values of ``keys`` (seeds of one setting share a row)."""
     rows: dict[str, Row] = {}
-    for record in records:
-        settings = {"method": record.method, **parse_overrides(record.overrides)}
-        key = row_key(settings, keys)
-        rows.setdefault(key, Row(key)).records.append(record)
-    return list(rows.values())
+    for run in runs:
+        key = row_key({k: run.setting(k) for k in keys}, keys)
+        row = rows.setdefault(key, Row(key))
+        if run.finished:
+            row.records.append(run.record)  # type: ignore[arg-type]
+    return [row for row in rows.values() if row.records]
 
 
 @dataclass(frozen=True)
@@ -77,8 +273,11 @@ class Published:
     setting: str
 
 
-def load_published(path: Path, table: str) -> dict[str, Published]:
+def load_published(path: Path, table: str | None) -> dict[str, Published]:
     """Printed paper numbers for ``table`` from reports/reference/published.csv, keyed by row."""
+    if table is None or not Path(path).is_file():
+        return {}
+
     def number(text: str) -> float | None:
         return float(text) if text.strip() else None
 

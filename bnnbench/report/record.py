@@ -19,14 +19,18 @@ METRICS_FILE = "metrics.json"
 
 @dataclasses.dataclass
 class RunRecord:
-    """One finished run. Accuracies are percentages; times are seconds."""
+    """One run's outcome. Accuracies are percentages; times are seconds.
+
+    ``status`` is "finished", "diverged" or "failed" (``error``: the one line saying why); a
+    diverged or failed run has no test numbers (``None``).
+    """
 
     method: str
     model: str
     data: str
     seed: int
-    test_top1: float
-    test_top5: float
+    test_top1: float | None
+    test_top5: float | None
     best_val_top1: float
     num_params: int
     epochs: int
@@ -38,6 +42,8 @@ class RunRecord:
     device: str
     overrides: list[str] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: str = "finished"
+    error: str | None = None
 
     def write(self, run_dir: Path) -> Path:
         path = Path(run_dir) / METRICS_FILE

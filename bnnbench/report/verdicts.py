@@ -6,7 +6,8 @@ seeds, the paper's is the difference of the published numbers. The verdict:
 
 * **reproduced**: our difference has the paper's sign and exceeds two standard errors;
 * **not reproduced**: it has the opposite sign and exceeds two standard errors;
-* **inconclusive**: within two standard errors (noise at this scale), or fewer than 2 seeds.
+* **inconclusive**: within two standard errors (noise at this scale), or fewer than 3 seeds a
+  row (two samples give no usable standard deviation).
 
 The methods table also gets Spearman's rank correlation between our ordering of the methods
 and the paper's (top-1, methods with a published number).
@@ -18,6 +19,9 @@ import math
 from dataclasses import dataclass
 
 from bnnbench.report.collect import Published, Row
+
+#: seeds each row needs before a verdict is more than "inconclusive"
+MIN_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,10 @@ def difference(a: Row, b: Row) -> tuple[float, float, int]:
     return ma - mb, math.sqrt(sa**2 / len(a.records) + sb**2 / len(b.records)), n
 
 
-def verdict(ours: float, se: float, paper: float | None) -> str:
+def verdict(ours: float, se: float, paper: float | None, n: int = MIN_SEEDS) -> str:
     """reproduced / not reproduced / inconclusive, by the rule in the module docstring."""
-    if math.isnan(se):
-        return "inconclusive (fewer than 2 seeds)"
+    if math.isnan(se) or n < MIN_SEEDS:
+        return f"inconclusive (fewer than {MIN_SEEDS} seeds)"
     sign = 1.0 if paper is None or paper >= 0 else -1.0  # no printed number: the claim's sign
     if abs(ours) <= 2 * se:
         return "inconclusive (within 2 standard errors)"
@@ -102,7 +106,7 @@ def claim_lines(table: str, rows: list[Row], published: dict[str, Published]) ->
             continue
         diff, se, n = difference(a, b)
         ours = f"{diff:+.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}") + f" (n = {n})"
-        out.append(f"| {claim.text} | {ours} | {paper_txt} | {verdict(diff, se, paper)} |")
+        out.append(f"| {claim.text} | {ours} | {paper_txt} | {verdict(diff, se, paper, n)} |")
     if table == "methods":
         rho, n = rank_correlation(rows, published)
         if n >= 3:

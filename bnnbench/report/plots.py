@@ -1,0 +1,192 @@
+"""The report's plots (matplotlib, Agg, PNG): accuracy vs deployed size with the Pareto front,
+training curves per setting with seeds as thin lines, and Tang et al. (2017)'s Figure 2 (the
+share of latent weights whose sign flips, per binary layer, per epoch) when the runs recorded it
+(``curves["flip_ratio/<layer>"]`` in metrics.json).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bnnbench.files import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from bnnbench.report.render import Report
+
+FLIP_PREFIX = "flip_ratio/"
+
+
+def pareto_front(sizes: list[float], accuracies: list[float]) -> list[int]:
+    """Indices of the points no other point beats: none is at most as large and at least as
+    accurate with one of the two strictly. Returned from the smallest size up."""
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -accuracies[i]))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        if accuracies[i] > best:
+            front.append(i)
+            best = accuracies[i]
+    return front
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        # no date, no version in the file: rerendering the same runs gives the same bytes
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",
+                    metadata={"Software": None})
+    plt.close(fig)
+
+
+def _label(setting: str) -> str:
+    """'method=bnn' -> 'bnn'; 'a=1 b=2' stays (which value is which matters)."""
+    parts = setting.split(" ")
+    return parts[0].partition("=")[2] if len(parts) == 1 else setting
+
+
+def _colors(n: int) -> list[tuple[float, ...]]:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def accuracy_vs_size(report: Report, path: Path) -> bool:
+    done = report.long[(report.long["status"] == "finished") & report.long["test_top1"].notna()
+                       & report.long["size_bytes"].notna()]
+    if done.empty:
+        return False
+    stats = done.groupby("setting", sort=False).agg(
+        size=("size_bytes", "mean"), top1=("test_top1", "mean"), std=("test_top1", "std"),
+        n=("test_top1", "count"))
+    sizes = (stats["size"] / 2**20).tolist()
+    top1 = stats["top1"].tolist()
+    std = stats["std"].fillna(0.0).tolist()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (setting, row), size, color in zip(stats.iterrows(), sizes, _colors(len(stats))):
+        ax.errorbar(size, row.top1, yerr=0.0 if math.isnan(row["std"]) else row["std"],
+                    fmt="o", color=color, capsize=3, label=f"{_label(setting)} (n={int(row.n)})")
+    front = pareto_front(sizes, top1)
+    ax.plot([sizes[i] for i in front], [top1[i] for i in front], "--", color="0.3", lw=1,
+            zorder=0, label="Pareto front")
+    ax.scatter([sizes[i] for i in front], [top1[i] for i in front], s=160, facecolors="none",
+               edgecolors="0.3", zorder=0)
+    ax.set_xscale("log")
+    ax.set_xlim(min(sizes) / 1.3, max(sizes) * 1.3)
+    if max(sizes) / min(sizes) < 10:  # inside one decade: tick the sizes themselves
+        ticks = sorted({float(f"{s:.3g}") for s in sizes})
+        ticks = [t for i, t in enumerate(ticks) if i == 0 or t / ticks[i - 1] > 1.04]
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("deployed model size (MiB, log scale)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{report.name}: accuracy vs deployed size (mean ± std over seeds)")
+    low = min(t - s for t, s in zip(top1, std))
+    high = max(t + s for t, s in zip(top1, std))
+    pad = max(1.0, 0.1 * (high - low))
+    ax.set_ylim(low - pad, high + pad)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+    return True
+
+
+def _by_setting(report: Report) -> dict[str, list[dict[str, list[float]]]]:
+    grouped: dict[str, list[dict[str, list[float]]]] = defaultdict(list)
+    for setting, _seed, curves in report.curves:
+        grouped[setting].append(curves)
+    return grouped
+
+
+def _seed_lines(ax: plt.Axes, runs: list[list[float]], color: tuple[float, ...],
+                label: str) -> None:
+    """Each seed thin, their mean (over the epochs all seeds reached) thick."""
+    for values in runs:
+        ax.plot(range(1, len(values) + 1), values, color=color, lw=0.7, alpha=0.55,
+                marker="." if len(values) < 3 else None)
+    common = min(len(v) for v in runs)
+    if common:
+        mean = np.nanmean(np.array([v[:common] for v in runs], dtype=float), axis=0)
+        ax.plot(range(1, common + 1), mean, color=color, lw=2.0, label=label,
+                marker="o" if common < 3 else None)
+
+
+def _epoch_axis(ax: plt.Axes, epochs: int) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5, epochs + 0.5)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=min(epochs, 10)))
+
+
+def _max_epochs(report: Report) -> int:
+    return max((len(v) for _s, _seed, c in report.curves for v in c.values()), default=1) or 1
+
+
+def training_curves(report: Report, path: Path) -> bool:
+    grouped = _by_setting(report)
+    if not any(c.get("train/loss") for runs in grouped.values() for c in runs):
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (setting, runs), color in zip(grouped.items(), _colors(len(grouped))):
+        for ax, key in zip(axes, ("train/loss", "val/top1")):
+            series = [c[key] for c in runs if c.get(key)]
+            if series:
+                _seed_lines(ax, series, color, _label(setting))
+    axes[0].set_ylabel("train loss (epoch mean)")
+    axes[1].set_ylabel("validation top-1 (%)")
+    for ax in axes:
+        _epoch_axis(ax, _max_epochs(report))
+        ax.grid(True, alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{report.name}: training curves (thin: one seed, thick: mean)")
+    _save(fig, path)
+    return True
+
+
+def flip_ratio(report: Report, path: Path) -> bool:
+    grouped = _by_setting(report)
+    layers = sorted({k[len(FLIP_PREFIX):] for runs in grouped.values() for c in runs for k in c
+                     if k.startswith(FLIP_PREFIX)})
+    if not layers:
+        return False
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False,
+                             sharex=True)
+    for ax, layer in zip(axes.flat, layers):
+        for (setting, runs), color in zip(grouped.items(), _colors(len(grouped))):
+            series = [c[FLIP_PREFIX + layer] for c in runs if c.get(FLIP_PREFIX + layer)]
+            if series:
+                _seed_lines(ax, series, color, _label(setting))
+        ax.set_title(layer, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        _epoch_axis(ax, _max_epochs(report))
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of signs flipped")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)),
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 4)))
+    fig.suptitle(f"{report.name}: latent-weight sign flips per layer per epoch "
+                 "(Tang et al. 2017, Fig. 2)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def write_plots(report: Report, out_dir: Path) -> dict[str, str]:
+    """Write every plot the runs have data for; {kind: file name} of those written."""
+    written = {}
+    for kind, draw in (("size", accuracy_vs_size), ("curves", training_curves),
+                       ("flip_ratio", flip_ratio)):
+        name = f"{report.name}_{kind}.png"
+        if draw(report, Path(out_dir) / name):
+            written[kind] = name
+    return written
