@@ -1,14 +1,50 @@
-"""Tables in reports/ come from runs: a real (tiny) sweep, grouped and rendered."""
+"""Reports come from runs: settings inferred from resolved configs, seeds aggregated, failed and
+unfinished runs listed, plots written; checked against the runs' own metrics.json."""
 
 from __future__ import annotations
 
 import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bnnbench.report.__main__ import list_tables, main, sweep_keys
-from bnnbench.report.collect import normalize_value, parse_overrides, row_key
-from tests.conftest import CONF, FAST
+from bnnbench.report.collect import load_run, load_runs, normalize_value, parse_overrides, \
+    row_key, swept_keys
+from bnnbench.report.plots import pareto_front
+from bnnbench.report.record import RunRecord
+from tests.conftest import CONF, FAST, ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _record(method: str, seed: int, top1: float | None, **fields) -> RunRecord:
+    return RunRecord(method=method, model="mlp", data="mnist5k", seed=seed, test_top1=top1,
+                     test_top5=None if top1 is None else 99.0, best_val_top1=top1 or 0.0,
+                     num_params=10, epochs=2, wall_time_s=1.0, epoch_time_s=[0.5, 0.5],
+                     curves={"train/loss": [2.0, 1.0], "val/top1": [50.0, 60.0]},
+                     config_hash="h", git_commit="c", device="cpu",
+                     extra={"size": {"total_bytes": 1000 if method == "bnn" else 4000,
+                                     "fp32_bytes": 4000, "compression": 1.0}}, **fields)
+
+
+def _run_dir(root: Path, name: str, config_yaml: str, record: RunRecord | None = None,
+             metrics_text: str | None = None) -> Path:
+    """A run directory as bnnbench leaves it: run.json, config_resolved.yaml, metrics.json."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text("{}")
+    (run_dir / "config_resolved.yaml").write_text(config_yaml)
+    if record is not None:
+        record.write(run_dir)
+    if metrics_text is not None:
+        (run_dir / "metrics.json").write_text(metrics_text)
+    return run_dir
 
 
 def test_every_sweep_file_is_a_table():
@@ -17,34 +53,169 @@ def test_every_sweep_file_is_a_table():
     assert sweep_keys("methods") == ["method"]
 
 
+@pytest.mark.parametrize("a,b", [("1e-2", "0.01"), (0.01, "1e-2"), ("True", True), (3, "3.0")])
+def test_values_compare_as_values(a, b):
+    assert normalize_value(a) == normalize_value(b)
+
+
 def test_override_normalization_matches_published_keys():
-    assert normalize_value("1e-2") == normalize_value("0.01") == "0.01"
-    assert normalize_value("True") == "true"
     settings = parse_overrides(["+method=tang", "optimizer.lr=1e-4", "method.activation=prelu"])
     assert row_key(settings, ["optimizer.lr", "method.activation"]) == \
         "optimizer.lr=0.0001 method.activation=prelu"
 
 
-def test_report_runs_the_sweep_and_writes_the_table(tmp_path):
+def test_swept_settings_come_from_resolved_configs(tmp_path):
+    """1e-2 and 0.01 in two runs' YAML are one setting; what a setting determines (the
+    method's own knobs and optimizer) is not another; seeds are never a setting."""
+    for i, (lr, act, seed) in enumerate([("1e-2", "relu", 0), ("0.01", "relu", 1),
+                                         ("1e-4", "relu", 0), ("0.0001", "prelu", 0)]):
+        _run_dir(tmp_path, f"{i}", f"seed: {seed}\noptimizer:\n  lr: {lr}\n"
+                 f"method:\n  activation: {act}\n  fp_last: true\nlogger:\n  save_dir: /x/{i}\n",
+                 _record("tang", seed, 50.0 + i))
+    runs = load_runs([tmp_path])
+    assert sorted(swept_keys(runs)) == ["method.activation", "optimizer.lr"]
+    # the order a sweep names its keys in is the columns' order
+    assert swept_keys(runs, ["optimizer.lr"]) == ["optimizer.lr", "method.activation"]
+    assert sorted({row_key({k: r.setting(k) for k in ["optimizer.lr"]}, ["optimizer.lr"])
+                   for r in runs}) == ["optimizer.lr=0.0001", "optimizer.lr=0.01"]
+    # a methods sweep: each method brings its own lr and knobs, only `method` is swept
+    methods = tmp_path / "methods"
+    for i, (method, lr) in enumerate([("bnn", 0.003), ("bnn", 0.003), ("tang", 0.0001)]):
+        _run_dir(methods, f"{i}", f"seed: {i}\noptimizer:\n  lr: {lr}\nmethod:\n  "
+                 f"_target_: {method}\n", _record(method, i, 50.0))
+    assert swept_keys(load_runs([methods])) == ["method"]
+
+
+def test_run_statuses_and_malformed_metrics(tmp_path, capsys):
+    config = "seed: 0\n"
+    _run_dir(tmp_path, "ok", config, _record("bnn", 0, 90.0))
+    _run_dir(tmp_path, "failed", config,
+             _record("bnn", 1, None, status="failed", error="CUDA out of memory"))
+    _run_dir(tmp_path, "diverged", config,
+             _record("bnn", 2, None, status="diverged", error="loss is nan at epoch 3"))
+    _run_dir(tmp_path, "killed", config)
+    _run_dir(tmp_path, "broken", config, metrics_text='{"method": ')
+    assert load_run(tmp_path / "broken") is None
+    assert f"{tmp_path / 'broken' / 'metrics.json'} is malformed" in capsys.readouterr().err
+    got = {r.path.name: (r.status, r.error) for r in load_runs([tmp_path])}
+    assert got == {"ok": ("finished", None), "failed": ("failed", "CUDA out of memory"),
+                   "diverged": ("diverged", "loss is nan at epoch 3"),
+                   "killed": ("unfinished", "no metrics.json: stopped before the end "
+                                            "(killed, crashed or refused)")}
+
+
+@pytest.mark.parametrize("sizes,accuracies,front", [
+    ([1, 2, 3], [50, 60, 70], [0, 1, 2]),     # each larger one is more accurate
+    ([1, 2, 3], [70, 60, 80], [0, 2]),        # 2 is larger and worse than 1
+    ([1, 1, 2], [60, 70, 65], [1]),           # same size: the more accurate one
+    ([4, 1], [90, 90], [1]),                  # same accuracy: the smaller one
+])
+def test_pareto_front(sizes, accuracies, front):
+    assert pareto_front(sizes, accuracies) == front
+
+
+def test_report_of_synthetic_runs_lists_every_run(tmp_path):
+    """Mean and std against statistics, failed runs in the list, mixed scales said."""
+    for seed, top1 in enumerate([90.0, 92.0, 97.0]):
+        _run_dir(tmp_path / "runs", f"bnn{seed}", f"seed: {seed}\n", _record("bnn", seed, top1))
+    _run_dir(tmp_path / "runs", "fp0", "seed: 0\n", _record("fp", 0, 98.0))
+    _run_dir(tmp_path / "runs", "fp1", "seed: 1\n",
+             _record("fp", 1, None, status="failed", error="disk full"))
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-plots"])
+    text = (tmp_path / "out" / "report.md").read_text()
+    mean, std = statistics.fmean([90, 92, 97]), statistics.stdev([90, 92, 97])
+    line = next(line for line in text.splitlines() if line.startswith("| method=bnn "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["method=bnn", f"{mean:.2f} ± {std:.2f}", "99.00 ± 0.00", "3", "0,1,2"]
+    line = next(line for line in text.splitlines() if line.startswith("| method=fp "))
+    assert [c.strip() for c in line.strip("|").split("|")][1:4] == ["98.00", "99.00", "1"]
+    assert "mixed scales" not in text
+    assert "## Runs that did not finish" in text and "disk full" in text
+    with open(tmp_path / "out" / "report.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5 and {r["status"] for r in rows} == {"finished", "failed"}
+    assert "\\begin{tabular}" in (tmp_path / "out" / "report.tex").read_text()
+
+
+def test_unknown_target_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["nosuch"])
+    err = capsys.readouterr().err
+    assert "'nosuch' is neither a directory nor a table" in err and "methods" in err
+
+
+@pytest.mark.slow
+def test_adhoc_sweep_through_both_clis(tmp_path):
+    """Done-when of issue 15: 2 methods x 2 seeds, 1 epoch, through `python -m bnnbench -m`
+    (whose callback renders the sweep) and `python -m bnnbench.report <dir>`; a run that fails
+    is listed; CSV values are each run's metrics.json; mean and std are right; PNGs are PNGs."""
+    sweep = tmp_path / "sweep"
+    cli = [sys.executable, "-m", "bnnbench"]
+    done = subprocess.run([*cli, "-m", "+method=bnn,xnor", "seed=0,1", *FAST,
+                           f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the multirun ended with its report: the table on the terminal, the files in <sweep>/report
+    assert "| method=xnor" in done.stdout and (sweep / "report" / "report.md").is_file()
+    # a run that fails (an ABC-Net with 0 bases is refused after the run dir was claimed)
+    failed = subprocess.run([*cli, "+method=abcnet", "method.weight_bases=0", *FAST,
+                             f"hydra.run.dir={sweep}/failed"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert failed.returncode != 0
+
+    out = tmp_path / "out"
+    main([str(sweep), "--out", str(out)])
+    with open(out / "report.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    finished = [r for r in rows if r["status"] == "finished"]
+    assert len(rows) == 5 and len(finished) == 4
+    for row in finished:  # every number is the run's own
+        metrics = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        assert float(row["test_top1"]) == metrics["test_top1"]
+        assert float(row["test_top5"]) == metrics["test_top5"]
+        assert int(row["seed"]) == metrics["seed"] and row["method"] == metrics["method"]
+        assert int(row["size_bytes"]) == metrics["extra"]["size"]["total_bytes"]
+    (bad,) = [r for r in rows if r["status"] != "finished"]
+    assert bad["setting"] == "method=abcnet" and bad["status"] == "unfinished"
+    text = (out / "report.md").read_text()
+    assert "## Runs that did not finish" in text and "method=abcnet" in text
+    for method in ("bnn", "xnor"):
+        top1 = [float(r["test_top1"]) for r in finished if r["method"] == method]
+        cell = f"{statistics.fmean(top1):.2f} ± {statistics.stdev(top1):.2f}"
+        line = next(line for line in text.splitlines() if line.startswith(f"| method={method}"))
+        assert cell in line and "|   2 | 0,1 " in line
+    for png in ("report_size.png", "report_curves.png"):
+        data = (out / png).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        with Image.open(out / png) as image:
+            image.verify()
+            assert image.size[0] > 300 and image.size[1] > 200
+    # rerendering is idempotent
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    main([str(sweep), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_named_table_runs_its_sweep_with_verdicts(tmp_path):
     main(["tang_table5", "--run", "--runs-root", str(tmp_path / "multirun"),
           "--out", str(tmp_path / "reports"), "--", *FAST, "seed=0,1"])
     text = (tmp_path / "reports" / "tang_table5.md").read_text()
     # the paper's claim, tested on these runs: our difference over 2 seeds vs the paper's +6.5
     claim = next(line for line in text.splitlines() if line.startswith("| m = 2 > m = 1"))
     assert "(n = 2)" in claim and "| +6.5 |" in claim
-    assert any(v in claim for v in ("| reproduced |", "| not reproduced |", "| inconclusive"))
+    assert "inconclusive (fewer than 3 seeds)" in claim
     assert "python -m bnnbench.report tang_table5 --run" in text
     assert "mnist5k" in text and "epochs: 1" in text
+    # Tang Table 5's printed numbers, in their own column group, on the rows they belong to
+    assert "paper (ImageNet, NIN) top-1" in text
+    line = next(line for line in text.splitlines()
+                if line.startswith("| method.activation_bits=2"))
+    assert "45.8" in line
     with open(tmp_path / "reports" / "tang_table5.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["setting"] for r in rows] == ["method.activation_bits=1", "method.activation_bits=2"]
-    assert [r["seeds"] for r in rows] == ["0,1", "0,1"]
-    assert [r["paper top-1"] for r in rows] == ["39.3", "45.8"]  # Tang Table 5, from the CSV
-    assert all(0 <= float(r["top-1 (%)"].split(" ± ")[0]) <= 100 for r in rows)
-
-
-def test_unknown_table_is_one_line(capsys):
-    with pytest.raises(SystemExit):
-        main(["nosuch"])
-    err = capsys.readouterr().err
-    assert "unknown table 'nosuch'" in err and "methods" in err
+    assert sorted((r["setting"], r["seed"]) for r in rows) == [
+        ("method.activation_bits=1", "0"), ("method.activation_bits=1", "1"),
+        ("method.activation_bits=2", "0"), ("method.activation_bits=2", "1")]
+    assert all(0 <= float(r["test_top1"]) <= 100 for r in rows)
+    # the sweep's own callback report was switched off: this command renders it
+    assert not list((tmp_path / "multirun").rglob("report/*.md"))
