@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bnnbench.methods import list_methods
 from tests.conftest import CONF
@@ -32,8 +33,9 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 @pytest.mark.parametrize("group, option", CASES, ids=[f"{g}/{o}" for g, o in CASES])
 def test_config_file_composes_and_instantiates(make_cfg, group, option):
     cfg = make_cfg([override(group, option), *REQUIRED.get((group, option), [])])
-    if group == "sweep":  # a table: fixes one method, or (``methods``) sweeps over all of them
-        assert ("method" in cfg) != (option == "methods")
+    if group == "sweep":  # a table: fixes one method, or sweeps over all of them (+method=...)
+        params = OmegaConf.load(CONF / "sweep" / f"{option}.yaml").hydra.sweeper.params
+        assert ("method" in cfg) != ("+method" in params)
         return
     if group == "preset":  # a paper's experiment: its method, model and data together
         data = instantiate(cfg.data)

@@ -1,4 +1,4 @@
-"""Reports from runs: ``python -m bnnbench.report <dir|table> [...] [--out DIR] [--run] [-- overrides]``.
+"""Reports from runs: ``python -m bnnbench.report <dir|table> [...] [--out DIR] [--run]``.
 
 * ``<dir> [<dir> ...]``: any run or multirun directories, rendered together. The swept settings
   are inferred from the runs' resolved configs, seeds are aggregated (mean ± std, n), and
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bnnbench.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+", metavar="dir|table",
-                        help=f"run/multirun directories, 'all' or tables: {', '.join(list_tables())}")
+                        help="run/multirun directories, 'all' or tables: "
+                        f"{', '.join(list_tables())}")
     parser.add_argument("--run", action="store_true", help="launch a table's sweep first")
     parser.add_argument("--runs", type=Path, help="render a table from these runs instead of "
                         "its newest sweep")

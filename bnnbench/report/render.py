@@ -60,7 +60,8 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
             "method": run.choices.get("method"), "model": run.choices.get("model"),
             "data": run.choices.get("data"),
             "epochs": rec.epochs if rec else (int(float(max_epochs)) if max_epochs else None),
-            "test_top1": rec.test_top1 if rec else None, "test_top5": rec.test_top5 if rec else None,
+            "test_top1": rec.test_top1 if rec else None,
+            "test_top5": rec.test_top5 if rec else None,
             "best_val_top1": rec.best_val_top1 if rec else None,
             "num_params": rec.num_params if rec else None,
             "size_bytes": size.get("total_bytes"), "fp32_bytes": size.get("fp32_bytes"),
@@ -73,8 +74,10 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
         })
     columns = ["setting", *[k for k in keys if k not in LONG_COLUMNS],
                *[c for c in LONG_COLUMNS if c != "setting"]]
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=columns)
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    # counts stay integers beside a run that has none (pandas would make the column float)
+    return frame.astype({c: "Int64" for c in ("seed", "epochs", "num_params", "size_bytes",
+                                              "fp32_bytes")})
 
 
 def finished(long: pd.DataFrame) -> pd.DataFrame:
