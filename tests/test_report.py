@@ -17,6 +17,7 @@ from bnnbench.report.__main__ import list_tables, main, sweep_keys
 from bnnbench.report.collect import load_run, load_runs, normalize_value, parse_overrides, \
     row_key, swept_keys
 from bnnbench.report.plots import pareto_front
+from bnnbench.report.render import pivot_frame, runs_frame
 from bnnbench.report.record import RunRecord
 from tests.conftest import CONF, FAST, ROOT
 
@@ -219,3 +220,19 @@ def test_named_table_runs_its_sweep_with_verdicts(tmp_path):
     assert all(0 <= float(r["test_top1"]) <= 100 for r in rows)
     # the sweep's own callback report was switched off: this command renders it
     assert not list((tmp_path / "multirun").rglob("report/*.md"))
+
+
+def test_two_settings_pivot_into_a_grid(tmp_path):
+    """ABC-Net's M x N: rows M, columns N, numeric order, mean ± std of each cell's seeds."""
+    top1 = {(1, 1): [40.0, 42.0], (1, 5): [50.0, 50.0], (5, 1): [60.0, 64.0], (5, 5): [70.0]}
+    for (m, n), values in top1.items():
+        for seed, value in enumerate(values):
+            _run_dir(tmp_path, f"m{m}n{n}s{seed}", f"seed: {seed}\nmethod:\n  weight_bases: {m}"
+                     f"\n  activation_bases: {n}\n", _record("abcnet", seed, value))
+    runs = load_runs([tmp_path])
+    keys = swept_keys(runs, ["method.weight_bases", "method.activation_bases"])
+    grid = pivot_frame(runs_frame(runs, keys), keys)
+    assert list(grid.index) == ["1", "5"] and list(grid.columns) == ["1", "5"]
+    assert grid.loc["1", "1"] == f"41.00 ± {statistics.stdev([40, 42]):.2f}"
+    assert grid.loc["5", "1"] == f"62.00 ± {statistics.stdev([60, 64]):.2f}"
+    assert grid.loc["5", "5"] == "70.00"
