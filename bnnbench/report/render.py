@@ -151,11 +151,13 @@ def pivot_frame(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame | None:
         return None
 
     def order(values: pd.Series) -> list[str]:
-        unique = list(dict.fromkeys(values))
-        try:
-            return sorted(unique, key=float)
-        except ValueError:
-            return unique
+        """Numbers ascending, then the rest ('null': ABC-Net's full-precision activations)."""
+        def number(text: str) -> float:
+            try:
+                return float(text)
+            except ValueError:
+                return math.inf
+        return sorted(dict.fromkeys(values), key=number)
 
     table = done.pivot_table(index=keys[0], columns=keys[1], values="test_top1",
                              aggfunc=lambda s: fmt(s.mean(), s.std()))
