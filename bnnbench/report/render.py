@@ -242,7 +242,7 @@ def build_report(runs: list[Run], keys: list[str], *, name: str, title: str, com
                            r.record.curves) for r in runs if r.finished and r.record])
 
 
-def markdown(report: Report, out_dir: Path) -> str:
+def markdown(report: Report) -> str:
     sources = ", ".join(f"`{s}`" for s in report.sources)
     text = [
         f"# {report.title}", "",
@@ -296,7 +296,7 @@ def write_report(report: Report, out_dir: Path, *, plots: bool = True) -> list[P
 
         report.plots = write_plots(report, out_dir)
         written += [out_dir / p for p in report.plots.values()]
-    written.append(write_atomic(out_dir / f"{report.name}.md", markdown(report, out_dir)))
+    written.append(write_atomic(out_dir / f"{report.name}.md", markdown(report)))
     written.append(write_atomic(out_dir / f"{report.name}.csv",
                                 report.long.to_csv(index=False)))
     latex = report.summary.to_latex(index=False, escape=True, multicolumn=True,
