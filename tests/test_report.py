@@ -236,3 +236,17 @@ def test_two_settings_pivot_into_a_grid(tmp_path):
     assert grid.loc["1", "1"] == f"41.00 ± {statistics.stdev([40, 42]):.2f}"
     assert grid.loc["5", "1"] == f"62.00 ± {statistics.stdev([60, 64]):.2f}"
     assert grid.loc["5", "5"] == "70.00"
+
+
+def test_callback_never_fails_a_finished_sweep(tmp_path, capsys):
+    """A sweep whose report cannot be rendered (here: no run at all) still ends normally, with
+    one line naming the command to retry."""
+    from omegaconf import OmegaConf
+
+    from bnnbench.report.callback import RenderReport
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}})
+    RenderReport().on_multirun_end(config=config)
+    err = capsys.readouterr().err
+    assert "the sweep's report was not written (no run under" in err
+    assert f"python -m bnnbench.report {tmp_path / 'empty'}" in err
