@@ -651,6 +651,9 @@ def kernel_route(layer: nn.Module) -> str | None:
       ``multibit_xnor_gemm`` for a linear layer, m packed convolutions for a conv;
     * ``"binary_weight"``: BinaryConnect / BWN linear layers (float inputs):
       ``binary_weight_gemm`` (no kernel for a conv with float inputs: those keep their forward).
+    * ``"own"``: a layer class that defines ``kernel_forward(x, kernels, packed, scale)``
+      (Bi-Real Net / ReActNet sign x sign layers, XNOR-Net++'s Gamma-scaled ones,
+      :mod:`bnnbench.nn.modern_layers`) computes its packed forward itself.
 
     The scaled routes equal the trained forward up to float rounding (the sums are taken in
     another order), the ``sign`` route exactly.
@@ -664,6 +667,8 @@ def kernel_route(layer: nn.Module) -> str | None:
         return None
     if isinstance(layer, nn.Conv2d) and layer.dilation != (1, 1):
         return None
+    if callable(getattr(layer, "kernel_forward", None)):
+        return "own"  # the layer runs its sign x sign product on the kernels itself
     sign_inputs = type(iq) is SignQuantizer and not iq.stochastic
     if type(layer) in (XnorLinear, XnorConv2d) and sign_inputs:
         return "xnor"
@@ -791,9 +796,15 @@ def _residual_conv(self: nn.Module, x: Tensor) -> Tensor:
     return y
 
 
+def _own_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """The layer's own packed forward (its ``kernel_forward``) on the stored signs and scale."""
+    return self.kernel_forward(x, _kernels(), self.xnor_weight, self.xnor_scale)
+
+
 _LINEAR_FORWARDS = {"sign": _sign_linear, "xnor": _xnor_linear, "residual": _residual_linear,
-                    "binary_weight": _binary_weight_linear}
-_CONV_FORWARDS = {"sign": _sign_conv, "xnor": _xnor_conv, "residual": _residual_conv}
+                    "binary_weight": _binary_weight_linear, "own": _own_forward}
+_CONV_FORWARDS = {"sign": _sign_conv, "xnor": _xnor_conv, "residual": _residual_conv,
+                  "own": _own_forward}
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -4,6 +4,7 @@ Each method module is imported here explicitly so that the registry is complete 
 """
 
 from bnnbench.methods import abcnet, binaryconnect, bnn, dorefa, fp, tang, xnor  # noqa: F401
+from bnnbench.methods import bireal, reactnet, xnorpp  # noqa: F401
 from bnnbench.methods.base import (
     BinarizationMethod,
     create_method,

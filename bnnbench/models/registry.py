@@ -15,6 +15,9 @@ from torch import nn
 from bnnbench.errors import BnnbenchError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# create_model records (in_chans, img_size, img_size) here: a method whose parameters depend on
+# the feature-map sizes (XNOR-Net++'s factorized scales) reads it
+INPUT_SHAPE_ATTR = "bnnbench_input_shape"
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -34,14 +37,16 @@ def create_model(name: str, *, in_chans: int, num_classes: int, img_size: int,
                  **kwargs: Any) -> nn.Module:
     """Build a registered model, or any timm model by name, for the given data geometry."""
     if name in _MODELS:
-        return _MODELS[name](in_chans=in_chans, num_classes=num_classes, img_size=img_size,
-                             **kwargs)
-    from bnnbench.models.resnet import timm_model  # timm is imported only when needed
+        model = _MODELS[name](in_chans=in_chans, num_classes=num_classes, img_size=img_size,
+                              **kwargs)
+    else:
+        from bnnbench.models.resnet import timm_model  # timm is imported only when needed
 
-    try:
-        return timm_model(name, in_chans=in_chans, num_classes=num_classes, img_size=img_size,
-                          **kwargs)
-    except RuntimeError as err:  # timm: "Unknown model (...)"
-        raise BnnbenchError(
-            f"unknown model {name!r}: use one of {', '.join(list_models())} or a timm model name"
-        ) from err
+        try:
+            model = timm_model(name, in_chans=in_chans, num_classes=num_classes,
+                               img_size=img_size, **kwargs)
+        except RuntimeError as err:  # timm: "Unknown model (...)"
+            raise BnnbenchError(f"unknown model {name!r}: use one of "
+                                f"{', '.join(list_models())} or a timm model name") from err
+    setattr(model, INPUT_SHAPE_ATTR, (in_chans, img_size, img_size))
+    return model
