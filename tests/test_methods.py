@@ -21,6 +21,7 @@ from bnnbench.errors import BnnbenchError
 from bnnbench.methods import create_method, get_method_class, list_methods
 from bnnbench.methods.base import layers_to_binarize
 from bnnbench.models import create_model
+from bnnbench.models.registry import INPUT_SHAPE_ATTR
 from bnnbench.nn.blocks import XNOR_ORDER, ConvBlock
 from bnnbench.nn.layers import is_quantized, quantized_layers
 from bnnbench.nn.paper_layers import GradQuantLinear, Scale, XnorConv2d, XnorLinear
@@ -53,6 +54,13 @@ def build(model: str) -> nn.Module:
     return create_model(model, in_chans=1, num_classes=10, img_size=28, **kw)
 
 
+def build_sized(model: str) -> nn.Module:
+    """:func:`build` with the input size recorded, as create_model does (XNOR-Net++ reads it)."""
+    net = build(model)
+    setattr(net, INPUT_SHAPE_ATTR, (1, 28, 28))
+    return net
+
+
 def count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -80,6 +88,18 @@ EXTRA_PARAMS = {
     # mlp: the output BatchNorm (2 x 10) goes, a bias (10) on the last layer replaces its shift
     ("tang", "mlp"): 3 * 64 + 1 - 2 * 10 + 10, ("tang", "resnet18"): 64 + 2 * 1920 + 1,
     ("tang", "cnn"): 64 + 1, ("tang", "blocks"): 40 + 1,
+    # ReActNet: per binary unit an RSign shift (input channels) and an RPReLU (3 x output
+    # channels); resnet18: 16 units, layer1 4 x (64 + 3*64), layer2 (64 + 3*128) + 3 x (128 +
+    # 3*128), layer3 (128 + 3*256) + 3 x (256 + 3*256), layer4 (256 + 3*512) + 3 x (512 + 3*512)
+    ("reactnet", "mlp"): 2 * (64 + 3 * 64),
+    ("reactnet", "resnet18"): 4 * 256 + 448 + 3 * 512 + 896 + 3 * 1024 + 1792 + 3 * 2048,
+    ("reactnet", "cnn"): (8 + 24) + (8 + 48) + (576 + 96), ("reactnet", "blocks"): 56 + 64,
+    # XNOR-Net++: XNOR-Net's extra BatchNorms plus Gamma = o + h_out + w_out per binary conv (o per
+    # binary Linear); resnet18 on 28 x 28: layer1-4 maps 28, 14, 7, 4 (4 convs each; layer2-4 a
+    # binary downsample each)
+    ("xnorpp", "mlp"): 2 * 64,
+    ("xnorpp", "resnet18"): 2 * 1920 + 4 * 120 + 5 * 156 + 5 * 270 + 5 * 520,
+    ("xnorpp", "cnn"): 2 * 576 + (8 + 56) + (16 + 12) + 32, ("xnorpp", "blocks"): -16 + 72 + 44,
 }
 
 
@@ -99,7 +119,7 @@ def test_method_registry_matches_the_config_files(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_convert_binarizes_the_right_layers(method, model):
     torch.manual_seed(0)
-    net = build(model)
+    net = build_sized(model)
     before = count(net)
     m = create_method(method)
     expected = set() if method == "fp" else set(
