@@ -24,6 +24,7 @@ from bnnbench.errors import BnnbenchError, Preempted, check_range
 from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
+from bnnbench.recipes import warm_start
 from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
@@ -176,6 +177,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
     net = build_model(spec, geometry)
     method = build_method(spec)
     net = method.convert(net)
+    warm = warm_start(net, cfg.init) if cfg.get("init") else None
     size = account(net, "deployed", (geometry["in_chans"], geometry["img_size"],
                                      geometry["img_size"])).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -219,7 +221,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=recorder.curves,
         config_hash=config_hash(recipe), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
-        extra={"size": {k: size[k] for k in SIZE_SUMMARY}},
+        extra={"size": {k: size[k] for k in SIZE_SUMMARY},
+               **({"init": warm.to_dict()} if warm is not None else {})},
     )
     if trainer.is_global_zero:
         record.write(run_dir)

@@ -1,0 +1,60 @@
+"""Recipes that compose with any method: warm start from a run (``init=``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.export import load_checkpoint
+from bnnbench.methods import create_method
+from bnnbench.models import create_model
+from bnnbench.recipes import source_names, warm_start
+from bnnbench.train import run
+from tests.conftest import FAST
+
+MLP = ["model.hidden_features=32"]
+
+
+def test_source_names_drop_layer_wrappers():
+    assert source_names("6.layer.weight") == ["6.layer.weight", "6.weight"]
+    assert source_names("layer1.0.conv1.layer.weight") == ["layer1.0.conv1.layer.weight",
+                                                           "layer1.0.conv1.weight"]
+    assert source_names("fc.bias") == ["fc.bias"]
+
+
+@pytest.mark.slow
+def test_binary_run_warm_starts_from_a_full_precision_run(make_cfg):
+    """Bi-Real's recipe: train the real network, then binarize it starting from its weights."""
+    run(make_cfg([*FAST, *MLP]))
+    fp_dir = Path(HydraConfig.get().runtime.output_dir)
+    fp_state, _ = load_checkpoint(fp_dir / "checkpoints" / "last.ckpt")
+
+    torch.manual_seed(0)
+    net = create_method("bireal").convert(
+        create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32))
+    warm = warm_start(net, fp_dir)
+    state = net.state_dict()
+    # the binary hidden layer (now a Bi-Real unit, its Linear at 6.layer) takes the real weights
+    torch.testing.assert_close(state["6.layer.weight"], fp_state["6.weight"])
+    torch.testing.assert_close(state["2.weight"], fp_state["2.weight"])  # the real first layer
+    torch.testing.assert_close(state["3.running_var"], fp_state["3.running_var"])
+    # the BatchNorm that moved into the unit has no source of its new name: left as initialised
+    assert "6.norm.weight" in warm.kept and "6.layer.weight" in warm.loaded
+
+    record = run(make_cfg([*FAST, *MLP, "+method=bireal", f"init={fp_dir}"]))
+    assert record.extra["init"]["loaded"] == len(warm.loaded)
+    assert record.extra["init"]["source"].endswith("last.ckpt")
+
+
+def test_bad_init_is_one_line(tmp_path, make_cfg):
+    net = create_method("bnn").convert(
+        create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32))
+    with pytest.raises(BnnbenchError, match="neither a run directory nor a .ckpt") as info:
+        warm_start(net, tmp_path / "nothing")
+    assert "\n" not in str(info.value)
+    with pytest.raises(BnnbenchError, match="no checkpoint at"):
+        warm_start(net, tmp_path)
