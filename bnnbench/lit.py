@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from bnnbench.methods.base import BinarizationMethod
+from bnnbench.recipes import distillation_loss
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[[Optimizer], Any]
@@ -28,7 +29,9 @@ def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -
 class BNNModule(pl.LightningModule):
     """Trains ``net`` (already converted by ``method``) with the method's loss and hooks.
 
-    Logged: ``train/loss`` (task loss + regularizer), ``val/top1``, ``val/top5``, ``val/loss``,
+    With a ``teacher`` (a frozen network), the task loss is ``(1 - kd_weight) * method loss +
+    kd_weight * distillation_loss(logits, teacher(x), kd_temperature)``.
+    Logged: ``train/loss`` (task loss + regularizer), ``train/kd`` (with a teacher), ``val/top1``, ``val/top5``, ``val/loss``,
     ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
     The learning rate of a parameter group is ``optimizer lr * group['lr_scale']`` (default 1).
     A ReduceLROnPlateau scheduler watches the training loss (Tang et al.: "halved once the
@@ -36,12 +39,22 @@ class BNNModule(pl.LightningModule):
     """
 
     def __init__(self, net: nn.Module, method: BinarizationMethod,
-                 optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None) -> None:
+                 optimizer: OptimizerFactory, scheduler: SchedulerFactory | None = None,
+                 teacher: nn.Module | None = None, kd_temperature: float = 1.0,
+                 kd_weight: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.method = method
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # a list, not a submodule: the frozen teacher is not saved in every checkpoint
+        self.teacher = [teacher] if teacher is not None else []
+        self.kd_temperature = kd_temperature
+        self.kd_weight = kd_weight
+
+    def on_fit_start(self) -> None:
+        for teacher in self.teacher:
+            teacher.to(self.device).eval()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -50,6 +63,12 @@ class BNNModule(pl.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = self.method.loss(logits, y)
+        if self.teacher:  # knowledge distillation (bnnbench.recipes.distillation_loss)
+            with torch.no_grad():
+                target = self.teacher[0](x)
+            kd = distillation_loss(logits, target, self.kd_temperature)
+            self.log("train/kd", kd, on_step=False, on_epoch=True, batch_size=len(y))
+            loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
         reg = self.method.regularizer(self.net)
         if reg is not None:
             self.log("train/regularizer", reg, on_step=False, on_epoch=True, batch_size=len(y))

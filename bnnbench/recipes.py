@@ -1,4 +1,5 @@
-"""Training recipes that compose with any method: warm start (``init=``).
+"""Training recipes that compose with any method: warm start (``init=``) and knowledge
+distillation from a teacher run (``teacher=``, ``kd.temperature``, ``kd.weight``).
 
 ``init=<run dir or .ckpt>`` starts a run from another run's weights, mapped by name: a
 full-precision run (Bi-Real Net's and DoReFa's recipe: train the real network first), or stage 1
@@ -8,6 +9,9 @@ The latent weights of a binary layer take the source layer's real weights; every
 the name and the shape agree. A method that wraps a layer (``<name>.layer``: XNOR-Net's input
 BatchNorm, Bi-Real units on plain hosts) still finds its source ``<name>``. The optimizer, the
 epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
+
+``teacher=<run dir>`` trains with ``(1 - kd.weight) * method loss + kd.weight * KD``
+(:func:`distillation_loss`); ReActNet's recipe is ``kd.weight=1 kd.temperature=1``.
 """
 
 from __future__ import annotations
@@ -86,3 +90,42 @@ def warm_start(net: nn.Module, source: str | Path) -> WarmStart:
         raise BnnbenchError(f"init={source}: {path} shares no tensor (same name and shape) with "
                             "this network; warm-start from a run of the same model")
     return WarmStart(str(path), loaded, kept)
+
+
+# ---------------------------------------------------------------------------------- distillation
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    r"""Knowledge distillation on logits (Hinton et al. 2015):
+
+        ``T^2 * mean_batch KL(softmax(t / T) || softmax(s / T))``
+
+    with the teacher's logits ``t`` constant. At ``T = 1`` this is ReActNet's distributional loss
+    (the authors' ``DistributionLoss``, ``-sum softmax(t) log_softmax(s)``) minus the teacher's
+    entropy, a constant: the same gradient, ``dL/ds = softmax(s) - softmax(t)`` per sample
+    (divided by the batch size). ``T^2`` keeps the gradient's scale as ``T`` grows.
+    """
+    t = temperature
+    log_p = torch.log_softmax(student / t, dim=-1)
+    q = torch.softmax(teacher.detach() / t, dim=-1)
+    return torch.nn.functional.kl_div(log_p, q, reduction="batchmean") * t * t
+
+
+def load_teacher(source: str | Path, geometry: dict[str, int]) -> nn.Module:
+    """A trained run's network as a frozen teacher (eval mode, no gradients), built from its own
+    checkpoint spec. Its data geometry must be this run's (the logits must mean the same
+    classes). bnnbench never downloads weights: a pretrained timm model is not a teacher here;
+    train it as a run first (``model=<timm name>`` without a method)."""
+    from bnnbench.export import load_trained
+
+    path = Path(source)
+    if not path.is_dir():
+        raise BnnbenchError(f"teacher={source} is not a run directory; train the teacher first "
+                            "(`python -m bnnbench model=...`) and pass its run directory")
+    net, _spec, teacher_geometry = load_trained(path)
+    if teacher_geometry != geometry:
+        raise BnnbenchError(f"teacher={source} was trained on data of geometry "
+                            f"{teacher_geometry}, this run's is {geometry}; distil from a "
+                            "teacher of the same classes and input size")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()

@@ -24,7 +24,7 @@ from bnnbench.errors import BnnbenchError, Preempted, check_range
 from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
-from bnnbench.recipes import warm_start
+from bnnbench.recipes import load_teacher, warm_start
 from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
@@ -56,6 +56,10 @@ def validate(cfg: DictConfig) -> None:
     check_range("optimizer.lr", cfg.optimizer.lr, low=0, low_inclusive=False)
     check_range("data.batch_size", cfg.data.batch_size, low=1)
     check_range("seed", cfg.seed, low=0)
+    if cfg.get("teacher"):
+        kd = cfg.get("kd") or {}
+        check_range("kd.temperature", kd.get("temperature", 1.0), low=0, low_inclusive=False)
+        check_range("kd.weight", kd.get("weight", 1.0), low=0, high=1)
 
 
 def choice(group: str, default: str) -> str:
@@ -181,7 +185,11 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
     size = account(net, "deployed", (geometry["in_chans"], geometry["img_size"],
                                      geometry["img_size"])).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler)
+    kd = cfg.get("kd") or {}
+    teacher = load_teacher(cfg.teacher, geometry) if cfg.get("teacher") else None
+    module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+                       teacher=teacher, kd_temperature=float(kd.get("temperature", 1.0)),
+                       kd_weight=float(kd.get("weight", 1.0)))
 
     recorder = EpochRecorder()
     # saved at the end of each training epoch, after the recorder's curves: a resume continues

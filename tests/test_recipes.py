@@ -58,3 +58,47 @@ def test_bad_init_is_one_line(tmp_path, make_cfg):
     assert "\n" not in str(info.value)
     with pytest.raises(BnnbenchError, match="no checkpoint at"):
         warm_start(net, tmp_path)
+
+
+# ---------------------------------------------------------------------------------- distillation
+def test_distillation_loss_is_reactnets_distributional_loss_up_to_a_constant():
+    """At T = 1: KL(q || p) = -sum q log p - H(q), the authors' DistributionLoss minus the
+    teacher's entropy; gradient (softmax(s) - softmax(t)) / batch."""
+    from bnnbench.recipes import distillation_loss
+
+    torch.manual_seed(0)
+    s = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(6, 5, dtype=torch.float64)
+    q = torch.softmax(t, -1)
+    authors = -(q * torch.log_softmax(s, -1)).sum(-1).mean()
+    entropy = -(q * torch.log(q)).sum(-1).mean()
+    loss = distillation_loss(s, t, 1.0)
+    torch.testing.assert_close(loss, authors - entropy)
+    loss.backward()
+    torch.testing.assert_close(s.grad, (torch.softmax(s.detach(), -1) - q) / 6)
+    # temperature T: T^2 KL between the softened distributions
+    s4 = s.detach() / 4
+    q4 = torch.softmax(t / 4, -1)
+    want = 16 * (q4 * (torch.log(q4) - torch.log_softmax(s4, -1))).sum(-1).mean()
+    torch.testing.assert_close(distillation_loss(s.detach(), t, 4.0), want)
+
+
+@pytest.mark.slow
+def test_binary_student_distils_from_a_teacher_run(make_cfg, tmp_path):
+    run(make_cfg([*FAST, *MLP]))
+    teacher_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run(make_cfg([*FAST, *MLP, "+method=reactnet", f"teacher={teacher_dir}",
+                           "kd.weight=0.5", "kd.temperature=2"]))
+    assert len(record.curves["train/loss"]) == 1
+    assert all(v == v for v in record.curves["train/loss"])  # finite, not NaN
+
+
+def test_bad_teacher_is_one_line(make_cfg, tmp_path):
+    from bnnbench.recipes import load_teacher
+
+    with pytest.raises(BnnbenchError, match="is not a run directory") as info:
+        load_teacher("resnet18", {"in_chans": 1, "num_classes": 10, "img_size": 28})
+    assert "\n" not in str(info.value)
+    with pytest.raises(Exception) as info:
+        run(make_cfg([*FAST, *MLP, f"teacher={tmp_path}", "kd.temperature=0"]))
+    assert "kd.temperature=0" in str(info.value)
