@@ -31,8 +31,8 @@ class BNNModule(pl.LightningModule):
 
     With a ``teacher`` (a frozen network), the task loss is ``(1 - kd_weight) * method loss +
     kd_weight * distillation_loss(logits, teacher(x), kd_temperature)``.
-    Logged: ``train/loss`` (task loss + regularizer), ``train/kd`` (with a teacher), ``val/top1``, ``val/top5``, ``val/loss``,
-    ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
+    Logged: ``train/loss`` (task loss + regularizer), ``train/kd`` (with a teacher), ``val/top1``,
+    ``val/top5``, ``val/loss``, ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
     The learning rate of a parameter group is ``optimizer lr * group['lr_scale']`` (default 1).
     A ReduceLROnPlateau scheduler watches the training loss (Tang et al.: "halved once the
     training loss stops decreasing"); other schedulers step once per epoch.
