@@ -50,7 +50,7 @@ def test_binary_run_warm_starts_from_a_full_precision_run(make_cfg):
     assert record.extra["init"]["source"].endswith("last.ckpt")
 
 
-def test_bad_init_is_one_line(tmp_path, make_cfg):
+def test_bad_init_is_one_line(tmp_path):
     net = create_method("bnn").convert(
         create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32))
     with pytest.raises(BnnbenchError, match="neither a run directory nor a .ckpt") as info:

@@ -15,7 +15,7 @@ from torch import nn
 from bnnbench.methods.base import register_method
 from bnnbench.methods.bireal import _UnitMethod
 from bnnbench.nn.layers import quantized_layers
-from bnnbench.nn.modern_layers import RPReLU, LearnableShift
+from bnnbench.nn.modern_layers import LearnableShift, RPReLU
 
 
 @register_method
