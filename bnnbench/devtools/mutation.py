@@ -1,0 +1,269 @@
+"""Mutation check of the method math (issue 10, "Proof"): which code changes do the fast tests miss?
+
+Runs mutmut 3 (``pip install mutmut``; configured in pyproject's ``[tool.mutmut]``: what is
+mutated, which fast tests run) and writes ``reports/mutation.md``: the commit, date, tool version
+and test command, the count of mutants per file and status, and every surviving mutant with a
+one-line diff. Not run by CI: a full run is long (a few thousand mutants), so the run is
+time-boxed (``--budget-min``) and resumable: mutmut keeps each mutant's result under
+``mutants/`` and a later run continues with the unchecked ones (fastest first).
+
+    python -m bnnbench.devtools.mutation --out reports/mutation.md            # run, then report
+    python -m bnnbench.devtools.mutation --recheck-survivors                  # after adding tests
+    python -m bnnbench.devtools.mutation --report-only                        # no run
+
+``--recheck-survivors`` reruns only the mutants that survived before (a new test can kill a
+survivor; it cannot revive a killed mutant), and the report then shows both counts, before and
+after. ``--fresh`` deletes ``mutants/`` first (needed after the mutated sources change).
+mutmut forks one worker per mutant from a process that already imported torch, so torch's
+thread pools are limited to one thread (``OMP_NUM_THREADS=1``) to keep forks safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import BnnbenchError, call_or_exit
+from bnnbench.files import write_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+MUTANTS = ROOT / "mutants"
+STATE_NAME = "mutation.json"  # beside the report: every mutant's status, for before/after
+
+# mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped for the report.
+STATUS_BY_EXIT_CODE: dict[int | None, str] = {
+    1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+    35: "suspicious", 36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout",
+    255: "timeout", -11: "segfault", -9: "killed (memory)", 37: "caught by type check",
+    None: "not checked",
+}
+STATUSES = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault",
+            "killed (memory)", "skipped", "caught by type check", "not checked")
+
+
+def mutmut_config() -> dict[str, Any]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    try:
+        return config["tool"]["mutmut"]
+    except KeyError:
+        raise BnnbenchError("pyproject.toml has no [tool.mutmut] section; add it "
+                            "(see the one in the bnnbench repository)") from None
+
+
+def mutmut_version() -> str:
+    try:
+        return metadata.version("mutmut")
+    except metadata.PackageNotFoundError:
+        raise BnnbenchError("mutmut is not installed; run `pip install mutmut` (>= 3.8)") from None
+
+
+def test_command(config: dict[str, Any]) -> str:
+    args = [*config.get("pytest_add_cli_args_test_selection", []),
+            *config.get("pytest_add_cli_args", [])]
+    quoted = [a if a and " " not in a else f'"{a}"' for a in args]
+    return "python -m pytest -x " + " ".join(quoted)
+
+
+def run_mutmut(names: list[str], max_children: int, budget_s: float) -> tuple[int | None, float]:
+    """Run ``mutmut run`` (all mutants, or ``names``) for at most ``budget_s``; returns
+    (exit status or None when stopped at the budget, seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    MUTANTS.mkdir(exist_ok=True)
+    log = MUTANTS / "mutmut-run.log"
+    # the console script, not `python -m mutmut`: mutmut's module must not run twice (its GH-466)
+    script = Path(sys.executable).with_name("mutmut")
+    executable = str(script) if script.is_file() else shutil.which("mutmut") or "mutmut"
+    command = [executable, "run", "--max-children", str(max_children), *names]
+    start = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            status: int | None = proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # mutmut stops its workers and saves on SIGINT
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            status = None
+    return status, time.monotonic() - start
+
+
+def collect() -> dict[str, dict[str, Any]]:
+    """Every mutant mutmut generated: ``{name: {"file", "status"}}``, from ``mutants/**/*.meta``."""
+    result: dict[str, dict[str, Any]] = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        source = meta.relative_to(MUTANTS).with_suffix("").as_posix()
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            result[name] = {"file": source,
+                            "status": STATUS_BY_EXIT_CODE.get(code, "suspicious")}
+    return result
+
+
+def one_line_diff(name: str, source: str) -> str:
+    """``old`` -> ``new`` of the changed line (mutmut's diff reduced to its first -/+ pair)."""
+    old_cwd = os.getcwd()
+    os.chdir(ROOT)  # mutmut reads its config from the working directory
+    try:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+        diff = get_diff_for_mutant(name, path=MUTANTS / source)
+    except Exception as err:  # a broken index must not lose the rest of the report
+        return f"(no diff: {type(err).__name__})"
+    finally:
+        os.chdir(old_cwd)
+    removed = [line[1:].strip() for line in diff.splitlines()
+               if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:].strip() for line in diff.splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    old = removed[0] if removed else ""
+    new = added[0] if added else "(line removed)"
+    return f"`{old}` -> `{new}`".replace("|", "\\|")
+
+
+def counts_by_file(mutants: dict[str, dict[str, Any]]) -> dict[str, Counter]:
+    table: dict[str, Counter] = {}
+    for info in mutants.values():
+        table.setdefault(info["file"], Counter())[info["status"]] += 1
+    return dict(sorted(table.items()))
+
+
+def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
+           config: dict[str, Any], run_notes: list[str]) -> str:
+    from bnnbench.report.record import git_commit
+
+    table = counts_by_file(mutants)
+    used = [s for s in STATUSES if any(c[s] for c in table.values())]
+    lines = [
+        "# Mutation check",
+        "",
+        "Generated by `python -m bnnbench.devtools.mutation` (issue 10, \"Proof\"); not run by CI.",
+        "A mutant is one small change to the code (an operator swapped, a constant changed, a "
+        "call's argument dropped, a statement removed); a test run that still passes lets it "
+        "*survive*: nothing in the fast tests depends on that piece of behaviour.",
+        "",
+        f"- commit: `{git_commit(ROOT)}`",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- tool: mutmut {mutmut_version()}, Python {sys.version.split()[0]}",
+        f"- mutated: {', '.join(f'`{p}`' for p in config.get('only_mutate', []))}",
+        f"- tests (each mutant runs only the tests that call its function): "
+        f"`{test_command(config)}`",
+        *[f"- {note}" for note in run_notes],
+        "",
+        "## Mutants per file",
+        "",
+        "| file | " + " | ".join(used) + " | total |",
+        "|---|" + "---:|" * (len(used) + 1),
+    ]
+    total = Counter()
+    for source, counter in table.items():
+        total.update(counter)
+        lines.append(f"| `{source}` | " + " | ".join(str(counter[s]) for s in used)
+                     + f" | {sum(counter.values())} |")
+    lines.append("| **all** | " + " | ".join(f"**{total[s]}**" for s in used)
+                 + f" | **{sum(total.values())}** |")
+    if before is not None:
+        lines += ["", "## Before and after the new tests", "",
+                  "Survivors of the first run, rerun with the tests added since "
+                  "(`tests/test_mutation_killers.py`).", "",
+                  "| file | survived before | survived after |", "|---|---:|---:|"]
+        for source in sorted(set(before) | set(table)):
+            b, a = before.get(source, 0), table.get(source, Counter())["survived"]
+            if a or b:
+                lines.append(f"| `{source}` | {b} | {a} |")
+        lines.append(f"| **all** | **{sum(before.values())}** | **{total['survived']}** |")
+    survivors = [(n, i) for n, i in sorted(mutants.items()) if i["status"] == "survived"]
+    lines += ["", f"## Surviving mutants ({len(survivors)})", "",
+              "`mutmut show <name>` prints the full diff; `mutmut apply <name>` writes it into "
+              "the source (revert afterwards).", ""]
+    current = None
+    for name, info in survivors:
+        if info["file"] != current:
+            current = info["file"]
+            lines += ["", f"### `{current}`", ""]
+        lines.append(f"- `{name.split('.', 2)[-1] if name.count('.') >= 2 else name}`: "
+                     f"{info.get('diff') or one_line_diff(name, current)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnnbench.devtools.mutation",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "mutation.md")
+    parser.add_argument("--max-children", type=int, default=2,
+                        help="mutants tested in parallel (default 2)")
+    parser.add_argument("--budget-min", type=float, default=40.0,
+                        help="stop mutmut after this many minutes; rerun to continue")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete mutants/ first (after the mutated sources changed)")
+    parser.add_argument("--recheck-survivors", action="store_true",
+                        help="rerun only the survivors of the last report's run")
+    parser.add_argument("--report-only", action="store_true", help="write the report, run nothing")
+    args = parser.parse_args(argv)
+    return call_or_exit(_main, args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = mutmut_config()
+    mutmut_version()
+    if args.max_children < 1:
+        raise BnnbenchError(f"--max-children={args.max_children} is out of range: need >= 1")
+    state_path = args.out.with_name(STATE_NAME)
+    previous = json.loads(state_path.read_text()) if state_path.is_file() else None
+    before: dict[str, int] | None = None
+    notes: list[str] = []
+    if args.fresh and MUTANTS.exists():
+        shutil.rmtree(MUTANTS)
+    if args.report_only:
+        if previous is not None:
+            before, notes = previous.get("survived_before"), previous.get("notes", [])
+    else:
+        names: list[str] = []
+        if args.recheck_survivors:
+            if previous is None:
+                raise BnnbenchError(f"--recheck-survivors needs {state_path} from an earlier run; "
+                                    "run without it first")
+            names = sorted(previous["survivors"])
+            before = previous.get("survived_before") or dict(Counter(
+                info["file"] for info in previous["survivors"].values()))
+            notes = previous.get("notes", [])
+        if not args.recheck_survivors or names:
+            status, seconds = run_mutmut(names, args.max_children, args.budget_min * 60)
+            stopped = " (stopped at the budget; rerun to continue)" if status is None else ""
+            what = f"{len(names)} survivors rechecked" if names else "mutmut run"
+            notes.append(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC: {what}, "
+                         f"{seconds / 60:.1f} min with {args.max_children} workers{stopped}; "
+                         f"mutmut exit status {status}")
+    mutants = collect()
+    if not mutants:
+        raise BnnbenchError(f"no mutmut results under {MUTANTS}; run without --report-only first")
+    survivors = {name: info for name, info in mutants.items() if info["status"] == "survived"}
+    for name, info in survivors.items():
+        info["diff"] = one_line_diff(name, info["file"])
+    write_atomic(args.out, render(mutants, before, config, notes))
+    counts = {source: dict(counter) for source, counter in counts_by_file(mutants).items()}
+    write_atomic(state_path, json.dumps({"counts": counts, "survivors": survivors,
+                                         "survived_before": before, "notes": notes},
+                                        indent=1, sort_keys=True) + "\n")
+    print(f"{len(survivors)} surviving mutants of {len(mutants)}; report: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

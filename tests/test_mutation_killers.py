@@ -1,0 +1,266 @@
+"""Tests that kill the mutants the fast suite let survive (issue 10, "Proof: mutation check").
+
+``python -m bnnbench.devtools.mutation`` mutates ``functional.py``, ``nn/``, ``methods/`` and
+``lit.py`` and lists the mutants no fast test noticed (``reports/mutation.md``). Each test here
+pins one behaviour such a mutant changed, against a reference written from the paper or the
+authors' code (numbers worked out by hand, formulas restated from the paper), never by calling
+the implementation's own helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau
+
+from bnnbench.lit import BNNModule
+from bnnbench.methods import create_method
+from bnnbench.methods.bnn import glorot_lr_scale
+from bnnbench.models import create_model
+from bnnbench.nn.layers import QuantLinear, is_quantized, quantized_layers
+from bnnbench.nn.paper_layers import GradQuantLinear
+
+HIDDEN = 64
+
+
+def mlp() -> nn.Module:
+    return create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=HIDDEN)
+
+
+def binary_layers(net: nn.Module) -> list[nn.Module]:
+    return [layer for _, layer in quantized_layers(net) if is_quantized(layer)]
+
+
+# --- DoReFa: the gradient reaching a quantized layer's output is k-bit (Sec. 2.5) ---------------
+
+@pytest.mark.parametrize("g_bits", [2, 4])
+def test_dorefa_layer_gradient_is_on_the_k_bit_grid_in_training_only(g_bits):
+    """dr~ = 2 m (quantize_k(dr / 2m + 1/2 + N(k)) - 1/2): per sample, 2^k levels of step 2m/n.
+
+    With one-hot inputs (x = I) and W~ = sign(W) E whose gradient is the identity,
+    dL/dW = dr~^T x = dr~^T: the weight gradient *is* the quantized output gradient.
+    """
+    net = create_method("dorefa", w_bits=1, a_bits=32, g_bits=g_bits).convert(mlp())
+    layer = binary_layers(net)[0]
+    assert isinstance(layer, GradQuantLinear)
+    n_in, n_out = layer.in_features, layer.out_features
+    torch.manual_seed(0)
+    upstream = torch.randn(n_in, n_out, dtype=torch.float64)
+    layer.double()
+    levels = 2**g_bits - 1
+    for train in (True, False):
+        layer.train(train)
+        layer.weight.grad = None
+        (layer(torch.eye(n_in, dtype=torch.float64)) * upstream).sum().backward()
+        got = layer.weight.grad.T  # (samples, outputs)
+        if not train:  # evaluation: nothing quantized
+            torch.testing.assert_close(got, upstream)
+            continue
+        m = upstream.abs().amax(dim=1, keepdim=True)
+        j = (got / (2 * m) + 0.5) * levels  # grid index: an integer in [0, n]
+        torch.testing.assert_close(j, j.round(), atol=1e-9, rtol=0)
+        assert j.min() >= -1e-9 and j.max() <= levels + 1e-9
+        assert (got - upstream).abs().max() <= 2 * m.max() / levels + 1e-9  # stochastic rounding
+        assert not torch.allclose(got, upstream)  # it did quantize
+
+
+def test_dorefa_gradient_stochastic_rounding_is_unbiased():
+    """E[dr~] = dr away from the grid ends (uniform noise of one step, then round)."""
+    from bnnbench.functional import dorefa_gradient
+
+    g = torch.tensor([[0.3, -0.7, 1.0, 0.05]], dtype=torch.float64).repeat(20000, 1)
+    x = torch.zeros_like(g, requires_grad=True)
+    dorefa_gradient(x, 2, torch.Generator().manual_seed(0)).backward(g)
+    # grid for m = 1, n = 3: {-1, -1/3, 1/3, 1}; 0.3 lies between -1/3 and 1/3, etc.
+    torch.testing.assert_close(x.grad.mean(0), g[0], atol=0.02, rtol=0)
+    values = x.grad[:, 0].unique()
+    torch.testing.assert_close(values, torch.tensor([-1 / 3, 1 / 3], dtype=torch.float64))
+
+
+# --- BinaryNet: htanh, not ReLU, in front of every sign ------------------------------------------
+
+def test_bnn_replaces_relu_by_htanh_so_binary_inputs_take_both_signs():
+    """BinaryNet's block is BN -> htanh -> sign: a ReLU there makes every binary input
+    sign(relu(x)) = +1 (sign(0) = +1), a constant network."""
+    torch.manual_seed(0)
+    net = create_method("bnn").convert(mlp()).eval()
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+    htanhs = [m for m in net.modules() if isinstance(m, nn.Hardtanh)]
+    assert htanhs and all((m.min_val, m.max_val) == (-1.0, 1.0) for m in htanhs)
+    seen = []
+    hooks = [layer.input_quantizer.register_forward_hook(lambda _, __, out: seen.append(out))
+             for layer in binary_layers(net) if layer.input_bits < 32]
+    with torch.no_grad():
+        net(torch.randn(32, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert seen
+    for out in seen:
+        assert set(out.unique().tolist()) == {-1.0, 1.0}
+        assert 0.2 < (out < 0).float().mean().item() < 0.8
+
+
+# --- BinaryNet / BinaryConnect: Glorot learning-rate scale --------------------------------------
+
+@pytest.mark.parametrize("layer, expected", [
+    # authors' W_LR_scale = 1 / sqrt(1.5 / (num_inputs + num_units)); conv: times the kernel taps
+    (nn.Linear(784, 2048), 1 / math.sqrt(1.5 / (784 + 2048))),
+    (nn.Linear(10, 5), math.sqrt(10.0)),
+    (nn.Conv2d(3, 8, 3), math.sqrt(66.0)),  # fan_in 27, fan_out 72
+    (nn.Conv2d(128, 256, (3, 3)), 1 / math.sqrt(1.5 / (9 * 128 + 9 * 256))),
+])
+def test_glorot_lr_scale_numbers(layer, expected):
+    assert glorot_lr_scale(layer) == pytest.approx(expected, rel=1e-12)
+
+
+def make_module(method: str, scheduler=None, **knobs) -> BNNModule:
+    m = create_method(method, **knobs)
+    return BNNModule(m.convert(mlp()), m, partial(torch.optim.SGD, lr=0.1), scheduler)
+
+
+@pytest.mark.parametrize("method", ["bnn", "binaryconnect"])
+def test_optimizer_lr_of_binary_weights_is_scaled(method):
+    """The optimizer the Lightning module builds trains W at lr x Glorot scale, the rest at lr."""
+    module = make_module(method)
+    optimizer = module.configure_optimizers()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    binary = {id(layer.weight): layer for layer in binary_layers(module.net)}
+    assert binary and len(lr_of) == sum(1 for _ in module.net.parameters())
+    for p in module.net.parameters():
+        layer = binary.get(id(p))
+        scale = 1.0 if layer is None else (1.5 / (layer.in_features + layer.out_features)) ** -0.5
+        assert lr_of[id(p)] == pytest.approx(0.1 * scale)
+    assert any(lr > 0.1 for lr in lr_of.values())
+
+
+@pytest.mark.parametrize("method", ["bnn", "binaryconnect"])
+def test_lr_scale_false_trains_everything_at_the_optimizer_lr(method):
+    optimizer = make_module(method, lr_scale=False).configure_optimizers()
+    assert {group["lr"] for group in optimizer.param_groups} == {0.1}
+
+
+def test_plateau_scheduler_watches_the_training_loss():
+    """Tang et al.: the lr is halved "once the training loss stops decreasing"."""
+    config = make_module("tang", scheduler=partial(ReduceLROnPlateau, factor=0.5))
+    config = config.configure_optimizers()
+    assert isinstance(config["lr_scheduler"]["scheduler"], ReduceLROnPlateau)
+    assert config["lr_scheduler"]["monitor"] == "train/loss"
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    other = make_module("bnn", scheduler=partial(ExponentialLR, gamma=0.5)).configure_optimizers()
+    assert "monitor" not in other["lr_scheduler"]
+
+
+def test_quant_linear_is_plain_linear_without_quantizers():
+    """Sanity anchor for the layer tests: no quantizer means F.linear itself."""
+    torch.manual_seed(0)
+    layer = QuantLinear(5, 3)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias)
+
+
+# --- BinaryNet Algorithm 3/4: shift-based BatchNorm and AdaMax -----------------------------------
+
+def ref_ap2(x: float) -> float:
+    """Nearest power of two in log scale, sign kept (BinaryNet Sec. 1.4); AP2(0) = 0."""
+    return 0.0 if x == 0 else math.copysign(2.0 ** round(math.log2(abs(x))), x)
+
+
+@pytest.mark.parametrize("value, expected", [(3.0, 4.0), (0.3, 0.25), (-5.0, -4.0), (1.0, 1.0),
+                                             (0.0, 0.0), (-0.7, -0.5), (1000.0, 1024.0)])
+def test_ap2_numbers(value, expected):
+    from bnnbench.nn.shift import ap2
+
+    assert ref_ap2(value) == expected
+    assert ap2(torch.tensor([value])).item() == expected
+
+
+def test_shift_batchnorm_equals_batchnorm_where_every_ap2_is_exact():
+    """Algorithm 3 with C(x) = +-2 per channel: AP2(C) = C, var = 4, AP2(1/sqrt(4 + eps)) = 1/2,
+    so it must agree with torch's BatchNorm in training (output and running statistics, torch's
+    momentum and unbiased running variance) and in evaluation."""
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    torch.manual_seed(0)
+    signs = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]]).repeat(4, 1)  # (8, 3), mean 0
+    x = 2 * signs + torch.tensor([1.0, -3.0, 0.5])  # per-channel means 1, -3, 0.5
+    bn = nn.BatchNorm1d(3, momentum=0.25)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([2.0, 0.5, 1.0]))  # powers of two: AP2(gamma) = gamma
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    shift = ShiftBatchNorm.from_batchnorm(bn)
+    for module in (bn, shift):
+        module.train()
+    y = shift(x)
+    torch.testing.assert_close(y, bn(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(shift.running_mean, bn.running_mean)
+    torch.testing.assert_close(shift.running_var, bn.running_var)
+    assert shift.num_batches_tracked.item() == 1
+    # training output by hand: x^ = +-1, y = gamma x^ + beta
+    torch.testing.assert_close(y, signs * torch.tensor([2.0, 0.5, 1.0])
+                               + torch.tensor([0.1, -0.2, 0.3]), atol=1e-5, rtol=0)
+    shift.eval()
+    bn.eval()
+    probe = torch.randn(5, 3)
+    mean, var = bn.running_mean, bn.running_var
+    expected = ((probe - mean) * torch.tensor([ref_ap2((v + 1e-5) ** -0.5) for v in var.tolist()])
+                * torch.tensor([2.0, 0.5, 1.0]) + torch.tensor([0.1, -0.2, 0.3]))
+    torch.testing.assert_close(shift(probe), expected)
+
+
+def test_shift_batchnorm_rounds_gamma_and_the_inverse_std_to_powers_of_two():
+    """y = AP2(gamma) (C(x) AP2(1 / sqrt(var + eps))) + beta, var = mean(C(x) AP2(C(x)))."""
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    x = torch.tensor([[3.0, 0.0], [-3.0, 2.0], [1.0, 4.0], [-1.0, 6.0]])  # 4 x 2
+    bn = ShiftBatchNorm(2, eps=0.0)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([3.0, 0.7]))  # AP2: 4, 0.5
+        bn.bias.copy_(torch.tensor([0.0, 1.0]))
+    y = bn.train()(x)
+    # channel 0: C = (3, -3, 1, -1), AP2(C) = (4, -4, 1, -1), var = (12 + 12 + 1 + 1) / 4 = 6.5,
+    # AP2(1 / sqrt(6.5)) = AP2(0.392) = 0.5; y = 4 * 0.5 * C
+    torch.testing.assert_close(y[:, 0], torch.tensor([6.0, -6.0, 2.0, -2.0]))
+    # channel 1: mean 3, C = (-3, -1, 1, 3), var = (12 + 1 + 1 + 12) / 4 = 6.5; y = 0.5 * 0.5 C + 1
+    torch.testing.assert_close(y[:, 1], torch.tensor([0.25, 0.75, 1.25, 1.75]))
+    # running var: torch's unbiased convention, var * n / (n - 1), default momentum 0.1
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * torch.tensor([6.5, 6.5]) * 4 / 3)
+    torch.testing.assert_close(bn.running_mean, 0.1 * torch.tensor([0.0, 3.0]))
+
+
+def test_shift_batchnorm_on_images_normalizes_per_channel():
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4) * torch.tensor([1.0, 4.0, 0.25]).view(1, 3, 1, 1) + 5
+    y = ShiftBatchNorm(3, affine=False).train()(x)
+    assert y.shape == x.shape
+    centred = x - x.mean(dim=(0, 2, 3), keepdim=True)
+    ratio = (y / centred).flatten(1).T  # per channel, the one power of two multiplying C(x)
+    for c, row in enumerate(ratio.reshape(3, -1)):
+        torch.testing.assert_close(row, row[:1].expand_as(row))
+        assert row[0].item() == ref_ap2(row[0].item())
+        # within a factor 2**0.5 of 1 / std
+        assert 0.5 < row[0].item() * centred[:, c].pow(2).mean().sqrt().item() < 2
+
+
+def test_shift_adamax_two_steps_by_hand():
+    """Algorithm 4: m = b1 m + (1 - b1) g; v = max(b2 v, |g|);
+    theta -= AP2(lr / (1 - b1^t)) m AP2(1 / v) (eps negligible), weight decay adds wd theta to g."""
+    from bnnbench.nn.shift import ShiftAdamax
+
+    p = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = ShiftAdamax([p], lr=0.01, betas=(0.5, 0.75), eps=1e-12, weight_decay=0.25)
+    theta, m, v = [1.0, -2.0], [0.0, 0.0], [0.0, 0.0]
+    for t, grad in enumerate(([0.5, -0.25], [-1.0, 0.125]), start=1):
+        p.grad = torch.tensor(grad)
+        opt.step()
+        g = [gi + 0.25 * th for gi, th in zip(grad, theta)]
+        m = [0.5 * mi + 0.5 * gi for mi, gi in zip(m, g)]
+        v = [max(0.75 * vi, abs(gi)) for vi, gi in zip(v, g)]
+        rate = ref_ap2(0.01 / (1 - 0.5**t))
+        theta = [th - rate * mi * ref_ap2(1 / vi) for th, mi, vi in zip(theta, m, v)]
+        torch.testing.assert_close(p.detach(), torch.tensor(theta))
