@@ -264,3 +264,69 @@ def test_shift_adamax_two_steps_by_hand():
         rate = ref_ap2(0.01 / (1 - 0.5**t))
         theta = [th - rate * mi * ref_ap2(1 / vi) for th, mi, vi in zip(theta, m, v)]
         torch.testing.assert_close(p.detach(), torch.tensor(theta))
+
+
+@pytest.mark.parametrize("affine, track", [(True, True), (False, True), (True, False)])
+def test_shift_batchnorm_from_batchnorm_keeps_every_setting(affine, track):
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    bn = nn.BatchNorm2d(4, eps=1e-3, momentum=0.3, affine=affine, track_running_stats=track)
+    new = ShiftBatchNorm.from_batchnorm(bn)
+    assert (new.num_features, new.eps, new.momentum) == (4, 1e-3, 0.3)
+    assert (new.affine, new.track_running_stats) == (affine, track)
+    assert new.state_dict().keys() == bn.state_dict().keys()
+
+
+def test_shift_batchnorm_takes_sequences():
+    """(N, C, L) inputs, as BatchNorm1d takes them; 1-D and 5-D are rejected."""
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    bn = ShiftBatchNorm(3, affine=False)
+    x = torch.tensor([[-2.0, 2.0]]).repeat(2, 3, 1) + torch.arange(3.0).view(1, 3, 1)
+    torch.testing.assert_close(bn.train()(x), torch.tensor([[-1.0, 1.0]]).repeat(2, 3, 1),
+                               atol=1e-5, rtol=0)
+    for shape in ((3,), (1, 3, 1, 1, 1)):
+        with pytest.raises(ValueError):
+            bn(torch.zeros(shape))
+
+
+# --- stochastic binarization: the weight gradient (cancel=False) is not masked -------------------
+
+def test_stochastic_sign_weight_gradient_is_unmasked():
+    """BinaryConnect's stochastic weights: dL/dW = dL/dW_b everywhere, |W| > 1 included."""
+    from bnnbench.functional import stochastic_sign
+
+    w = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], requires_grad=True)
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    stochastic_sign(w, torch.Generator().manual_seed(0), cancel=False).backward(g)
+    torch.testing.assert_close(w.grad, g)
+    w.grad = None
+    stochastic_sign(w, torch.Generator().manual_seed(0)).backward(g)  # activations: cancelled
+    torch.testing.assert_close(w.grad, torch.tensor([0.0, 2.0, 3.0, 4.0, 0.0]))
+
+
+def test_shift_batchnorm_without_running_stats_uses_the_batch_in_evaluation():
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    x = torch.tensor([[-2.0, 5.0], [2.0, 1.0]])  # C = +-2 per channel: x^ = +-1
+    for track in (False, True):
+        bn = ShiftBatchNorm(2, affine=False, track_running_stats=track).eval()
+        y = bn(x)
+        if track:  # running mean 0, var 1: AP2(1 / sqrt(1 + eps)) = 1, y = x
+            torch.testing.assert_close(y, x)
+            assert bn.num_batches_tracked.item() == 0
+        else:
+            torch.testing.assert_close(y, torch.tensor([[-1.0, 1.0], [1.0, -1.0]]),
+                                       atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("knobs, key", [({"lr": 0.0}, "optimizer.lr"), ({"lr": -1e-3}, "optimizer.lr"),
+                                        ({"betas": (1.5, 0.9)}, "optimizer.betas[0]"),
+                                        ({"betas": (0.9, -0.1)}, "optimizer.betas[1]"),
+                                        ({"weight_decay": -1.0}, "optimizer.weight_decay")])
+def test_shift_adamax_bad_hyperparameter_is_one_line_error(knobs, key):
+    from bnnbench.errors import BnnbenchError
+    from bnnbench.nn.shift import ShiftAdamax
+
+    with pytest.raises(BnnbenchError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        ShiftAdamax([nn.Parameter(torch.zeros(2))], **knobs)
