@@ -323,6 +323,8 @@ def test_shift_batchnorm_without_running_stats_uses_the_batch_in_evaluation():
 @pytest.mark.parametrize("knobs, key", [({"lr": 0.0}, "optimizer.lr"), ({"lr": -1e-3}, "optimizer.lr"),
                                         ({"betas": (1.5, 0.9)}, "optimizer.betas[0]"),
                                         ({"betas": (0.9, -0.1)}, "optimizer.betas[1]"),
+                                        ({"betas": (-0.1, 0.9)}, "optimizer.betas[0]"),
+                                        ({"betas": (0.9, 1.5)}, "optimizer.betas[1]"),
                                         ({"weight_decay": -1.0}, "optimizer.weight_decay")])
 def test_shift_adamax_bad_hyperparameter_is_one_line_error(knobs, key):
     from bnnbench.errors import BnnbenchError
@@ -330,3 +332,18 @@ def test_shift_adamax_bad_hyperparameter_is_one_line_error(knobs, key):
 
     with pytest.raises(BnnbenchError, match=key.replace("[", r"\[").replace("]", r"\]")):
         ShiftAdamax([nn.Parameter(torch.zeros(2))], **knobs)
+
+
+# --- lit.py: top-k counts --------------------------------------------------------------------
+
+def test_topk_correct_counts_by_hand():
+    from bnnbench.lit import topk_correct
+
+    logits = torch.tensor([[0.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0],    # target 1: top-1
+                           [9.0, 0.0, 8.0, 7.0, 6.0, 5.0, 1.0],    # target 5: 5th largest
+                           [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 0.0]])   # target 6: last
+    target = torch.tensor([1, 5, 6])
+    assert [int(c) for c in topk_correct(logits, target)] == [1, 2]
+    assert [int(c) for c in topk_correct(logits, target, ks=(1, 2, 7))] == [1, 1, 3]
+    # fewer classes than k: k is capped, every target is in the "top 5" of 3 classes
+    assert [int(c) for c in topk_correct(logits[:, :3], torch.tensor([1, 2, 0]))] == [2, 3]
