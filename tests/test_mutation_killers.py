@@ -347,3 +347,39 @@ def test_topk_correct_counts_by_hand():
     assert [int(c) for c in topk_correct(logits, target, ks=(1, 2, 7))] == [1, 1, 3]
     # fewer classes than k: k is capped, every target is in the "top 5" of 3 classes
     assert [int(c) for c in topk_correct(logits[:, :3], torch.tensor([1, 2, 0]))] == [2, 3]
+
+
+# --- base: BinaryNet's squared hinge loss, shortcut rules ----------------------------------------
+
+def test_squared_hinge_loss_by_hand():
+    """The authors' Theano: mean(sqr(maximum(0, 1 - t * y))), t = 2 one_hot - 1."""
+    from bnnbench.methods.base import squared_hinge_loss
+
+    logits = torch.tensor([[0.5, -2.0, 1.5], [0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0, 2])
+    # sample 0: t = (1, -1, -1), 1 - t y = (0.5, -1, 2.5) -> (0.25, 0, 6.25); sample 1: 1, 1, 1
+    loss = squared_hinge_loss(logits, target)
+    assert loss.item() == pytest.approx((0.25 + 6.25 + 3) / 6)
+    loss.backward()  # d/dy = -2 t max(0, 1 - t y) / 6
+    torch.testing.assert_close(logits.grad, torch.tensor([[-1.0, 0.0, 5.0], [2.0, 2.0, -2.0]]) / 6)
+    method = create_method("bnn", loss="squared_hinge")
+    assert method.loss(logits, target).item() == pytest.approx(loss.item())
+    ce = create_method("bnn").loss(logits, target)
+    assert ce.item() == pytest.approx(nn.functional.cross_entropy(logits, target).item())
+
+
+def test_fp_shortcut_keeps_projection_shortcuts_real():
+    from bnnbench.methods.base import is_shortcut, layers_to_binarize
+
+    assert is_shortcut("layer2.0.downsample.0") and is_shortcut("stage.shortcut")
+    assert not is_shortcut("layer2.0.conv1") and not is_shortcut("my_downsample.0")
+    net = nn.Sequential()
+    net.add_module("stem", nn.Conv2d(3, 4, 3))
+    block = nn.Module()
+    block.conv1 = nn.Conv2d(4, 8, 3)
+    block.downsample = nn.Sequential(nn.Conv2d(4, 8, 1))
+    net.add_module("block", block)
+    net.add_module("fc", nn.Linear(8, 2))
+    assert layers_to_binarize(net, True, True, False) == ["block.conv1", "block.downsample.0"]
+    assert layers_to_binarize(net, True, True, True) == ["block.conv1"]
+    assert layers_to_binarize(net, False, False, True) == ["stem", "block.conv1", "fc"]
