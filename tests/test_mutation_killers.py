@@ -383,3 +383,27 @@ def test_fp_shortcut_keeps_projection_shortcuts_real():
     assert layers_to_binarize(net, True, True, False) == ["block.conv1", "block.downsample.0"]
     assert layers_to_binarize(net, True, True, True) == ["block.conv1"]
     assert layers_to_binarize(net, False, False, True) == ["stem", "block.conv1", "fc"]
+
+
+@pytest.mark.parametrize("method", ["binaryconnect", "bnn", "bwn", "xnor", "dorefa", "tang",
+                                    "abcnet"])
+def test_first_last_and_shortcut_knobs_reach_the_conversion(method):
+    """mlp has 4 Linear layers: fp_first / fp_last keep the first / last one real."""
+    def linears(net: nn.Module) -> list[bool]:  # is each Linear binary, in order
+        return [is_quantized(m) for m in net.modules() if isinstance(m, nn.Linear)]
+
+    assert linears(create_method(method, fp_first=True, fp_last=True).convert(mlp())) == [
+        False, True, True, False]
+    assert linears(create_method(method, fp_first=False, fp_last=True).convert(mlp()))[:1] == [
+        True]
+    assert linears(create_method(method, fp_first=True, fp_last=False).convert(mlp()))[-1:] == [
+        True]
+    net = nn.Sequential()
+    net.add_module("stem", nn.Conv2d(3, 4, 3))
+    block = nn.Sequential()
+    block.add_module("conv1", nn.Conv2d(4, 8, 3))
+    block.add_module("downsample", nn.Sequential(nn.Conv2d(4, 8, 1)))
+    net.add_module("block", block)
+    net.add_module("fc", nn.Linear(8, 2))
+    kept = create_method(method, fp_first=False, fp_last=False, fp_shortcut=True).convert(net)
+    assert not is_quantized(kept.get_submodule("block.downsample.0"))
