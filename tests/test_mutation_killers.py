@@ -407,3 +407,33 @@ def test_first_last_and_shortcut_knobs_reach_the_conversion(method):
     net.add_module("fc", nn.Linear(8, 2))
     kept = create_method(method, fp_first=False, fp_last=False, fp_shortcut=True).convert(net)
     assert not is_quantized(kept.get_submodule("block.downsample.0"))
+
+
+# --- BinaryConnect / BinaryNet defaults and the latent clip -------------------------------------
+
+@pytest.mark.parametrize("method", ["binaryconnect", "bnn"])
+def test_default_is_deterministic_sign_with_unmasked_weight_gradient(method):
+    """Defaults (paper's deterministic variant, Algorithm 1): W_b = sign(W) in training too, and
+    dL/dW = dL/dW_b even where |W| > 1 (the clip, not a mask, bounds W)."""
+    net = create_method(method).convert(mlp()).train()
+    layer = binary_layers(net)[1]
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(-2, 2, layer.weight.numel()).view_as(layer.weight))
+    wb = layer.quantized_weight()
+    torch.testing.assert_close(wb, torch.where(layer.weight >= 0, 1.0, -1.0))
+    (wb * torch.ones_like(wb)).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, torch.ones_like(layer.weight))
+
+
+@pytest.mark.parametrize("method", ["binaryconnect", "bwn", "xnor", "tang"])
+@pytest.mark.parametrize("clip", [0.5, None])
+def test_latent_clip_knob_reaches_the_layers(method, clip):
+    m = create_method(method, latent_clip=clip)
+    net = m.convert(mlp())
+    layers = binary_layers(net)
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.fill_(3.0)
+    m.after_optimizer_step(net)
+    expected = 3.0 if clip is None else clip
+    assert all(layer.weight.max().item() == expected for layer in layers)
