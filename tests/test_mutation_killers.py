@@ -320,12 +320,12 @@ def test_shift_batchnorm_without_running_stats_uses_the_batch_in_evaluation():
                                        atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("knobs, key", [({"lr": 0.0}, "optimizer.lr"), ({"lr": -1e-3}, "optimizer.lr"),
-                                        ({"betas": (1.5, 0.9)}, "optimizer.betas[0]"),
-                                        ({"betas": (0.9, -0.1)}, "optimizer.betas[1]"),
-                                        ({"betas": (-0.1, 0.9)}, "optimizer.betas[0]"),
-                                        ({"betas": (0.9, 1.5)}, "optimizer.betas[1]"),
-                                        ({"weight_decay": -1.0}, "optimizer.weight_decay")])
+@pytest.mark.parametrize("knobs, key", [
+    ({"lr": 0.0}, "optimizer.lr"), ({"lr": -1e-3}, "optimizer.lr"),
+    ({"betas": (1.5, 0.9)}, "optimizer.betas[0]"), ({"betas": (-0.1, 0.9)}, "optimizer.betas[0]"),
+    ({"betas": (0.9, -0.1)}, "optimizer.betas[1]"), ({"betas": (0.9, 1.5)}, "optimizer.betas[1]"),
+    ({"weight_decay": -1.0}, "optimizer.weight_decay"),
+])
 def test_shift_adamax_bad_hyperparameter_is_one_line_error(knobs, key):
     from bnnbench.errors import BnnbenchError
     from bnnbench.nn.shift import ShiftAdamax

@@ -99,8 +99,8 @@ def test_command(config: dict[str, Any]) -> str:
 def run_mutmut(names: list[str], max_children: int, budget_s: float) -> tuple[int | None, float]:
     """Run ``mutmut run`` (all mutants, or ``names``) for at most ``budget_s``; returns
     (exit status or None when stopped at the budget, seconds)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
     MUTANTS.mkdir(exist_ok=True)
     log = MUTANTS / "mutmut-run.log"
     # the console script, not `python -m mutmut`: mutmut's module must not run twice (its GH-466)
