@@ -437,3 +437,12 @@ def test_latent_clip_knob_reaches_the_layers(method, clip):
     m.after_optimizer_step(net)
     expected = 3.0 if clip is None else clip
     assert all(layer.weight.max().item() == expected for layer in layers)
+
+
+@pytest.mark.parametrize("method", ["binaryconnect", "bwn", "xnor", "tang"])
+@pytest.mark.parametrize("clip", [0.0, -1.0])
+def test_latent_clip_must_be_positive(method, clip):
+    from bnnbench.errors import BnnbenchError
+
+    with pytest.raises(BnnbenchError, match=r"^method\.latent_clip=.* 0 < method\.latent_clip"):
+        create_method(method, latent_clip=clip)

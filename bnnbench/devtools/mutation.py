@@ -68,6 +68,7 @@ EQUIVALENT: dict[str, str] = {
     "xǁ_StochasticSignǁforward__mutmut_22": _CPU_RAND,
     "xǁ_StochasticSignǁforward__mutmut_29": "u = p has probability 0",
     "xǁ_StochasticSignǁbackward__mutmut_6": "a bool mask multiplies g the same as a float one",
+    "xǁ_GradQuantMixinǁ__init____mutmut_1": "grad_bits 32 and 33 are both full precision",
     "x_register_method__mutmut_1": "runs at import, before mutmut switches a mutant on",
     "x_register_method__mutmut_2": "runs at import, before mutmut switches a mutant on",
 }
