@@ -446,3 +446,20 @@ def test_latent_clip_must_be_positive(method, clip):
 
     with pytest.raises(BnnbenchError, match=r"^method\.latent_clip=.* 0 < method\.latent_clip"):
         create_method(method, latent_clip=clip)
+
+
+# --- DoReFa: clip(x, 0, 1) before the last layer only where a ReLU was -----------------------------
+
+def test_dorefa_last_relu_before():
+    from bnnbench.methods.dorefa import last_relu_before
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Dropout(),
+                        nn.Linear(8, 3))
+    assert last_relu_before(net, "5") == "3"
+    assert last_relu_before(net, "2") == "1"
+    assert last_relu_before(net, "0") is None
+    plain = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3))
+    assert last_relu_before(plain, "2") is None
+    converted = create_method("dorefa").convert(plain)
+    assert not any(isinstance(m, nn.Hardtanh) for m in converted.modules())
+    assert len(converted) == 3
