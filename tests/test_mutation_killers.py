@@ -463,3 +463,18 @@ def test_dorefa_last_relu_before():
     converted = create_method("dorefa").convert(plain)
     assert not any(isinstance(m, nn.Hardtanh) for m in converted.modules())
     assert len(converted) == 3
+
+
+def test_dorefa_a32_keeps_real_inputs_and_the_relu():
+    """a_bits = 32: the layer multiplies its real input (no clip to [0, 1]) and the ReLU before
+    the last layer stays (the authors' full-precision-activation rows)."""
+    net = create_method("dorefa", a_bits=32).convert(mlp())
+    layer = binary_layers(net)[0]
+    assert layer.input_bits == 32
+    x = torch.linspace(-3, 3, 4 * layer.in_features).view(4, -1)
+    e = layer.weight.abs().mean()
+    expected = x @ (torch.where(layer.weight >= 0, e, -e)).T + layer.bias
+    torch.testing.assert_close(layer.eval()(x), expected)
+    assert not any(isinstance(m, nn.Hardtanh) for m in net.modules())
+    clipped = create_method("dorefa", a_bits=2).convert(mlp())
+    assert sum(isinstance(m, nn.Hardtanh) for m in clipped.modules()) == 1
