@@ -260,12 +260,14 @@ def _main(args: argparse.Namespace) -> int:
     state_path = args.out.with_name(STATE_NAME)
     previous = json.loads(state_path.read_text()) if state_path.is_file() else None
     before: dict[str, int] | None = None
-    notes: list[str] = []
-    if args.fresh and MUTANTS.exists():
-        shutil.rmtree(MUTANTS)
+    if args.fresh:
+        previous = None
+        if MUTANTS.exists():
+            shutil.rmtree(MUTANTS)
+    notes: list[str] = previous.get("notes", []) if previous is not None else []
     if args.report_only:
         if previous is not None:
-            before, notes = previous.get("survived_before"), previous.get("notes", [])
+            before = previous.get("survived_before")
     else:
         names: list[str] = list(args.only)
         if args.recheck_survivors:
@@ -274,14 +276,15 @@ def _main(args: argparse.Namespace) -> int:
                                     "run without it first")
             # survivors, and mutants no fast test reached (a new test may reach them)
             missed = {**previous["survivors"], **previous.get("uncovered", {})}
-            names = sorted(missed)
+            names = sorted(missed) + list(args.only)  # --only adds mutants not checked yet
             before = previous.get("survived_before") or dict(Counter(
                 info["file"] for info in missed.values()))
-            notes = previous.get("notes", [])
         if not args.recheck_survivors or names:
             status, seconds = run_mutmut(names, args.max_children, args.budget_min * 60)
             stopped = " (stopped at the budget; rerun to continue)" if status is None else ""
-            what = (f"{len(names)} survivors rechecked" if args.recheck_survivors else
+            what = (f"{len(names) - len(args.only)} survivors and unreached mutants rechecked"
+                    + (f", plus {' '.join(args.only)}" if args.only else "")
+                    if args.recheck_survivors else
                     f"mutmut run {' '.join(names)}" if names else "mutmut run")
             notes.append(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC: {what}, "
                          f"{seconds / 60:.1f} min with {args.max_children} workers{stopped}; "
