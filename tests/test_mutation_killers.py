@@ -448,7 +448,7 @@ def test_latent_clip_must_be_positive(method, clip):
         create_method(method, latent_clip=clip)
 
 
-# --- DoReFa: clip(x, 0, 1) before the last layer only where a ReLU was -----------------------------
+# --- DoReFa: clip(x, 0, 1) before the last layer only where a ReLU was ---------------------------
 
 def test_dorefa_last_relu_before():
     from bnnbench.methods.dorefa import last_relu_before
@@ -480,3 +480,19 @@ def test_dorefa_a32_keeps_real_inputs_and_the_relu():
     assert not any(isinstance(m, nn.Hardtanh) for m in net.modules())
     clipped = create_method("dorefa", a_bits=2).convert(mlp())
     assert sum(isinstance(m, nn.Hardtanh) for m in clipped.modules()) == 1
+
+
+def test_dorefa_defaults_and_bit_range():
+    """Defaults W1 A2 G32 with clip(x, 0, 1) before the last layer; widths are 1..32."""
+    from bnnbench.errors import BnnbenchError
+
+    net = create_method("dorefa").convert(mlp())
+    layers = binary_layers(net)
+    assert layers and all((layer.weight_bits, layer.input_bits, layer.grad_bits) == (1, 2, 32)
+                          for layer in layers)
+    assert sum(isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 1.0)
+               for m in net.modules()) == 1
+    for key in ("w_bits", "a_bits", "g_bits"):
+        for bad in (0, 33):
+            with pytest.raises(BnnbenchError, match=rf"^method\.{key}={bad} "):
+                create_method("dorefa", **{key: bad})

@@ -57,6 +57,7 @@ STATUSES = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault
 # keys are mutmut's names within their module). They stay listed, marked, not hidden.
 _UNIFORM = "u ~ U[0, 1) compares the same with p unclipped on that side"
 _CPU_RAND = "torch.rand's defaults (CPU, float32) on CPU tensors; the comparison u < p promotes"
+_ONE_BIT = "every quantized layer BinaryConnect makes has 1-bit weights"
 EQUIVALENT: dict[str, str] = {
     "xǁ_StochasticSignǁforward__mutmut_4": _UNIFORM,
     "xǁ_StochasticSignǁforward__mutmut_5": _UNIFORM,
@@ -69,6 +70,10 @@ EQUIVALENT: dict[str, str] = {
     "xǁ_StochasticSignǁforward__mutmut_29": "u = p has probability 0",
     "xǁ_StochasticSignǁbackward__mutmut_6": "a bool mask multiplies g the same as a float one",
     "xǁ_GradQuantMixinǁ__init____mutmut_1": "grad_bits 32 and 33 are both full precision",
+    "xǁDoReFaǁconvert__mutmut_54": "nn.Hardtanh's max_val defaults to 1.0",
+    "x_glorot_param_groups__mutmut_3": _ONE_BIT,
+    "x_glorot_param_groups__mutmut_4": _ONE_BIT,
+    "xǁBinaryConnectǁconvert__mutmut_19": "None and False are both falsy",
     "x_register_method__mutmut_1": "runs at import, before mutmut switches a mutant on",
     "x_register_method__mutmut_2": "runs at import, before mutmut switches a mutant on",
 }
