@@ -147,6 +147,8 @@ def test_plateau_scheduler_watches_the_training_loss():
     """Tang et al.: the lr is halved "once the training loss stops decreasing"."""
     config = make_module("tang", scheduler=partial(ReduceLROnPlateau, factor=0.5))
     config = config.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.SGD)
+    assert config["lr_scheduler"]["scheduler"].optimizer is config["optimizer"]
     assert isinstance(config["lr_scheduler"]["scheduler"], ReduceLROnPlateau)
     assert config["lr_scheduler"]["monitor"] == "train/loss"
     assert config["lr_scheduler"]["interval"] == "epoch"
@@ -199,6 +201,12 @@ def test_shift_batchnorm_equals_batchnorm_where_every_ap2_is_exact():
     torch.testing.assert_close(shift.running_mean, bn.running_mean)
     torch.testing.assert_close(shift.running_var, bn.running_var)
     assert shift.num_batches_tracked.item() == 1
+    shift(x + 1.0), bn(x + 1.0)  # a second step: the running averages mix old and new
+    torch.testing.assert_close(shift.running_mean, bn.running_mean)
+    torch.testing.assert_close(shift.running_var, bn.running_var)
+    pair, bn_pair = ShiftBatchNorm(3, momentum=0.5), nn.BatchNorm1d(3, momentum=0.5)
+    pair(x[:2]), bn_pair(x[:2])  # n = 2: unbiased running variance var * 2 / 1
+    torch.testing.assert_close(pair.running_var, bn_pair.running_var)
     # training output by hand: x^ = +-1, y = gamma x^ + beta
     torch.testing.assert_close(y, signs * torch.tensor([2.0, 0.5, 1.0])
                                + torch.tensor([0.1, -0.2, 0.3]), atol=1e-5, rtol=0)
@@ -330,7 +338,8 @@ def test_shift_adamax_bad_hyperparameter_is_one_line_error(knobs, key):
     from bnnbench.errors import BnnbenchError
     from bnnbench.nn.shift import ShiftAdamax
 
-    with pytest.raises(BnnbenchError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(BnnbenchError, match="^" + key.replace(".", r"\.").replace("[", r"\[")
+                       .replace("]", r"\]") + "="):
         ShiftAdamax([nn.Parameter(torch.zeros(2))], **knobs)
 
 
@@ -496,3 +505,34 @@ def test_dorefa_defaults_and_bit_range():
         for bad in (0, 33):
             with pytest.raises(BnnbenchError, match=rf"^method\.{key}={bad} "):
                 create_method("dorefa", **{key: bad})
+
+
+def test_shift_batchnorm_eps_inside_the_square_root_and_training_without_running_stats():
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    x = torch.tensor([[-2.0], [2.0]])  # C = +-2, var = 4
+    # eps = 2: AP2(1 / sqrt(4 + 2)) = AP2(0.408) = 0.5 (1 / sqrt(4 - 2) would give 1)
+    y = ShiftBatchNorm(1, eps=2.0, affine=False).train()(x)
+    torch.testing.assert_close(y, torch.tensor([[-1.0], [1.0]]))
+    bn = ShiftBatchNorm(1, affine=False, track_running_stats=False).train()
+    torch.testing.assert_close(bn(x), torch.tensor([[-1.0], [1.0]]), atol=1e-5, rtol=0)
+    assert bn.running_mean is None
+
+
+def test_shift_adamax_default_lr_is_adamax_alpha():
+    """Kingma & Ba 2015, Algorithm 2 (AdaMax): alpha = 0.002, beta1 = 0.9, beta2 = 0.999."""
+    from bnnbench.nn.shift import ShiftAdamax
+
+    defaults = ShiftAdamax([nn.Parameter(torch.zeros(1))]).defaults
+    assert (defaults["lr"], defaults["betas"]) == (0.002, (0.9, 0.999))
+
+
+def test_squared_hinge_loss_when_the_batch_lacks_the_last_class():
+    from bnnbench.methods.base import squared_hinge_loss
+
+    logits = torch.zeros(2, 4)
+    # t has 4 entries per row whatever the batch's targets: 1 - t y = 1 everywhere
+    assert squared_hinge_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(1.0)
+    logits[:, 3] = 2.0  # the absent class's score counts: max(0, 1 + 2)^2 = 9
+    assert squared_hinge_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(
+        (3 + 9) / 4)

@@ -58,6 +58,11 @@ STATUSES = ("killed", "survived", "no tests", "timeout", "suspicious", "segfault
 _UNIFORM = "u ~ U[0, 1) compares the same with p unclipped on that side"
 _CPU_RAND = "torch.rand's defaults (CPU, float32) on CPU tensors; the comparison u < p promotes"
 _ONE_BIT = "every quantized layer BinaryConnect makes has 1-bit weights"
+_TWO_D = "logits are (N, C): dim 1 is dim -1"
+_FALSY = "None and False are both falsy"
+_NO_RUNNING = "track_running_stats=False is exactly when running_mean is None"
+_MOMENTUM_NONE = ("only momentum=None reaches it (see the note on torch's cumulative average "
+                  "in the report's findings)")
 EQUIVALENT: dict[str, str] = {
     "xǁ_StochasticSignǁforward__mutmut_4": _UNIFORM,
     "xǁ_StochasticSignǁforward__mutmut_5": _UNIFORM,
@@ -73,7 +78,24 @@ EQUIVALENT: dict[str, str] = {
     "xǁDoReFaǁconvert__mutmut_54": "nn.Hardtanh's max_val defaults to 1.0",
     "x_glorot_param_groups__mutmut_3": _ONE_BIT,
     "x_glorot_param_groups__mutmut_4": _ONE_BIT,
-    "xǁBinaryConnectǁconvert__mutmut_19": "None and False are both falsy",
+    "xǁBinaryConnectǁconvert__mutmut_19": _FALSY,
+    "xǁBinaryConnectǁ__init____mutmut_16": _FALSY,
+    "xǁShiftAdamaxǁ__init____mutmut_7": _FALSY,
+    "x_topk_correct__mutmut_7": _TWO_D,
+    "x_topk_correct__mutmut_13": "topk's default dim is -1",
+    "x_topk_correct__mutmut_14": _TWO_D,
+    "x_topk_correct__mutmut_19": "target is 1-D: unsqueeze(1) is unsqueeze(-1)",
+    "x_topk_correct__mutmut_26": _TWO_D,
+    "x_squared_hinge_loss__mutmut_4": "int t promotes to the logits' dtype in 1 - t * y",
+    "x_squared_hinge_loss__mutmut_9": _TWO_D,
+    "xǁBNNModuleǁconfigure_optimizers__mutmut_6": "torch optimizers keep unknown group keys",
+    "xǁBNNModuleǁconfigure_optimizers__mutmut_7": "torch optimizers keep unknown group keys",
+    "xǁShiftBatchNormǁforward__mutmut_21": _NO_RUNNING,
+    "xǁShiftBatchNormǁforward__mutmut_34": _NO_RUNNING,
+    "xǁShiftBatchNormǁforward__mutmut_41": _MOMENTUM_NONE,
+    "xǁShiftBatchNormǁforward__mutmut_42": _MOMENTUM_NONE,
+    "xǁShiftBatchNormǁforward__mutmut_43": _MOMENTUM_NONE,
+    "xǁShiftBatchNormǁforward__mutmut_44": _MOMENTUM_NONE,
     "x_register_method__mutmut_1": "runs at import, before mutmut switches a mutant on",
     "x_register_method__mutmut_2": "runs at import, before mutmut switches a mutant on",
 }
