@@ -112,6 +112,7 @@ def test_bnn_replaces_relu_by_htanh_so_binary_inputs_take_both_signs():
     (nn.Linear(10, 5), math.sqrt(10.0)),
     (nn.Conv2d(3, 8, 3), math.sqrt(66.0)),  # fan_in 27, fan_out 72
     (nn.Conv2d(128, 256, (3, 3)), 1 / math.sqrt(1.5 / (9 * 128 + 9 * 256))),
+    (nn.Conv2d(4, 6, (1, 3)), math.sqrt(20.0)),  # fan_in 3 * 4, fan_out 3 * 6
 ])
 def test_glorot_lr_scale_numbers(layer, expected):
     assert glorot_lr_scale(layer) == pytest.approx(expected, rel=1e-12)
@@ -536,3 +537,18 @@ def test_squared_hinge_loss_when_the_batch_lacks_the_last_class():
     logits[:, 3] = 2.0  # the absent class's score counts: max(0, 1 + 2)^2 = 9
     assert squared_hinge_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(
         (3 + 9) / 4)
+
+
+def test_bnn_stochastic_and_weight_grad_mask_knobs_reach_the_layers():
+    torch.manual_seed(0)
+    net = create_method("bnn", stochastic=True).convert(mlp()).train()
+    layer = binary_layers(net)[0]
+    with torch.no_grad():
+        layer.weight.zero_()  # p(+1) = 1/2 for every weight
+    assert 0.4 < (layer.quantized_weight() > 0).float().mean().item() < 0.6
+    masked = binary_layers(create_method("bnn", weight_grad_mask=True).convert(mlp()))[0]
+    with torch.no_grad():
+        masked.weight.fill_(1.5)
+        masked.weight[0].fill_(0.5)
+    masked.quantized_weight().sum().backward()
+    assert masked.weight.grad[0].eq(1).all() and masked.weight.grad[1:].eq(0).all()

@@ -81,6 +81,7 @@ EQUIVALENT: dict[str, str] = {
     "xǁBinaryConnectǁconvert__mutmut_19": _FALSY,
     "xǁBinaryConnectǁ__init____mutmut_16": _FALSY,
     "xǁShiftAdamaxǁ__init____mutmut_7": _FALSY,
+    "x_glorot_lr_scale__mutmut_6": "in_channels is a multiple of groups: / and // agree",
     "x_topk_correct__mutmut_7": _TWO_D,
     "x_topk_correct__mutmut_13": "topk's default dim is -1",
     "x_topk_correct__mutmut_14": _TWO_D,
