@@ -6,6 +6,7 @@ plain arguments.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from bnnbench.callbacks import FlipRatio
 from bnnbench.errors import BnnbenchError, Preempted, check_range
 from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
@@ -34,6 +37,7 @@ from bnnbench.rundir import (
     release_run_dir,
 )
 from bnnbench.size import account
+from bnnbench.summary import print_summary
 from bnnbench.spec import (
     CHECKPOINT_SPEC_KEY,
     SECTIONS,
@@ -47,6 +51,9 @@ from bnnbench.spec import (
 
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
+# Top-level keys left out of a run's recipe hash: where it logs and resumes from, where its files
+# go, its labels, and the callbacks that observe it.
+NOT_RECIPE = ("logger", "ckpt_path", "paths", "tags", "callbacks")
 SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
 
@@ -167,6 +174,7 @@ def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
 def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunRecord:
     """:func:`run` once ``run_dir`` is this process's."""
     spec = spec_from_config(cfg)
+    tags = tags_of(cfg)
     resume = resume_from(cfg, run_dir, resumed, spec)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if not is_ddp_worker():  # before fit: a killed run's directory says what it was training
@@ -192,17 +200,16 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                        kd_weight=float(kd.get("weight", 1.0)))
 
     recorder = EpochRecorder()
-    # saved at the end of each training epoch, after the recorder's curves: a resume continues
-    # at the next epoch with every curve so far
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best",
-                                              monitor="val/top1", mode="max", save_last=True,
-                                              save_on_train_epoch_end=True)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    # Lightning runs ModelCheckpoint last: a checkpoint saved at the end of a training epoch holds
+    # the recorder's (and FlipRatio's) curves so far, so a resume continues with every curve
+    optional = optional_callbacks(cfg, run_dir, has_logger=logger is not False)
+    checkpoints = [c for c in optional if isinstance(c, pl.callbacks.ModelCheckpoint)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(run_dir), logger=logger, plugins=[AtomicCheckpointIO()],
-        callbacks=[recorder, checkpoint, StoreSpecInCheckpoint(spec), ResumableRNG(),
-                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT),
-                   pl.callbacks.RichProgressBar(leave=True)])
+        enable_checkpointing=bool(checkpoints),  # else Lightning adds its own, elsewhere
+        callbacks=[recorder, StoreSpecInCheckpoint(spec), ResumableRNG(),
+                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT), *optional])
 
     start = time.perf_counter()
     try:
@@ -218,23 +225,93 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
 
     # the recipe's hash leaves out where and how the run is logged (paths differ run to run)
     # (nor where it resumed from)
+    # nor where its files go, its labels, or what observes it (callbacks; early stopping's effect
+    # is the recorded number of epochs)
     recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(
-        cfg, [k for k in cfg if k not in ("logger", "ckpt_path")]), resolve=True)
+        cfg, [k for k in cfg if k not in NOT_RECIPE]), resolve=True)
+    curves = dict(recorder.curves)
+    for callback in optional:
+        if isinstance(callback, FlipRatio):
+            curves.update(callback.curves)
+    val_top1 = [v for v in recorder.curves["val/top1"] if not math.isnan(v)]
     record = RunRecord(
         method=spec["method"]["name"], model=choice("model", "?"), data=spec["data"]["name"],
         seed=int(cfg.seed), test_top1=round(test["test/top1"], 4),
         test_top5=round(test["test/top5"], 4),
-        best_val_top1=round(float(checkpoint.best_model_score or float("nan")), 4),
+        best_val_top1=round(max(val_top1, default=float("nan")), 4),
         num_params=count_parameters(net), epochs=trainer.current_epoch,
-        wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=recorder.curves,
+        wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=curves,
         config_hash=config_hash(recipe), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
-        extra={"size": {k: size[k] for k in SIZE_SUMMARY},
+        extra={"size": {k: size[k] for k in SIZE_SUMMARY}, "tags": tags,
                **({"init": warm.to_dict()} if warm is not None else {})},
     )
     if trainer.is_global_zero:
         record.write(run_dir)
+        print_summary(record, run_dir, checkpoints=saved_checkpoints(checkpoints),
+                      report_dir=report_dir(run_dir))
     return record
+
+
+def tags_of(cfg: DictConfig) -> list[str]:
+    """``tags=[a,b]`` (or one ``tags=a``) as a list of strings."""
+    tags = cfg.get("tags") or []
+    if isinstance(tags, str):
+        tags = [tags]
+    elif isinstance(tags, ListConfig):
+        tags = OmegaConf.to_container(tags)
+    if not isinstance(tags, list) or not all(isinstance(t, (str, int, float)) for t in tags):
+        raise BnnbenchError(f"tags={tags} must be a list of labels, e.g. tags=[ablation,lr]")
+    return [str(t) for t in tags]
+
+
+def optional_callbacks(cfg: DictConfig, run_dir: Path, has_logger: bool) -> list[pl.Callback]:
+    """Every entry of the ``callbacks`` group that has a ``_target_`` (conf/callbacks/), built.
+
+    This is the user's composed config, so instantiating it is what was asked for; a run
+    directory's saved config is never instantiated (:mod:`bnnbench.spec`). An entry set to null
+    is dropped; the lr monitor is dropped when the run has no logger (it only feeds loggers).
+    Checkpoints must go to ``<run_dir>/checkpoints``: resume, evaluate and export read them there.
+    """
+    built: list[pl.Callback] = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise BnnbenchError(f"callbacks.{name} has no _target_: give it one (see "
+                                "conf/callbacks/default.yaml) or drop it with "
+                                f"callbacks.{name}=null")
+        try:
+            callback = instantiate(node)
+        except Exception as err:  # an unknown class or keyword: one line naming the entry
+            cause = err.__cause__ or err
+            raise BnnbenchError(f"callbacks.{name}: {str(cause).splitlines()[0]}") from err
+        if not isinstance(callback, pl.Callback):
+            raise BnnbenchError(f"callbacks.{name}: {node._target_} is not a Lightning callback")
+        if isinstance(callback, pl.callbacks.LearningRateMonitor) and not has_logger:
+            continue
+        if isinstance(callback, pl.callbacks.ModelCheckpoint) and (
+                callback.dirpath is None
+                or Path(callback.dirpath).resolve() != (run_dir / CHECKPOINT_DIR).resolve()):
+            raise BnnbenchError(f"callbacks.{name}.dirpath={callback.dirpath} must be the run's "
+                                f"{CHECKPOINT_DIR}/ (resume, evaluate and export read it there): "
+                                f"leave it at ${{paths.output_dir}}/{CHECKPOINT_DIR}")
+        built.append(callback)
+    return built
+
+
+def saved_checkpoints(callbacks: list[pl.callbacks.ModelCheckpoint]) -> list[Path]:
+    """The checkpoint files the run's ModelCheckpoints left (best and last)."""
+    paths = {Path(p) for c in callbacks for p in (c.best_model_path, c.last_model_path) if p}
+    return sorted(p for p in paths if p.is_file())
+
+
+def report_dir(run_dir: Path) -> Path:
+    """What ``bnnbench.report`` should read: the sweep's directory in a multirun, else the run's."""
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN:
+        return Path(hydra.sweep.dir)
+    return run_dir
 
 
 def describe_device(trainer: pl.Trainer) -> str:

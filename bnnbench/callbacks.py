@@ -1,0 +1,109 @@
+"""Optional Lightning callbacks a run can switch on from the ``callbacks/`` config group.
+
+:class:`FlipRatio` records the statistic of Tang, Hua, Wang 2017 ("How to Train a Compact Binary
+Neural Network with High Accuracy?", AAAI), Section "Learning rate" and Figure 2: how often the
+*signs* of the latent real-valued weights change during training. A binary network uses only
+those signs, so a high learning rate that flips many of them at every step makes training
+unstable; Figure 2 compares BNN and full-precision networks per layer and learning rate.
+The definition follows larq's ``larq.metrics.FlipRatio`` (the per-layer ``flip_ratio`` metric of
+its quantized layers): the share of values that changed since the previous optimizer step,
+averaged over the steps of an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+FLIP_RATIO_PREFIX = "flip_ratio/"
+
+
+def weight_layers(net: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear and Conv layer of ``net`` by its module name (bnnbench's binary layers are
+    subclasses of both; full-precision first/last layers and FP networks count too, so a BNN's
+    curves and its float reference's can be compared layer for layer as in Figure 2)."""
+    return {name: module for name, module in net.named_modules()
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))}
+
+
+def positive_signs(weight: Tensor) -> Tensor:
+    """``sign(W) = +1`` as a bool tensor, with sign(0) = +1 as every bnnbench binarizer (and
+    -0.0 counts as 0)."""
+    return weight.detach() >= 0
+
+
+class FlipRatio(pl.Callback):
+    """Per weight layer ``l`` and training epoch ``e``, the mean share of latent weights whose
+    sign changed at an optimizer step::
+
+        flip_ratio_l(e) = 1/|S_e| * sum_{s in S_e} 1/n_l * sum_i [sign(W_i^(s)) != sign(W_i^(s-1))]
+
+    where ``S_e`` are the optimizer steps of epoch ``e``, ``W^(s)`` the layer's latent weights
+    after step ``s`` (after the method's clipping), ``n_l`` its number of weights, and ``W^(s-1)``
+    for the epoch's first step is the weight after the previous epoch's last step (the initial
+    weights in epoch 0). larq's metric drops that first step of each epoch (its count is reset);
+    here every step counts. Batches without an optimizer step (gradient accumulation) are not
+    steps. A curve ``flip_ratio/<layer>`` (one value per epoch, a fraction in [0, 1]) joins the
+    run's curves in metrics.json; the counts so far are saved in each checkpoint, so a resumed run
+    keeps its curve (the previous signs are re-read from the restored weights).
+    """
+
+    def __init__(self) -> None:
+        self.curves: dict[str, list[float]] = {}
+        self._flips: dict[str, Tensor] = {}  # sign changes summed over this epoch's steps
+        self._steps = 0  # optimizer steps so far this epoch
+        self._signs: dict[str, Tensor] = {}  # signs after the last counted step
+        self._last_step = -1
+
+    # ---------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"curves": {k: list(v) for k, v in self.curves.items()},
+                "flips": {k: int(v) for k, v in self._flips.items()}, "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curves = {k: list(v) for k, v in state["curves"].items()}
+        self._flips = {k: torch.tensor(v, dtype=torch.int64) for k, v in state["flips"].items()}
+        self._steps = int(state["steps"])
+
+    # ---------------------------------------------------------------------------- hooks
+    @staticmethod
+    def _layers(pl_module: pl.LightningModule) -> dict[str, nn.Module]:
+        return weight_layers(getattr(pl_module, "net", pl_module))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after a resume the weights are the checkpoint's: the next step compares with them
+        self._signs = {name: positive_signs(layer.weight)
+                       for name, layer in self._layers(pl_module).items()}
+        for name, signs in self._signs.items():
+            prefix = FLIP_RATIO_PREFIX + name
+            self.curves.setdefault(prefix, [])
+            self._flips[name] = self._flips.get(name, torch.zeros((), dtype=torch.int64)).to(
+                signs.device)
+        self._last_step = trainer.global_step
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self._last_step:  # accumulating gradients: no step yet
+            return
+        self._last_step = trainer.global_step
+        for name, layer in self._layers(pl_module).items():
+            signs = positive_signs(layer.weight)
+            # stays on the device: no synchronisation per step
+            self._flips[name] += torch.count_nonzero(signs != self._signs[name])
+            self._signs[name] = signs
+        self._steps += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, layer in self._layers(pl_module).items():
+            flips = int(self._flips[name])
+            ratio = flips / (layer.weight.numel() * self._steps) if self._steps else math.nan
+            self.curves[FLIP_RATIO_PREFIX + name].append(ratio)
+            self._flips[name].zero_()
+        self._steps = 0
