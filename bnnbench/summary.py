@@ -41,8 +41,8 @@ def summary_lines(record: RunRecord, run_dir: Path, checkpoints: list[Path],
     if checkpoints:
         lines.append("  checkpoints   " + ", ".join(shown(p) for p in checkpoints))
     else:
-        lines.append("  checkpoints   none (no model_checkpoint callback, or debug=fdr): "
-                     "nothing to evaluate or export")
+        lines.append("  checkpoints   none (no model_checkpoint callback): nothing to "
+                     "evaluate or export")
     lines.append("next:")
     if checkpoints:
         lines += [f"  python -m bnnbench.evaluate run_dir={shown(run_dir)}",

@@ -12,7 +12,7 @@ from bnnbench.methods import list_methods
 from tests.conftest import CONF
 
 GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method", "sweep",
-          "preset")
+          "preset", "callbacks", "paths", "debug")
 # Options that need a value the user must give (``???`` in the YAML).
 REQUIRED = {("model", "timm"): ["model.name=resnet18"]}
 
@@ -42,6 +42,9 @@ def test_config_file_composes_and_instantiates(make_cfg, group, option):
         net = instantiate(cfg.model, in_chans=data.in_chans, num_classes=data.num_classes,
                           img_size=data.img_size)
         assert instantiate(cfg.method).convert(net) is not None
+        return
+    if group == "debug":  # global: it changes the trainer (tests/test_conventions.py checks how)
+        assert instantiate(cfg.trainer, logger=False) is not None
         return
     node = cfg[group]
     if group == "model":
