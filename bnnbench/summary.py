@@ -33,9 +33,8 @@ def summary_lines(record: RunRecord, run_dir: Path, checkpoints: list[Path],
         f"(best val top-1 {record.best_val_top1:.2f} %)",
     ]
     if size:
-        lines.append(f"  deployed      {size['total_bytes'] / MIB:.3f} MiB, "
-                     f"{size['compression']:.1f}x smaller than float32 "
-                     f"({size['fp32_bytes'] / MIB:.3f} MiB)")
+        lines.append(f"  deployed      {size['total_bytes'] / MIB:.3f} MiB, compression "
+                     f"{size['compression']:.1f}x (float32: {size['fp32_bytes'] / MIB:.3f} MiB)")
     lines += [f"  run dir       {shown(run_dir)}",
               f"  metrics       {shown(Path(run_dir) / METRICS_FILE)}"]
     if checkpoints:

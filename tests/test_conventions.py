@@ -190,7 +190,7 @@ def test_summary_says_result_size_places_and_next_commands(tmp_path, monkeypatch
     ckpts = [out / "checkpoints" / "best.ckpt", out / "checkpoints" / "last.ckpt"]
     text = "\n".join(summary_lines(record(), out, ckpts, out))
     for expected in ("test top-1    94.12 %", "top-5 99.50 %", "2 epochs in 61.3 s",
-                     "3.000 MiB, 32.0x smaller than float32 (96.000 MiB)",
+                     "3.000 MiB, compression 32.0x (float32: 96.000 MiB)",
                      "run dir       runs/d/t", "metrics       runs/d/t/metrics.json",
                      "runs/d/t/checkpoints/best.ckpt, runs/d/t/checkpoints/last.ckpt",
                      "python -m bnnbench.evaluate run_dir=runs/d/t",
@@ -224,7 +224,7 @@ def test_cli_ends_with_the_summary(tmp_path):
     tail = proc.stdout[proc.stdout.index("bnn · mlp · mnist5k"):]
     assert f"test top-1    {saved['test_top1']:.2f} %" in tail
     assert f"top-5 {saved['test_top5']:.2f} %" in tail
-    assert f"{saved['extra']['size']['compression']:.1f}x smaller" in tail
+    assert f"compression {saved['extra']['size']['compression']:.1f}x" in tail
     for command in ("bnnbench.evaluate run_dir=runs/one", "bnnbench.export run_dir=runs/one",
                     "bnnbench.report runs/one"):
         assert f"python -m {command}" in tail
