@@ -1,4 +1,4 @@
-"""The few lines a person reads when a run ends: its result, where its files are, what to run next."""
+"""The lines a person reads when a run ends: its result, where its files are, what to run next."""
 
 from __future__ import annotations
 

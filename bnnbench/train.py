@@ -37,7 +37,6 @@ from bnnbench.rundir import (
     release_run_dir,
 )
 from bnnbench.size import account
-from bnnbench.summary import print_summary
 from bnnbench.spec import (
     CHECKPOINT_SPEC_KEY,
     SECTIONS,
@@ -48,6 +47,7 @@ from bnnbench.spec import (
     geometry_of,
     spec_from_config,
 )
+from bnnbench.summary import print_summary
 
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
@@ -223,9 +223,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
     (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
     wall = time.perf_counter() - start
 
-    # the recipe's hash leaves out where and how the run is logged (paths differ run to run)
-    # (nor where it resumed from)
-    # nor where its files go, its labels, or what observes it (callbacks; early stopping's effect
+    # the recipe's hash leaves out NOT_RECIPE (paths differ run to run; early stopping's effect
     # is the recorded number of epochs)
     recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(
         cfg, [k for k in cfg if k not in NOT_RECIPE]), resolve=True)
