@@ -138,6 +138,14 @@ def test_fast_dev_run_writes_a_record(make_cfg):
     assert not (run_dir() / "csv").exists()  # fast_dev_run logs to Lightning's dummy logger
 
 
+def test_callbacks_none_trains_without_checkpoints(make_cfg, capsys):
+    """No ModelCheckpoint: Lightning must not add its own default one (in the logger's folder)."""
+    record = run(make_cfg([*FAST, "callbacks=none"]))
+    assert not list(run_dir().rglob("*.ckpt"))
+    assert record.best_val_top1 == round(record.curves["val/top1"][0], 4)
+    assert "checkpoints   none" in capsys.readouterr().out
+
+
 def test_tensorboard_logger_composes_and_writes_offline(make_cfg):
     cfg = make_cfg(["logger=tensorboard"])
     logger = instantiate(cfg.logger)
