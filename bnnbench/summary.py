@@ -21,6 +21,11 @@ def shown(path: Path) -> str:
     return shlex.quote(text)
 
 
+def percent(value: float | None) -> str:
+    """``94.12 %``; ``-`` for a run without the number (e.g. one that diverged)."""
+    return "-" if value is None or value != value else f"{value:.2f} %"
+
+
 def summary_lines(record: RunRecord, run_dir: Path, checkpoints: list[Path],
                   report_dir: Path) -> list[str]:
     """The end-of-run summary as plain lines (what :func:`print_summary` prints)."""
@@ -29,8 +34,8 @@ def summary_lines(record: RunRecord, run_dir: Path, checkpoints: list[Path],
         f"{record.method} · {record.model} · {record.data} · seed {record.seed} · "
         f"{record.epochs} epoch{'s' if record.epochs != 1 else ''} in {record.wall_time_s:.1f} s"
         f" on {record.device}",
-        f"  test top-1    {record.test_top1:.2f} %   top-5 {record.test_top5:.2f} %   "
-        f"(best val top-1 {record.best_val_top1:.2f} %)",
+        f"  test top-1    {percent(record.test_top1)}   top-5 {percent(record.test_top5)}   "
+        f"(best val top-1 {percent(record.best_val_top1)})",
     ]
     if size:
         lines.append(f"  deployed      {size['total_bytes'] / MIB:.3f} MiB, compression "

@@ -293,7 +293,7 @@ def optional_callbacks(cfg: DictConfig, run_dir: Path, has_logger: bool) -> list
                 or Path(callback.dirpath).resolve() != (run_dir / CHECKPOINT_DIR).resolve()):
             raise BnnbenchError(f"callbacks.{name}.dirpath={callback.dirpath} must be the run's "
                                 f"{CHECKPOINT_DIR}/ (resume, evaluate and export read it there): "
-                                f"leave it at ${{paths.output_dir}}/{CHECKPOINT_DIR}")
+                                f"leave it at ${{hydra:runtime.output_dir}}/{CHECKPOINT_DIR}")
         built.append(callback)
     return built
 
