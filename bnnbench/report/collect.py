@@ -28,7 +28,8 @@ from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RUN_MARKER, marker_is_locked
 GROUPS = ("method", "model", "data", "trainer", "optimizer", "scheduler")
 #: keys that never distinguish two settings: where a run logs, reads data from, resumes from
 IGNORED_KEYS = {"seed", "ckpt_path", "data.root", "data.num_workers", "trainer.default_root_dir"}
-IGNORED_PREFIXES = ("logger", "hydra", "callbacks")
+# where a run writes and how it is labelled are not settings of the recipe
+IGNORED_PREFIXES = ("logger", "hydra", "callbacks", "paths", "tags", "debug")
 #: how a run ended; "unfinished": claimed (run.json / .hydra) but no metrics.json
 STATUSES = ("finished", "diverged", "failed", "unfinished")
 MISSING = "-"
