@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from bnnbench.methods.base import BinarizationMethod
 from bnnbench.recipes import distillation_loss
@@ -33,6 +35,11 @@ class BNNModule(pl.LightningModule):
     kd_weight * distillation_loss(logits, teacher(x), kd_temperature)``.
     Logged: ``train/loss`` (task loss + regularizer), ``train/kd`` (with a teacher), ``val/top1``,
     ``val/top5``, ``val/loss``, ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
+    Validation and test metrics are torchmetrics states (correct and seen counts, loss sum and
+    weight) summed over every batch and, under DDP, over every rank before the division, so the
+    numbers are exact for any split of the data across ranks (the datamodule's evaluation loaders
+    shard without padding, see :mod:`bnnbench.data.base`). The number of classes comes from the
+    datamodule (``num_classes``) when the trainer sets the module up.
     The learning rate of a parameter group is ``optimizer lr * group['lr_scale']`` (default 1).
     A ReduceLROnPlateau scheduler watches the training loss (Tang et al.: "halved once the
     training loss stops decreasing"); other schedulers step once per epoch.
@@ -51,6 +58,16 @@ class BNNModule(pl.LightningModule):
         self.teacher = [teacher] if teacher is not None else []
         self.kd_temperature = kd_temperature
         self.kd_weight = kd_weight
+        self.eval_metrics: nn.ModuleDict | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.eval_metrics is not None:
+            return
+        num_classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if not num_classes:  # training from bare loaders (benchmarks): nothing to evaluate
+            return
+        self.eval_metrics = nn.ModuleDict({split: eval_metrics(num_classes)
+                                           for split in ("val", "test")})
 
     def on_fit_start(self) -> None:
         for teacher in self.teacher:
@@ -84,12 +101,17 @@ class BNNModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x, y = batch
         logits = self.net(x)
-        top1, top5 = topk_correct(logits, y)
-        n = len(y)
-        self.log(f"{stage}/loss", self.method.loss(logits, y), batch_size=n, sync_dist=True)
-        self.log(f"{stage}/top1", top1.float() * 100 / n, batch_size=n, prog_bar=True,
-                 sync_dist=True)
-        self.log(f"{stage}/top5", top5.float() * 100 / n, batch_size=n, sync_dist=True)
+        if self.eval_metrics is None:
+            raise TypeError("BNNModule evaluates with a datamodule that states num_classes "
+                            "(bnnbench.data.base.ImageClassificationData)")
+        metrics = self.eval_metrics[stage]
+        metrics["loss"].update(self.method.loss(logits, y).detach(), weight=len(y))
+        metrics["top1"].update(logits, y)
+        metrics["top5"].update(logits, y)
+        # logged as Metric objects: Lightning computes them (states reduced across ranks) and
+        # resets them at the end of the epoch
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "top1")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -111,6 +133,16 @@ class BNNModule(pl.LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "train/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def eval_metrics(num_classes: int) -> nn.ModuleDict:
+    """Top-1 and top-k accuracy in percent (examples whose target is among the k largest logits,
+    k = min(5, classes)) and the mean loss weighted by batch size."""
+    return nn.ModuleDict({
+        "loss": MeanMetric(),
+        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro") * 100,
+        "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro") * 100,
+    })
 
 
 def count_parameters(net: nn.Module) -> int:

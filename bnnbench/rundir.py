@@ -8,7 +8,12 @@
   process, so a marker whose lock is free belongs to a run that died.
 * :class:`GuardRunDir` is a Hydra callback (``hydra.callbacks`` in conf/config.yaml) that claims
   the job's directory in ``on_job_start`` and only then writes ``.hydra/`` (Hydra's own copy is
-  switched off with ``hydra.output_subdir: null``): a refused relaunch rewrites nothing.
+  switched off with ``hydra.output_subdir: null``): a refused relaunch rewrites nothing. In a
+  multirun a refusal does not stop the sweep: it is kept for the point's task
+  (:mod:`bnnbench.multirun`), which skips a finished point of the same recipe and records the
+  others as failed.
+* A directory whose ``metrics.json`` says ``"status": "failed"`` (a multirun point that crashed)
+  counts as a killed run: the same config retries it there, resuming from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ HYDRA_DIR = ".hydra"
 
 # Keys that may differ when the same command is rerun to resume (where to resume from).
 RESUME_IGNORED = ("ckpt_path",)
+# Keys the recipe hash leaves out: where and how a run is logged (paths differ run to run), where
+# it resumed from, its tags, and its callbacks (early stopping's effect is the recorded epochs).
+RECIPE_IGNORED = ("logger", "ckpt_path", "paths", "tags", "callbacks")
+FAILED = "failed"
 
 
 @dataclasses.dataclass
@@ -47,9 +56,47 @@ class Claim:
 _CLAIMS: dict[Path, Claim] = {}
 
 
+# refusals GuardRunDir kept for a multirun point's task: run directory -> the one-line reason
+REFUSED: dict[Path, str] = {}
+
+# Where a process learns its distributed rank: Lightning's launcher (LOCAL_RANK, NODE_RANK for
+# the nodes after the first), torchrun (RANK), SLURM tasks (SLURM_PROCID: submitit and srun start
+# every rank themselves).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
 def is_ddp_worker() -> bool:
-    """DDP ranks > 0 are launched by rank 0 into its (already claimed) run directory."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0
+    """A rank other than the global first: it runs in the run directory rank 0 claims, and never
+    claims or writes bnnbench's files itself."""
+    return any(_int_env(name) > 0 for name in RANK_VARIABLES)
+
+
+def _int_env(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+def recipe_hash(cfg: Any) -> str:
+    """:func:`~bnnbench.report.record.config_hash` of a run's resolved task config, leaving out
+    :data:`RECIPE_IGNORED`: two runs with the same hash trained the same recipe."""
+    from omegaconf import OmegaConf
+
+    from bnnbench.report.record import config_hash
+
+    return config_hash(OmegaConf.to_yaml(OmegaConf.masked_copy(
+        cfg, [k for k in cfg if k not in RECIPE_IGNORED and k != "hydra"]), resolve=True))
+
+
+def recorded_status(run_dir: Path) -> str | None:
+    """The ``status`` of ``run_dir``'s metrics.json (``finished`` when it has none), None when
+    there is no readable metrics.json."""
+    try:
+        record = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(record.get("status", "finished")) if isinstance(record, dict) else None
 
 
 def marker_is_locked(marker: Path) -> bool:
@@ -81,7 +128,8 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
     if is_ddp_worker():  # started by rank 0 before it writes any checkpoint: resume as it does
         return (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
     marker = run_dir / RUN_MARKER
-    if (run_dir / METRICS_FILE).exists():
+    if (run_dir / METRICS_FILE).exists() and not (recorded_status(run_dir) == FAILED
+                                                   and marker.exists()):
         raise BnnbenchError(f"{run_dir} already holds a run that finished ({METRICS_FILE}); "
                             "choose a new hydra.run.dir instead of overwriting it")
     if marker.exists():
@@ -206,10 +254,21 @@ class GuardRunDir(_HydraCallback):  # type: ignore[misc,valid-type]
         try:
             resumed = claim_run_dir(run_dir, task)
         except BnnbenchError as err:
+            if _is_multirun(config):  # the point's task skips it or records it: the sweep goes on
+                REFUSED[run_dir.resolve()] = str(err)
+                return
             print(f"bnnbench: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         if not resumed:  # a resumed run keeps the .hydra/ it started with
             write_hydra_files(config, run_dir)
 
     def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
-        release_run_dir(Path(config.hydra.runtime.output_dir))
+        run_dir = Path(config.hydra.runtime.output_dir)
+        REFUSED.pop(run_dir.resolve(), None)
+        release_run_dir(run_dir)
+
+
+def _is_multirun(config: Any) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.mode == RunMode.MULTIRUN

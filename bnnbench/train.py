@@ -28,12 +28,13 @@ from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.recipes import load_teacher, warm_start
-from bnnbench.report.record import EpochRecorder, RunRecord, config_hash, git_commit
+from bnnbench.report.record import EpochRecorder, RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     claim_run_dir,
     is_ddp_worker,
+    recipe_hash,
     release_run_dir,
 )
 from bnnbench.size import account
@@ -51,9 +52,6 @@ from bnnbench.summary import print_summary
 
 # What metrics.json keeps of the size accounting (`python -m bnnbench.size` prints all of it).
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
-# Top-level keys left out of a run's recipe hash: where it logs and resumes from, where its files
-# go, its labels, and the callbacks that observe it.
-NOT_RECIPE = ("logger", "ckpt_path", "paths", "tags", "callbacks")
 SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", "xnor_mac_share")
 
 
@@ -220,13 +218,12 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                         "rerun the same command to resume from the last epoch's checkpoint (or "
                         f"pass ckpt_path=<run_dir>/{CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT})"
                         ) from None
-    (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    # the final weights, as last.ckpt holds them: with ckpt_path=None inside a SLURM job,
+    # Lightning would test its requeue checkpoint (hpc_ckpt_<n>.ckpt) from an earlier attempt
+    final = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
+    (test,) = trainer.test(module, datamodule=datamodule, verbose=False, ckpt_path=final)
     wall = time.perf_counter() - start
 
-    # the recipe's hash leaves out NOT_RECIPE (paths differ run to run; early stopping's effect
-    # is the recorded number of epochs)
-    recipe = OmegaConf.to_yaml(OmegaConf.masked_copy(
-        cfg, [k for k in cfg if k not in NOT_RECIPE]), resolve=True)
     curves = dict(recorder.curves)
     for callback in optional:
         if isinstance(callback, FlipRatio):
@@ -239,7 +236,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         best_val_top1=round(max(val_top1, default=float("nan")), 4),
         num_params=count_parameters(net), epochs=trainer.current_epoch,
         wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=curves,
-        config_hash=config_hash(recipe), git_commit=git_commit(), device=describe_device(trainer),
+        config_hash=recipe_hash(cfg), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}, "tags": tags,
                **({"init": warm.to_dict()} if warm is not None else {})},

@@ -2,12 +2,20 @@
 
 ``in_chans``, ``num_classes`` and ``img_size`` are known from the config alone (before any file
 is read), so train.py can build the model for the data without loading it.
+
+Under DDP the validation and test loaders shard the split without padding (rank r reads examples
+r, r + world, r + 2 world, ...): PyTorch's DistributedSampler, which Lightning would put there,
+repeats examples to give every rank the same count, and the repeats would be scored twice (7
+test images on 2 ranks: 8 scored). The shards differ by at most one example; the module sums the
+counts across ranks (:mod:`bnnbench.lit`). Evaluation holds no per-batch collective (DDP syncs
+buffers only on the first forward pass without gradients), so one rank may run one batch more.
 """
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from bnnbench.errors import check_range
@@ -20,6 +28,12 @@ def mnist_to_signed_unit(pixels: torch.Tensor) -> torch.Tensor:
     digits and torchvision's MNIST both use this, so a model trained on one evaluates on the other.
     """
     return pixels.float().div(255.0).mul(2.0).sub(1.0)
+
+
+def distributed() -> bool:
+    """True inside a process group of more than one rank (Lightning's DDP)."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
 
 
 class ImageClassificationData(pl.LightningDataModule):
@@ -43,8 +57,11 @@ class ImageClassificationData(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         assert dataset is not None, "call setup() before asking for a loader"
+        # a DistributedSampler subclass: Lightning keeps it instead of its padding one
+        sampler = (UnrepeatedDistributedSampler(dataset, shuffle=False)
+                   if not train and distributed() else None)
         return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, num_workers=self.num_workers,
+                          shuffle=train, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
