@@ -250,3 +250,32 @@ def test_callback_never_fails_a_finished_sweep(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the sweep's report was not written (no run under" in err
     assert f"python -m bnnbench.report {tmp_path / 'empty'}" in err
+
+
+def test_named_table_renders_a_sweep_whose_point_failed(tmp_path, monkeypatch, capsys):
+    """A sweep exits 1 when one point failed: ``--run`` still renders, listing that point; a
+    sweep that never started is one line."""
+    import bnnbench.report.__main__ as report_main
+
+    def fake_sweep(cmd, **_):
+        sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=")[1])
+        _run_dir(sweep_dir, "0", "method:\n  activation_bits: 1\nseed: 0\n",
+                 _record("tang", 0, 80.0))
+        _run_dir(sweep_dir, "1", "method:\n  activation_bits: 2\nseed: 0\n",
+                 _record("tang", 0, None, status="failed", error="loss went nan"))
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(report_main.subprocess, "run", fake_sweep)
+    main(["tang_table5", "--run", "--runs-root", str(tmp_path / "multirun"), "--no-plots",
+          "--out", str(tmp_path / "reports")])
+    text = (tmp_path / "reports" / "tang_table5.md").read_text()
+    assert "## Runs that did not finish" in text and "loss went nan" in text
+    assert "exited with code 1" in capsys.readouterr().out
+
+    monkeypatch.setattr(report_main.subprocess, "run",
+                        lambda cmd, **_: subprocess.CompletedProcess(cmd, 2))
+    with pytest.raises(SystemExit):
+        main(["tang_table5", "--run", "--runs-root", str(tmp_path / "empty"),
+              "--out", str(tmp_path / "reports2")])
+    err = capsys.readouterr().err
+    assert "exited with code 2 before writing" in err and "Traceback" not in err

@@ -70,7 +70,13 @@ def launch(table: str, overrides: list[str], runs_root: Path) -> Path:
     cmd = [sys.executable, "-m", "bnnbench", "-m", f"+sweep={table}",
            f"hydra.sweep.dir={sweep_dir}", "~hydra.callbacks.render_report", *overrides]
     print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:  # failed points are listed by the report; a sweep that never started is not
+        if not sweep_dir.is_dir():
+            raise BnnbenchError(f"the {table} sweep exited with code {code} before writing "
+                                f"{sweep_dir}; fix the error printed above and rerun")
+        print(f"warning: the {table} sweep exited with code {code}; the report lists the "
+              "points that did not finish", flush=True)
     return sweep_dir
 
 
