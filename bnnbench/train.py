@@ -16,14 +16,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from hydra.types import RunMode
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from bnnbench.callbacks import FlipRatio
-from bnnbench.errors import BnnbenchError, Preempted, check_range
+from bnnbench.errors import BnnbenchError, Preempted, check_knobs, check_range, first_line
 from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
@@ -56,15 +56,52 @@ SIZE_SUMMARY = ("total_bytes", "fp32_bytes", "compression", "binary_mac_share", 
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject invalid values before anything trains, one line naming the key and its range."""
-    check_range("trainer.max_epochs", cfg.trainer.max_epochs, low=1)
+    """Reject invalid values before anything trains, one line naming the key and the fix.
+
+    Every number in the config must be finite; the optimizer's, scheduler's and trainer's knobs
+    must fit their classes' annotations (:func:`~bnnbench.errors.check_knobs`); the optimizer and
+    scheduler are built once on a dummy parameter so torch's own checks (betas, momentum, ...)
+    speak now, as one line, not as a trace from inside ``fit``. Model, method and data knobs are
+    checked where they are built (the registries), so evaluate and export check them too.
+    """
+    check_finite(OmegaConf.to_container(cfg, resolve=True))
+    check_range("seed", cfg.seed, low=0, integer=True)
+    factories = {}
+    for section in ("optimizer", "scheduler", "trainer"):
+        node = cfg.get(section)
+        if node is None:
+            continue
+        knobs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                 if not k.startswith("_")}
+        check_knobs(section, get_object(node._target_), knobs)
+        if section != "trainer":
+            factories[section] = instantiate(node)
+    check_range("trainer.max_epochs", cfg.trainer.max_epochs, low=1, integer=True)
     check_range("optimizer.lr", cfg.optimizer.lr, low=0, low_inclusive=False)
-    check_range("data.batch_size", cfg.data.batch_size, low=1)
-    check_range("seed", cfg.seed, low=0)
     if cfg.get("teacher"):
         kd = cfg.get("kd") or {}
         check_range("kd.temperature", kd.get("temperature", 1.0), low=0, low_inclusive=False)
         check_range("kd.weight", kd.get("weight", 1.0), low=0, high=1)
+    try:
+        optimizer = factories["optimizer"]([torch.nn.Parameter(torch.zeros(1))])
+        if "scheduler" in factories:
+            factories["scheduler"](optimizer)
+    except BnnbenchError:
+        raise
+    except (ValueError, TypeError) as err:  # torch's "Invalid beta parameter at index 0: 2.0"
+        raise BnnbenchError(f"{' / '.join(factories)}: {first_line(err)}") from err
+
+
+def check_finite(value: Any, key: str = "") -> None:
+    """Every float in a (plain) config is finite: ``inf``/``nan`` anywhere is refused by name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BnnbenchError(f"{key}={value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
 
 
 def choice(group: str, default: str) -> str:

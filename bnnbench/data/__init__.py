@@ -17,7 +17,7 @@ from bnnbench.data.cifar import CIFAR10, CIFAR100
 from bnnbench.data.embedded import EmbeddedMNIST
 from bnnbench.data.mnist import MNIST
 from bnnbench.data.synthetic import SyntheticData
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, check_knobs
 
 # name -> class path (a string: ImageNet's module needs the ffcv extra, imported only when built)
 DATA_MODULES: dict[str, str] = {
@@ -41,6 +41,7 @@ def create_data(name: str, **args: Any) -> ImageClassificationData:
         raise BnnbenchError(f"unknown data {name!r}; valid data: {', '.join(sorted(DATA_MODULES))}")
     module_name, _, class_name = DATA_MODULES[name].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
+    check_knobs("data", cls, args)  # batch_size=1.5, mean=[a]: one line before anything loads
     try:
         return cls(**args)
     except TypeError as err:  # an unknown or missing argument

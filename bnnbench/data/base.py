@@ -46,8 +46,10 @@ class ImageClassificationData(pl.LightningDataModule):
     def __init__(self, batch_size: int = 100, num_workers: int = 0,
                  eval_batch_size: int | None = None) -> None:
         super().__init__()
-        check_range("data.batch_size", batch_size, low=1)
-        check_range("data.num_workers", num_workers, low=0)
+        check_range("data.batch_size", batch_size, low=1, integer=True)
+        check_range("data.num_workers", num_workers, low=0, integer=True)
+        if eval_batch_size is not None:
+            check_range("data.eval_batch_size", eval_batch_size, low=1, integer=True)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
         self.num_workers = num_workers

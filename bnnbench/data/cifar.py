@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bnnbench.data.torchvision_data import TorchvisionData, first_line, holdout_split
-from bnnbench.errors import BnnbenchError
+from bnnbench.data.torchvision_data import TorchvisionData, holdout_split
+from bnnbench.errors import BnnbenchError, check_range, first_line
 
 
 class ImageTensorDataset(Dataset):
@@ -76,6 +76,12 @@ class CIFAR10(TorchvisionData):
         self.augment = augment
         self.mean = tuple(self.default_mean if mean is None else mean)
         self.std = tuple(self.default_std if std is None else std)
+        for key, values in (("data.mean", self.mean), ("data.std", self.std)):
+            if len(values) != self.in_chans:
+                raise BnnbenchError(f"{key}={list(values)} must hold {self.in_chans} values "
+                                    "(one per RGB channel)")
+        for i, value in enumerate(self.std):
+            check_range(f"data.std[{i}]", value, low=0, low_inclusive=False)
 
     def _download(self) -> None:
         import torchvision.datasets

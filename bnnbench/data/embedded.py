@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bnnbench.data.base import ImageClassificationData, mnist_to_signed_unit
+from bnnbench.errors import BnnbenchError, check_range
 
 
 def stratified_split(labels: np.ndarray, sizes_per_class: tuple[int, int, int],
@@ -20,7 +21,9 @@ def stratified_split(labels: np.ndarray, sizes_per_class: tuple[int, int, int],
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         if len(idx) < n_train + n_val + n_test:
-            raise ValueError(f"class {cls} has {len(idx)} examples, fewer than the split asks")
+            raise BnnbenchError(f"data.split_per_class={list(sizes_per_class)} asks for "
+                                f"{n_train + n_val + n_test} examples of class {cls}, which has "
+                                f"{len(idx)}")
         parts[0].append(idx[:n_train])
         parts[1].append(idx[n_train:n_train + n_val])
         parts[2].append(idx[n_train + n_val:n_train + n_val + n_test])
@@ -53,6 +56,12 @@ class EmbeddedMNIST(ImageClassificationData):
                  eval_batch_size: int | None = None, split_seed: int = 0,
                  split_per_class: tuple[int, int, int] = (350, 50, 100)) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size)
+        check_range("data.split_seed", split_seed, low=0, integer=True)
+        if len(split_per_class) != 3:
+            raise BnnbenchError(f"data.split_per_class={list(split_per_class)} must be 3 counts "
+                                "(train, val, test per class)")
+        for part, count in zip(("train", "val", "test"), split_per_class):
+            check_range(f"data.split_per_class ({part})", count, low=1, integer=True)
         self.split_seed = split_seed
         self.split_per_class = tuple(split_per_class)
 

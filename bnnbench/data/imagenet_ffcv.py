@@ -15,9 +15,8 @@ import torch
 
 from bnnbench.data.base import ImageClassificationData
 from bnnbench.data.ffcv_support import import_ffcv
-from bnnbench.data.torchvision_data import first_line
 from bnnbench.data.write_ffcv import CLASSES_FILE
-from bnnbench.errors import BnnbenchError, check_range
+from bnnbench.errors import BnnbenchError, check_range, first_line
 
 #: ImageNet's per-channel RGB mean on the 0..255 scale (what Caffe's mean subtraction removes).
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)

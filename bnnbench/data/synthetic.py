@@ -27,7 +27,8 @@ class SyntheticData(ImageClassificationData):
                                 ("data.num_classes", num_classes, 2),
                                 ("data.num_samples", num_samples, 1), ("data.num_val", num_val, 1),
                                 ("data.num_test", num_test, 1)):
-            check_range(key, value, low=low)
+            check_range(key, value, low=low, integer=True)
+        check_range("data.class_signal", class_signal)
         self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
         self.sizes = (num_samples, num_val, num_test)
         self.seed = seed

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnbench.data.base import ImageClassificationData
-from bnnbench.errors import BnnbenchError, check_range
+from bnnbench.errors import BnnbenchError, check_range, first_line
 
 
 def holdout_split(num_train: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,12 +27,6 @@ def holdout_split(num_train: int, val_size: int, seed: int) -> tuple[np.ndarray,
                             f"{num_train} images, need 0 < data.val_size < {num_train}")
     perm = np.random.default_rng(seed).permutation(num_train)
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
-
-
-def first_line(err: BaseException) -> str:
-    """An exception's message reduced to its first non-empty line (for one-line errors)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 class TorchvisionData(ImageClassificationData):
@@ -50,7 +44,8 @@ class TorchvisionData(ImageClassificationData):
                  split_seed: int = 0, batch_size: int = 100, num_workers: int = 0,
                  eval_batch_size: int | None = None) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size)
-        check_range("data.val_size", val_size, low=1)
+        check_range("data.val_size", val_size, low=1, integer=True)
+        check_range("data.split_seed", split_seed, low=0, integer=True)
         self.root = Path(root).expanduser()
         self.download = download
         self.val_size = val_size

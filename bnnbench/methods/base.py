@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, check_knobs
 from bnnbench.nn.layers import quantized_layers, set_submodule
 from bnnbench.nn.quantizers import clamp_
 
@@ -49,7 +49,9 @@ def get_method_class(name: str) -> type["BinarizationMethod"]:
 
 def create_method(name: str, **kwargs: Any) -> "BinarizationMethod":
     """Build a registered method by name (the Python twin of ``+method=<name>``)."""
-    return get_method_class(name)(**kwargs)
+    cls = get_method_class(name)
+    check_knobs("method", cls, kwargs)  # a bool knob given 1, a bit width given 1.5: one line
+    return cls(**kwargs)
 
 
 def squared_hinge_loss(logits: Tensor, target: Tensor) -> Tensor:

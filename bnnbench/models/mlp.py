@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from bnnbench.errors import check_range
 from bnnbench.models.registry import register_model
 
 
@@ -18,6 +19,10 @@ class MLP(nn.Sequential):
     def __init__(self, in_features: int, num_classes: int, hidden_features: int = 4096,
                  depth: int = 3, dropout_in: float = 0.2, dropout_hidden: float = 0.5,
                  output_bn: bool = True) -> None:
+        check_range("model.hidden_features", hidden_features, low=1, integer=True)
+        check_range("model.depth", depth, low=0, integer=True)
+        check_range("model.dropout_in", dropout_in, low=0, high=1)
+        check_range("model.dropout_hidden", dropout_hidden, low=0, high=1)
         layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(dropout_in)]
         width = in_features
         for _ in range(depth):

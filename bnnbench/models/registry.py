@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, check_knobs
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # create_model records (in_chans, img_size, img_size) here: a method whose parameters depend on
@@ -37,6 +37,7 @@ def create_model(name: str, *, in_chans: int, num_classes: int, img_size: int,
                  **kwargs: Any) -> nn.Module:
     """Build a registered model, or any timm model by name, for the given data geometry."""
     if name in _MODELS:
+        check_knobs("model", _MODELS[name], kwargs)  # 1.5 layers, "abc" units: one line
         model = _MODELS[name](in_chans=in_chans, num_classes=num_classes, img_size=img_size,
                               **kwargs)
     else:

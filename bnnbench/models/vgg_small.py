@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.models.registry import register_model
 from bnnbench.nn.blocks import ConvBlock
 
@@ -38,6 +38,10 @@ class VGGSmall(nn.Module):
                  widths: tuple[int, int, int] = (128, 256, 512), hidden_features: int = 1024,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        for i, width in enumerate(widths):
+            check_range(f"model.widths[{i}]", width, low=1, integer=True)
+        check_range("model.hidden_features", hidden_features, low=1, integer=True)
+        check_range("model.dropout", dropout, low=0, high=1)
         side = img_size // 8
         if side < 1:
             raise BnnbenchError(f"vgg_small needs img_size >= 8 (three 2x2 pools), got {img_size}")

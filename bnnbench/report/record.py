@@ -5,24 +5,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
+from bnnbench.errors import BnnbenchError, check_knobs, first_line
 from bnnbench.files import write_atomic
 
 METRICS_FILE = "metrics.json"
 
 
+STATUSES = ("finished", "diverged", "failed")
+
+
 @dataclasses.dataclass
 class RunRecord:
-    """One run's outcome. Accuracies are percentages; times are seconds.
+    """One run that ended. Accuracies are percentages; times are seconds.
 
-    ``status`` is "finished", "diverged" or "failed" (``error``: the one line saying why); a
-    diverged or failed run has no test numbers (``None``).
+    ``status``: ``finished`` (trained and tested), ``diverged`` (stopped at a non-finite training
+    loss: no test accuracy) or ``failed``; ``error`` is then the one line that says why.
+    A missing number (no test of a diverged run, no validation score, a NaN curve point) is
+    ``None`` and ``null`` in metrics.json, which never holds NaN.
     """
 
     method: str
@@ -31,12 +39,12 @@ class RunRecord:
     seed: int
     test_top1: float | None
     test_top5: float | None
-    best_val_top1: float
+    best_val_top1: float | None
     num_params: int
     epochs: int
     wall_time_s: float
     epoch_time_s: list[float]
-    curves: dict[str, list[float]]
+    curves: dict[str, list[float | None]]
     config_hash: str
     git_commit: str
     device: str
@@ -46,14 +54,55 @@ class RunRecord:
     error: str | None = None
 
     def write(self, run_dir: Path) -> Path:
+        """``<run_dir>/metrics.json``, atomically; non-finite numbers become null."""
         path = Path(run_dir) / METRICS_FILE
-        return write_atomic(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        text = json.dumps(finite_or_null(dataclasses.asdict(self)), indent=2, allow_nan=False)
+        return write_atomic(path, text + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunRecord":
-        data = json.loads((Path(run_dir) / METRICS_FILE).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The record in ``<run_dir>/metrics.json``; a BnnbenchError naming the file and what is
+        wrong with it (half-written, not JSON, a field missing or of the wrong type)."""
+        path = Path(run_dir) / METRICS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise BnnbenchError(f"{path} is not readable JSON ({first_line(err)})") from None
+        if not isinstance(data, dict):
+            raise BnnbenchError(f"{path} does not hold a JSON object")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [name for name, f in fields.items() if name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise BnnbenchError(f"{path} lacks {', '.join(missing[:3])}")
+        known = {k: v for k, v in data.items() if k in fields}
+        check_knobs(str(path), cls, known)  # e.g. test_top1 "abc": refused here, not in a mean
+        if known.get("status", "finished") not in STATUSES:
+            raise BnnbenchError(f"{path}: status={known['status']!r} is not one of "
+                                f"{', '.join(STATUSES)}")
+        return cls(**known)
+
+    @classmethod
+    def read_or_warn(cls, run_dir: Path) -> "RunRecord | None":
+        """:meth:`read`, or None after one warning line on stderr naming the file: what a
+        report calls so that one half-written or malformed metrics.json skips that run instead
+        of aborting the whole render."""
+        try:
+            return cls.read(run_dir)
+        except BnnbenchError as err:
+            print(f"bnnbench: warning: skipping a run: {err}", file=sys.stderr)
+            return None
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN/inf float (in dicts and lists) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def config_hash(resolved_yaml: str) -> str:
