@@ -26,6 +26,13 @@ class Preempted(BnnbenchError):
     exit_code = 143
 
 
+class Diverged(BnnbenchError):
+    """A run stopped at a non-finite training loss; it wrote metrics.json with status
+    ``diverged``. Its own status (3), so a sweep script can tell it from bad input (2)."""
+
+    exit_code = 3
+
+
 def check_number(key: str, value: Any, *, integer: bool = False) -> None:
     """Raise BnnbenchError unless ``value`` is a finite number (an int when ``integer``).
 

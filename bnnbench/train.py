@@ -23,7 +23,14 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from bnnbench.callbacks import FlipRatio
-from bnnbench.errors import BnnbenchError, Preempted, check_knobs, check_range, first_line
+from bnnbench.errors import (
+    BnnbenchError,
+    Diverged,
+    Preempted,
+    check_knobs,
+    check_range,
+    first_line,
+)
 from bnnbench.export import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
@@ -136,6 +143,29 @@ class SaveOnPreemption(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
+class StopOnDivergence(pl.Callback):
+    """A non-finite training loss stops the run at that step, before its backward pass and
+    update: raises :class:`Diverged` naming the epoch, the step and the last checkpoint saved
+    before it (the end of the previous epoch; the weights in it trained on finite losses only).
+    Under DDP every rank takes the same decision (one rank's NaN poisons them all anyway)."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        last = self.checkpoint_dir / "last.ckpt"
+        good = (f"last good checkpoint: {last} (resume from it with ckpt_path=... and a lower "
+                "optimizer.lr)" if last.is_file() else "no checkpoint yet (it diverged in its "
+                "first epoch)")
+        raise Diverged(f"training diverged: the loss is {loss.detach().float().mean().item()} at "
+                       f"epoch {trainer.current_epoch}, step {trainer.global_step}; {good}; "
+                       f"metrics.json records status diverged")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, through :func:`bnnbench.files.atomic_path`: a run killed
     while saving leaves the previous ``last.ckpt`` whole, so it can still be resumed."""
@@ -244,6 +274,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         cfg.trainer, default_root_dir=str(run_dir), logger=logger, plugins=[AtomicCheckpointIO()],
         enable_checkpointing=bool(checkpoints),  # else Lightning adds its own, elsewhere
         callbacks=[recorder, StoreSpecInCheckpoint(spec), ResumableRNG(),
+                   StopOnDivergence(run_dir / CHECKPOINT_DIR),
                    SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT), *optional])
 
     start = time.perf_counter()
@@ -255,10 +286,15 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                         "rerun the same command to resume from the last epoch's checkpoint (or "
                         f"pass ckpt_path=<run_dir>/{CHECKPOINT_DIR}/{PREEMPTED_CHECKPOINT})"
                         ) from None
+    except Diverged as err:  # recorded below, then raised: one line, a non-zero exit
+        diverged = err
+    else:
+        diverged = None
     # the final weights, as last.ckpt holds them: with ckpt_path=None inside a SLURM job,
     # Lightning would test its requeue checkpoint (hpc_ckpt_<n>.ckpt) from an earlier attempt
     final = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
-    (test,) = trainer.test(module, datamodule=datamodule, verbose=False, ckpt_path=final)
+    test = {} if diverged else trainer.test(module, datamodule=datamodule, verbose=False,
+                                            ckpt_path=final)[0]
     wall = time.perf_counter() - start
 
     curves = dict(recorder.curves)
@@ -268,8 +304,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
     val_top1 = [v for v in recorder.curves["val/top1"] if not math.isnan(v)]
     record = RunRecord(
         method=spec["method"]["name"], model=choice("model", "?"), data=spec["data"]["name"],
-        seed=int(cfg.seed), test_top1=round(test["test/top1"], 4),
-        test_top5=round(test["test/top5"], 4),
+        seed=int(cfg.seed), test_top1=_rounded(test.get("test/top1")),
+        test_top5=_rounded(test.get("test/top5")),
         best_val_top1=round(max(val_top1, default=float("nan")), 4),
         num_params=count_parameters(net), epochs=trainer.current_epoch,
         wall_time_s=round(wall, 3), epoch_time_s=recorder.epoch_time_s, curves=curves,
@@ -277,12 +313,19 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         overrides=list(HydraConfig.get().overrides.task),
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}, "tags": tags,
                **({"init": warm.to_dict()} if warm is not None else {})},
+        status="diverged" if diverged else "finished", error=str(diverged) if diverged else None,
     )
     if trainer.is_global_zero:
         record.write(run_dir)
         print_summary(record, run_dir, checkpoints=saved_checkpoints(checkpoints),
                       report_dir=report_dir(run_dir))
+    if diverged:
+        raise diverged
     return record
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def tags_of(cfg: DictConfig) -> list[str]:

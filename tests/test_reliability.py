@@ -17,6 +17,7 @@ from bnnbench.data import create_data
 from bnnbench.errors import BnnbenchError, check_knobs, check_range
 from bnnbench.methods import create_method
 from bnnbench.models import create_model
+from bnnbench.report.record import RunRecord
 from bnnbench.train import run
 from tests.conftest import FAST
 
@@ -108,3 +109,113 @@ def test_cli_refuses_a_non_finite_lr_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["bnnbench: error: optimizer.lr=inf is not a "
                                                 "finite number"]
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+def strict_json(path: Path) -> dict:
+    """json.loads that refuses NaN/Infinity (what other JSON readers do)."""
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_non_finite_loss_stops_the_run_and_is_recorded_as_diverged(make_cfg):
+    from bnnbench.errors import Diverged
+
+    # Adam at lr 1e30: the first update blows the weights up, the next loss is NaN
+    with pytest.raises(Diverged, match=r"training diverged: the loss is nan at epoch 0, step 1;"
+                                       r" no checkpoint yet") as caught:
+        run(make_cfg([*FAST, "optimizer.lr=1e30", "trainer.max_epochs=2"]))
+    assert caught.value.exit_code not in (0, 2)
+    saved = strict_json(run_dir() / "metrics.json")
+    assert saved["status"] == "diverged" and saved["error"] == str(caught.value)
+    assert saved["test_top1"] is None and saved["test_top5"] is None
+    assert saved["curves"]["train/loss"] == []  # stopped inside the first epoch
+    assert RunRecord.read(run_dir()).status == "diverged"
+
+
+class _Trainer:
+    """The little of a Trainer that StopOnDivergence reads."""
+
+    current_epoch, global_step = 4, 123
+
+    class strategy:  # noqa: N801
+        @staticmethod
+        def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:  # noqa: A002
+            return decision
+
+
+@pytest.mark.parametrize("loss", [float("nan"), float("inf"), -float("inf")])
+def test_divergence_names_epoch_step_and_the_last_good_checkpoint(tmp_path, loss):
+    import torch
+
+    from bnnbench.errors import Diverged
+    from bnnbench.train import StopOnDivergence
+
+    (tmp_path / "last.ckpt").write_bytes(b"saved at the end of epoch 3")
+    stop = StopOnDivergence(tmp_path)
+    stop.on_before_backward(_Trainer(), None, torch.tensor(2.5))  # finite: nothing happens
+    with pytest.raises(Diverged, match=rf"the loss is {loss} at epoch 4, step 123; last good "
+                                       rf"checkpoint: {re.escape(str(tmp_path))}/last\.ckpt"):
+        stop.on_before_backward(_Trainer(), None, torch.tensor(loss))
+
+
+def record(**changes) -> RunRecord:
+    base = dict(method="bnn", model="mlp", data="mnist5k", seed=0, test_top1=90.0, test_top5=99.0,
+                best_val_top1=91.0, num_params=10, epochs=2, wall_time_s=1.0,
+                epoch_time_s=[0.5, 0.5], curves={"val/loss": [0.3, float("nan")]},
+                config_hash="abc", git_commit="x", device="cpu x1",
+                overrides=["+method=bnn"])
+    return RunRecord(**{**base, **changes})
+
+
+def test_metrics_json_never_holds_nan(tmp_path):
+    record(best_val_top1=float("nan"), status="diverged", test_top1=None, test_top5=None,
+           error="training diverged").write(tmp_path)
+    saved = strict_json(tmp_path / "metrics.json")
+    assert saved["best_val_top1"] is None and saved["curves"]["val/loss"] == [0.3, None]
+    back = RunRecord.read(tmp_path)
+    assert back.status == "diverged" and back.curves["val/loss"] == [0.3, None]
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"method": "bnn", "mod', "is not readable JSON"),  # half-written
+    ("", "is not readable JSON"),  # zero bytes
+    ("[1, 2]", "does not hold a JSON object"),
+    ('{"method": "bnn"}', "lacks model, data, seed"),
+    (None, "test_top1='abc' is not valid"),  # a field of the wrong type
+    (None, "status='exploded' is not one of"),
+])
+def test_the_report_skips_a_malformed_metrics_json_naming_it(tmp_path, capsys, text, reason):
+    from bnnbench.report.collect import read_runs
+
+    good, bad = tmp_path / "0_good", tmp_path / "1_bad"
+    record().write(good)
+    bad.mkdir()
+    if text is None:
+        edit = {"test_top1": "abc"} if "test_top1" in reason else {"status": "exploded"}
+        text = json.dumps({**json.loads((good / "metrics.json").read_text()), **edit})
+    (bad / "metrics.json").write_text(text)
+    records = read_runs([tmp_path])
+    assert records == [RunRecord.read(good)]
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("bnnbench: warning: skipping a run: ") and "\n" not in warning
+    assert str(bad / "metrics.json") in warning and reason in warning
+
+
+def test_the_report_shows_diverged_runs_as_such():
+    from bnnbench.report.collect import group_rows
+    from bnnbench.report.render import table_rows
+
+    runs = [record(seed=0, test_top1=90.0), record(seed=1, test_top1=80.0),
+            record(seed=2, test_top1=None, test_top5=None, status="diverged", error="nan")]
+    (row,) = group_rows(runs, ["method"])
+    assert row.stat("test_top1") == (85.0, pytest.approx(math.sqrt(50)))
+    cells = table_rows([row], {})[0]
+    assert cells[3] == "0,1,2 (seed 2 diverged)"
+    (lost,) = group_rows([runs[2]], ["method"])
+    assert table_rows([lost], {})[0][1] == "-"
