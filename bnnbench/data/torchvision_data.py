@@ -29,6 +29,18 @@ def holdout_split(num_train: int, val_size: int, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
+def check_labels(path: Path, num_images: int, labels: np.ndarray, num_classes: int) -> None:
+    """One line naming ``path`` when its labels do not fit its images: as many labels as images
+    (a shorter file would silently drop examples), each in ``0..num_classes-1``."""
+    if len(labels) != num_images:
+        raise BnnbenchError(f"{path} holds {num_images} images but {len(labels)} labels; the "
+                            "files are corrupt or mismatched: download them again")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise BnnbenchError(f"{path} holds the label {int(bad)}, outside 0..{num_classes - 1}; "
+                            "the files are corrupt or of another dataset: download them again")
+
+
 class TorchvisionData(ImageClassificationData):
     """Base for torchvision-format datasets: ``root``, ``download``, ``val_size``, ``split_seed``.
 
