@@ -219,3 +219,53 @@ def test_the_report_shows_diverged_runs_as_such():
     assert cells[3] == "0,1,2 (seed 2 diverged)"
     (lost,) = group_rows([runs[2]], ["method"])
     assert table_rows([lost], {})[0][1] == "-"
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+# Writes that are not results: the GPU script's scratch logs (tarred atomically afterwards), the
+# dataloading bench's throwaway images in a temporary directory, a /proc control file, and
+# bnnbench/files.py itself (the atomic writer's own fsync).
+NOT_RESULTS = {("bnnbench/bench/gpu.py", "log.open"), ("bnnbench/bench/gpu.py", "write_text"),
+               ("bnnbench/bench/dataloading.py", "save"),
+               ("bnnbench/bench/peak_memory.py", "write_text"), ("bnnbench/files.py", "open")}
+WRITERS = {"write_text", "write_bytes", "dump", "save_file", "save", "savefig", "to_csv"}
+
+
+def direct_writes(path: Path) -> list[str]:
+    """Calls in ``path`` that write a file in place (``.write_text``, ``json.dump``,
+    ``save_file``, ``open(..., "w")``...) outside a ``with atomic_path(...)`` block."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    guarded: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With) and any(
+                "atomic_path" in ast.unparse(item.context_expr) for item in node.items):
+            guarded.update(id(n) for n in ast.walk(node))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or id(node) in guarded:
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(
+            node.func, "id", "")
+        mode = next((a for a in node.args[1:2] if isinstance(a, ast.Constant)), None)
+        if name == "open" and isinstance(node.func, ast.Attribute):  # path.open("w")
+            mode = next((a for a in node.args[:1] if isinstance(a, ast.Constant)), None)
+        mode = mode or next((k.value for k in node.keywords if k.arg == "mode"), None)
+        writes_mode = isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+")
+        if name in WRITERS or (name == "open" and writes_mode):
+            rel = path.relative_to(ROOT).as_posix()
+            label = ast.unparse(node.func).rsplit(".", 2)
+            key = ".".join(label[-2:]) if name == "open" else name
+            if (rel, key) not in NOT_RESULTS and (rel, name) not in NOT_RESULTS:
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)[:70]}")
+    return found
+
+
+def test_every_file_bnnbench_writes_is_written_atomically():
+    """JSON, Markdown, CSV and safetensors go through bnnbench.files (temp file, fsync,
+    os.replace): a crash or a reader never sees half a file."""
+    offenders = [hit for path in sorted((ROOT / "bnnbench").rglob("*.py"))
+                 for hit in direct_writes(path)]
+    assert offenders == []

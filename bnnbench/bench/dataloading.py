@@ -33,6 +33,7 @@ from bnnbench.bench import cpu_model
 from PIL import Image
 
 from bnnbench.data.imagenet_ffcv import IMAGENET_MEAN_255
+from bnnbench.files import write_atomic
 
 DEFAULT_OUT = Path("reports") / "dataloading.md"
 
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bnnbench-bench-") as tmp:
         result = run_bench(args, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(result, args, command))
+    write_atomic(args.out, render(result, args, command))
     print(f"ffcv {result['rate']['ffcv']:.1f} images/s, torchvision "
           f"{result['rate']['torchvision']:.1f} images/s, ratio {result['ratio']:.2f}x "
           f"(pre-resized control {result['ratio_presized']:.2f}x) -> {args.out}")

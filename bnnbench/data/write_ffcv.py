@@ -25,6 +25,7 @@ from PIL import Image
 
 from bnnbench.data.ffcv_support import import_ffcv
 from bnnbench.errors import BnnbenchError
+from bnnbench.files import atomic_path, write_atomic
 
 SPLITS = ("train", "val")
 RESIZE_MODES = ("square", "keep-aspect")
@@ -82,8 +83,8 @@ def write_split(images: FolderImages, path: Path, *, max_resolution: int, jpeg_q
                                compress_probability=compress_probability),
         "label": IntField(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    DatasetWriter(str(path), fields, num_workers=num_workers).from_indexed_dataset(images)
+    with atomic_path(path) as tmp:  # a killed writer leaves no half .beton to train on
+        DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(images)
 
 
 def write_imagenet(src: str | Path, out: str | Path, *, max_resolution: int = 256,
@@ -112,7 +113,7 @@ def write_imagenet(src: str | Path, out: str | Path, *, max_resolution: int = 25
                     jpeg_quality=jpeg_quality, write_mode=write_mode,
                     compress_probability=compress_probability, num_workers=num_workers)
         counts[split] = len(images)
-    (out / CLASSES_FILE).write_text(json.dumps({
+    write_atomic(out / CLASSES_FILE, json.dumps({
         "classes": splits["train"].classes, "counts": counts, "max_resolution": max_resolution,
         "resize": resize, "jpeg_quality": jpeg_quality, "write_mode": write_mode,
     }, indent=1))
