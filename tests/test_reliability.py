@@ -269,3 +269,46 @@ def test_every_file_bnnbench_writes_is_written_atomically():
     offenders = [hit for path in sorted((ROOT / "bnnbench").rglob("*.py"))
                  for hit in direct_writes(path)]
     assert offenders == []
+
+
+# --- a checkpoint that does not fit its model ---------------------------------------------------
+
+def crafted_run(make_cfg, overrides: list[str]) -> tuple[Path, Path]:
+    """A run directory holding its config and a checkpoint whose first weight has the wrong
+    shape (a file edited, or written by another model under the same spec), without training."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from bnnbench.spec import CHECKPOINT_SPEC_KEY, build_net, data_geometry, spec_from_config
+
+    cfg = make_cfg(overrides)
+    out = run_dir()
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    spec = spec_from_config(cfg)
+    state = build_net(spec, data_geometry(spec)).state_dict()
+    first = next(k for k, v in state.items() if v.ndim == 2)
+    state[first] = torch.zeros(state[first].shape[0] + 1, state[first].shape[1])
+    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in state.items()},
+                CHECKPOINT_SPEC_KEY: spec}, ckpt)
+    return out, ckpt
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "export", "resume"])
+def test_a_checkpoint_of_other_shapes_is_one_line(make_cfg, entry):
+    from bnnbench.evaluate import evaluate_run
+    from bnnbench.export import export_run
+
+    overrides = ["+method=bnn", "model.hidden_features=16", *FAST]
+    out, ckpt = crafted_run(make_cfg, overrides)
+    with pytest.raises(BnnbenchError) as caught:
+        if entry == "evaluate":
+            evaluate_run(out)
+        elif entry == "export":
+            export_run(out)
+        else:
+            run(make_cfg([*overrides, f"ckpt_path={ckpt}"]))
+    message = str(caught.value)
+    assert message.startswith(f"{ckpt} does not match the model its spec builds: other shapes")
+    assert "\n" not in message
