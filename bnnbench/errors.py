@@ -117,6 +117,8 @@ def _accepts(value: Any, annotation: Any) -> bool | None:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return True
+    if isinstance(value, Mapping) and "_target_" in value:  # Hydra builds it (a CLI config's
+        return None  # +trainer.strategy={_target_: ...}); what it builds is not known here
     if annotation is None or annotation is type(None):
         return value is None
     if origin in (typing.Union, types.UnionType):

@@ -158,9 +158,9 @@ class StopOnDivergence(pl.Callback):
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
         last = self.checkpoint_dir / "last.ckpt"
-        good = (f"last good checkpoint: {last} (resume from it with ckpt_path=... and a lower "
-                "optimizer.lr)" if last.is_file() else "no checkpoint yet (it diverged in its "
-                "first epoch)")
+        good = (f"last good checkpoint: {last} (continue from it into a new hydra.run.dir with "
+                "ckpt_path=<it>, e.g. at a lower optimizer.lr)" if last.is_file()
+                else "no checkpoint yet (it diverged in its first epoch)")
         raise Diverged(f"training diverged: the loss is {loss.detach().float().mean().item()} at "
                        f"epoch {trainer.current_epoch}, step {trainer.global_step}; {good}; "
                        f"metrics.json records status diverged")
