@@ -74,6 +74,7 @@ def check_knobs(prefix: str, target: Callable[..., Any], knobs: Mapping[str, Any
     """
     hints = _parameter_hints(target)
     for key, value in knobs.items():
+        value = _plain(value)  # Hydra's instantiate passes ListConfig/DictConfig values
         annotation = hints.get(key)
         if annotation is not None and _accepts(value, annotation) is False:
             raise BnnbenchError(f"{prefix}.{key}={_show(value)} is not valid: need "
@@ -174,15 +175,18 @@ _PLAIN = {bool: "true or false", int: "an integer", float: "a finite number", st
           type(None): "null"}
 
 
-def _show(value: Any) -> str:
-    """A config value as the user typed it (a ListConfig prints as a list)."""
+def _plain(value: Any) -> Any:
+    """An OmegaConf ListConfig/DictConfig as the list/dict it holds; anything else as is."""
     try:
         from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
     except ImportError:  # pragma: no cover
-        pass
+        return value
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _show(value: Any) -> str:
+    """A config value as the user typed it (a ListConfig prints as a list)."""
+    value = _plain(value)
     return repr(value) if isinstance(value, str) else str(value)
 
 

@@ -312,3 +312,51 @@ def test_a_checkpoint_of_other_shapes_is_one_line(make_cfg, entry):
     message = str(caught.value)
     assert message.startswith(f"{ckpt} does not match the model its spec builds: other shapes")
     assert "\n" not in message
+
+
+# --- no false alarms: every shipped config passes the checks ------------------------------------
+
+def shipped(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [
+    *([f"+preset={name}"] for name in shipped("preset")),
+    *([f"+method={name}"] for name in shipped("method")),
+    *([f"optimizer={name}"] for name in shipped("optimizer")),
+    *([f"scheduler={name}"] for name in shipped("scheduler")),
+    *([f"trainer={name}"] for name in shipped("trainer")),
+    *([f"model={name}"] for name in shipped("model")),
+    *([f"data={name}"] for name in shipped("data")),
+])
+def test_every_shipped_config_passes_validation(make_cfg, overrides):
+    """The checks refuse bad values, not the recipes bnnbench ships (model, method and data
+    knobs checked as the registries check them, without building anything large)."""
+    from bnnbench.data import DATA_MODULES
+    from bnnbench.methods import get_method_class
+    from bnnbench.models.registry import _MODELS
+    from bnnbench.spec import spec_from_config
+    from bnnbench.train import validate
+
+    cfg = make_cfg(overrides)
+    validate(cfg)
+    spec = spec_from_config(cfg)
+    check_knobs("method", get_method_class(spec["method"]["name"]), spec["method"]["knobs"])
+    if spec["model"]["name"] in _MODELS:
+        check_knobs("model", _MODELS[spec["model"]["name"]], spec["model"]["kwargs"])
+    module, _, name = DATA_MODULES[spec["data"]["name"]].rpartition(".")
+    if spec["data"]["name"] != "imagenet":  # its module needs the ffcv extra
+        import importlib
+
+        check_knobs("data", getattr(importlib.import_module(module), name), spec["data"]["args"])
+
+
+def test_check_knobs_reads_omegaconf_lists_as_lists():
+    """Hydra's instantiate hands a builder ListConfig values."""
+    from omegaconf import OmegaConf
+
+    def target(*, widths: tuple[int, int, int] = (1, 2, 3)) -> None: ...
+
+    check_knobs("model", target, {"widths": OmegaConf.create([8, 16, 32])})
+    with pytest.raises(BnnbenchError, match=r"model\.widths=\[8, 1\.5, 32\]"):
+        check_knobs("model", target, {"widths": OmegaConf.create([8, 1.5, 32])})
