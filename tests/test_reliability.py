@@ -134,6 +134,10 @@ def test_a_non_finite_loss_stops_the_run_and_is_recorded_as_diverged(make_cfg):
     assert saved["test_top1"] is None and saved["test_top5"] is None
     assert saved["curves"]["train/loss"] == []  # stopped inside the first epoch
     assert RunRecord.read(run_dir()).status == "diverged"
+    from bnnbench.report.collect import load_run
+
+    listed = load_run(run_dir())  # the report lists it with its line
+    assert (listed.status, listed.error, listed.finished) == ("diverged", str(caught.value), False)
 
 
 class _Trainer:
@@ -191,7 +195,7 @@ def test_metrics_json_never_holds_nan(tmp_path):
     (None, "status='exploded' is not one of"),
 ])
 def test_the_report_skips_a_malformed_metrics_json_naming_it(tmp_path, capsys, text, reason):
-    from bnnbench.report.collect import read_runs
+    from bnnbench.report.collect import load_runs
 
     good, bad = tmp_path / "0_good", tmp_path / "1_bad"
     record().write(good)
@@ -200,25 +204,10 @@ def test_the_report_skips_a_malformed_metrics_json_naming_it(tmp_path, capsys, t
         edit = {"test_top1": "abc"} if "test_top1" in reason else {"status": "exploded"}
         text = json.dumps({**json.loads((good / "metrics.json").read_text()), **edit})
     (bad / "metrics.json").write_text(text)
-    records = read_runs([tmp_path])
-    assert records == [RunRecord.read(good)]
+    assert [run.record for run in load_runs([tmp_path])] == [RunRecord.read(good)]
     warning = capsys.readouterr().err.strip()
-    assert warning.startswith("bnnbench: warning: skipping a run: ") and "\n" not in warning
-    assert str(bad / "metrics.json") in warning and reason in warning
-
-
-def test_the_report_shows_diverged_runs_as_such():
-    from bnnbench.report.collect import group_rows
-    from bnnbench.report.render import table_rows
-
-    runs = [record(seed=0, test_top1=90.0), record(seed=1, test_top1=80.0),
-            record(seed=2, test_top1=None, test_top5=None, status="diverged", error="nan")]
-    (row,) = group_rows(runs, ["method"])
-    assert row.stat("test_top1") == (85.0, pytest.approx(math.sqrt(50)))
-    cells = table_rows([row], {})[0]
-    assert cells[3] == "0,1,2 (seed 2 diverged)"
-    (lost,) = group_rows([runs[2]], ["method"])
-    assert table_rows([lost], {})[0][1] == "-"
+    assert warning.startswith("bnnbench.report: warning: ") and "\n" not in warning
+    assert f"{bad / 'metrics.json'} is malformed" in warning and reason in warning
 
 
 # --- atomic writes ------------------------------------------------------------------------------
@@ -254,7 +243,9 @@ def direct_writes(path: Path) -> list[str]:
             mode = next((a for a in node.args[:1] if isinstance(a, ast.Constant)), None)
         mode = mode or next((k.value for k in node.keywords if k.arg == "mode"), None)
         writes_mode = isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+")
-        if name in WRITERS or (name == "open" and writes_mode):
+        to_text = name == "to_csv" and not node.args and not any(
+            k.arg == "path_or_buf" for k in node.keywords)  # pandas returns the text
+        if (name in WRITERS and not to_text) or (name == "open" and writes_mode):
             rel = path.relative_to(ROOT).as_posix()
             label = ast.unparse(node.func).rsplit(".", 2)
             key = ".".join(label[-2:]) if name == "open" else name

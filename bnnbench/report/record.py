@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,17 +80,6 @@ class RunRecord:
             raise BnnbenchError(f"{path}: status={known['status']!r} is not one of "
                                 f"{', '.join(STATUSES)}")
         return cls(**known)
-
-    @classmethod
-    def read_or_warn(cls, run_dir: Path) -> "RunRecord | None":
-        """:meth:`read`, or None after one warning line on stderr naming the file: what a
-        report calls so that one half-written or malformed metrics.json skips that run instead
-        of aborting the whole render."""
-        try:
-            return cls.read(run_dir)
-        except BnnbenchError as err:
-            print(f"bnnbench: warning: skipping a run: {err}", file=sys.stderr)
-            return None
 
 
 def finite_or_null(value: Any) -> Any:
