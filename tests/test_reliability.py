@@ -212,10 +212,11 @@ def test_the_report_skips_a_malformed_metrics_json_naming_it(tmp_path, capsys, t
 
 # --- atomic writes ------------------------------------------------------------------------------
 
-# Writes that are not results: the GPU script's scratch logs (tarred atomically afterwards), the
-# dataloading bench's throwaway images in a temporary directory, a /proc control file, and
-# bnnbench/files.py itself (the atomic writer's own fsync).
+# Writes that are not results: the GPU script's and the mutation tool's logs of a subprocess
+# (streamed as it runs), the dataloading bench's throwaway images in a temporary directory, a
+# /proc control file, and bnnbench/files.py itself (the atomic writer's own fsync).
 NOT_RESULTS = {("bnnbench/bench/gpu.py", "log.open"), ("bnnbench/bench/gpu.py", "write_text"),
+               ("bnnbench/devtools/mutation.py", "open"),
                ("bnnbench/bench/dataloading.py", "save"),
                ("bnnbench/bench/peak_memory.py", "write_text"), ("bnnbench/files.py", "open")}
 WRITERS = {"write_text", "write_bytes", "dump", "save_file", "save", "savefig", "to_csv"}
