@@ -161,9 +161,10 @@ def test_an_official_size_cifar_batch_must_have_torchvisions_md5(tmp_path):
     path = rewrite_batch(tmp_path, data=rng.integers(0, 256, (10000, 3072), dtype=np.uint8),
                          labels=[int(v) for v in rng.integers(0, 10, 10000)])
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    official = OFFICIAL_MD5["cifar-10-batches-py"]["data_batch_2"]
     error = setup_error(cifar(tmp_path))
     assert error.startswith(f"{path.resolve()} holds the official 10000 images but its md5 is "
-                            f"{md5}, not torchvision's {OFFICIAL_MD5['cifar-10-batches-py']['data_batch_2']}")
+                            f"{md5}, not torchvision's {official}")
     dm = cifar(tmp_path, check_md5=False)
     dm.setup("fit")
     assert len(dm.train_set) + len(dm.val_set) == 8 * 4 + 10000

@@ -71,7 +71,8 @@ class RunRecord:
             raise BnnbenchError(f"{path} does not hold a JSON object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         missing = [name for name, f in fields.items() if name not in data
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
         if missing:
             raise BnnbenchError(f"{path} lacks {', '.join(missing[:3])}")
         known = {k: v for k, v in data.items() if k in fields}
