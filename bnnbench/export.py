@@ -50,7 +50,8 @@ a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscal
 and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
 (bit-exact: integer dot products).
 
-CLI: ``python -m bnnbench.export run_dir=<dir> [out=<file>] [checkpoint=last|best]`` writes
+CLI: ``python -m bnnbench.export run_dir=<dir> | ckpt_path=<file.ckpt> [checkpoint=last|best]
+[out=<file or dir>]``, a Hydra app (``conf/export.yaml``: ``--help``, ``--cfg job``), writes
 ``<run_dir>/packed.safetensors`` (never overwriting: a taken name gets ``-1``, ``-2``...).
 """
 
@@ -58,14 +59,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bnnbench.errors import BnnbenchError, call_or_exit
+from bnnbench.errors import BnnbenchError
 from bnnbench.files import atomic_path
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, _QuantMixin
 from bnnbench.nn.quantizers import Identity, Quantizer, SignQuantizer
@@ -124,8 +124,38 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "last") -> Path:
         path = Path(run_dir) / CHECKPOINT_DIR / f"{checkpoint}.ckpt"
     if not path.is_file():
         raise BnnbenchError(f"no checkpoint at {path}: {run_dir} has no trained weights to "
-                            "export (train it first, or pass checkpoint=best|last|<file.ckpt>)")
+                            "export (train it first, or pass checkpoint=best|last or "
+                            "ckpt_path=<file.ckpt>)")
     return path
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run directory a checkpoint sits in (``<run>/checkpoints/<name>.ckpt`` beside a run
+    config), else None."""
+    run_dir = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).resolve().parent.name == CHECKPOINT_DIR and any(
+            (run_dir / name).is_file() for name in CONFIG_FILES):
+        return run_dir
+    return None
+
+
+def resolve_source(run_dir: Path | str | None, ckpt_path: Path | str | None = None,
+                   checkpoint: str = "last") -> tuple[Path | None, Path]:
+    """(the run directory or None, the checkpoint file) named by ``run_dir`` and/or
+    ``ckpt_path`` (a file; else ``<run_dir>/checkpoints/<checkpoint>.ckpt``). A ``ckpt_path``
+    alone belongs to the run directory it sits in, if any."""
+    if ckpt_path is None and run_dir is None:
+        raise BnnbenchError("name the trained weights: run_dir=<run directory> or "
+                            "ckpt_path=<file.ckpt>")
+    if run_dir is not None:
+        run_config_path(Path(run_dir))  # a run directory, or one clear error
+    if ckpt_path is None:
+        return Path(run_dir), checkpoint_path(Path(run_dir), checkpoint)  # type: ignore[arg-type]
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise BnnbenchError(f"ckpt_path={ckpt} is not a file (a checkpoint written by "
+                            "`python -m bnnbench`, e.g. <run_dir>/checkpoints/last.ckpt)")
+    return (Path(run_dir) if run_dir is not None else run_dir_of(ckpt)), ckpt
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], Spec]:
@@ -144,17 +174,36 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], Spec]:
     return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, spec
 
 
-def load_trained(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Spec, dict[str, int]]:
+def load_trained(run_dir: Path | None, checkpoint: str = "last",
+                 ckpt_path: Path | None = None) -> tuple[nn.Module, Spec, dict[str, int]]:
     """(network in eval mode with the checkpoint's weights, its spec, its data geometry).
 
-    The network is rebuilt from the checkpoint's own spec; a run directory whose config says
-    otherwise (model, method or data geometry) is refused rather than evaluated as another model.
+    The checkpoint: ``ckpt_path``, else ``<run_dir>/checkpoints/<checkpoint>.ckpt``
+    (:func:`resolve_source`). The network is rebuilt from the checkpoint's own spec; a run
+    directory whose config says otherwise (model, method or data geometry) is refused rather than
+    evaluated as another model.
     """
-    config = run_config_path(run_dir)
-    ckpt = checkpoint_path(run_dir, checkpoint)
-    run_spec = read_run_spec(config)
+    run_dir, ckpt = resolve_source(run_dir, ckpt_path, checkpoint)
+    # the run's config is read (and refused if crafted) before the checkpoint is opened
+    run_spec = read_run_spec(run_config_path(run_dir)) if run_dir is not None else None
     state, spec = load_checkpoint(ckpt)
     geometry = data_geometry(spec)
+    if run_spec is not None:
+        check_run_config(run_spec, run_dir, ckpt, spec, geometry)
+    check_shapes(spec, geometry, {k: tuple(v.shape) for k, v in state.items()}, str(ckpt))
+    net = build_net(spec, geometry)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise BnnbenchError(f"{ckpt} does not match the run's model: missing "
+                            f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return net.eval(), spec, geometry
+
+
+def check_run_config(run_spec: Spec, run_dir: Path, ckpt: Path, spec: Spec,
+                     geometry: dict[str, int]) -> None:
+    """Refuse a run directory whose config (``run_spec``) names another model, method or data
+    geometry than the checkpoint's spec (the directory was changed after training)."""
     for section in ("model", "method"):
         if run_spec[section] != spec[section]:
             raise BnnbenchError(
@@ -165,14 +214,6 @@ def load_trained(run_dir: Path, checkpoint: str = "last") -> tuple[nn.Module, Sp
     if data_geometry(run_spec) != geometry:
         raise BnnbenchError(f"{ckpt} was trained on data of geometry {geometry} but {run_dir}'s "
                             f"config says {data_geometry(run_spec)}; restore its config")
-    check_shapes(spec, geometry, {k: tuple(v.shape) for k, v in state.items()}, str(ckpt))
-    net = build_net(spec, geometry)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise BnnbenchError(f"{ckpt} does not match the run's model: missing "
-                            f"{missing[:3]}, unexpected {unexpected[:3]}")
-    return net.eval(), spec, geometry
 
 
 def check_shapes(spec: Spec, geometry: dict[str, int], shapes: dict[str, tuple[int, ...]],
@@ -461,15 +502,19 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def export_run(run_dir: Path, out: Path | None = None, checkpoint: str = "last") -> Path:
-    """Export a trained run to one safetensors file; returns its path (never overwrites)."""
-    run_dir = Path(run_dir)
-    net, spec, geometry = load_trained(run_dir, checkpoint)
-    path = Path(out) if out is not None else run_dir / PACKED_FILE
+def export_run(run_dir: Path | None, out: Path | None = None, checkpoint: str = "last",
+               ckpt_path: Path | None = None) -> Path:
+    """Export a trained run to one safetensors file; returns its path (never overwrites).
+
+    The weights: ``ckpt_path``, else ``<run_dir>/checkpoints/<checkpoint>.ckpt``. ``out``: a file
+    or a directory (default: the run directory; a checkpoint outside any run: the current one).
+    """
+    run_dir, ckpt = resolve_source(run_dir, ckpt_path, checkpoint)
+    net, spec, geometry = load_trained(run_dir, ckpt_path=ckpt)
+    path = Path(out) if out is not None else (run_dir or Path.cwd()) / PACKED_FILE
     if path.is_dir():
         path = path / PACKED_FILE
-    return save_packed(net, free_path(path), spec, geometry,
-                       source=str(checkpoint_path(run_dir, checkpoint)))
+    return save_packed(net, free_path(path), spec, geometry, source=str(ckpt))
 
 
 # ---------------------------------------------------------------------------------- load
@@ -808,27 +853,12 @@ _CONV_FORWARDS = {"sign": _sign_conv, "xnor": _xnor_conv, "residual": _residual_
 
 
 # ---------------------------------------------------------------------------------- CLI
-USAGE = ("usage: python -m bnnbench.export run_dir=<dir> [out=<file.safetensors>] "
-         "[checkpoint=last|best|<file.ckpt>]")
-
-
-def parse_kv(argv: list[str], allowed: tuple[str, ...]) -> dict[str, str]:
-    opts: dict[str, str] = {}
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if not eq or key not in allowed:
-            raise BnnbenchError(f"unexpected argument {arg!r}; {USAGE}")
-        opts[key] = value
-    return opts
-
-
-def _cli(argv: list[str]) -> Path:
+def export_config(cfg: Any) -> Path:
+    """The Hydra app's job (conf/export.yaml): export, then compare the file with the accounting."""
     from bnnbench.size import format_bytes
 
-    opts = parse_kv(argv, ("run_dir", "out", "checkpoint"))
-    if "run_dir" not in opts:
-        raise BnnbenchError(f"run_dir is required; {USAGE}")
-    path = export_run(Path(opts["run_dir"]), opts.get("out"), opts.get("checkpoint", "last"))
+    path = export_run(cfg.run_dir, cfg.out, checkpoint=str(cfg.checkpoint),
+                      ckpt_path=cfg.ckpt_path)
     meta = read_metadata(path)
     on_disk = path.stat().st_size
     accounted = int(meta["deployed_bytes"])
@@ -837,8 +867,11 @@ def _cli(argv: list[str]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    call_or_exit(_cli, list(sys.argv[1:] if argv is None else argv))
+def main() -> None:
+    """``python -m bnnbench.export`` / ``bnnbench export``: a Hydra app on conf/export.yaml."""
+    from bnnbench.cli import hydra_app
+
+    hydra_app("export", export_config)()
 
 
 if __name__ == "__main__":

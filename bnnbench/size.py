@@ -29,9 +29,11 @@ quantized (``precision < 32``: multiplication-free, sums of +-alpha); ``xnor_mac
 layers whose weights *and* inputs are quantized (XNOR/popcount-able).
 
 CLI: ``python -m bnnbench.size [+method=<m>] [model=...] [data=...] [size.convention=...]
-[out=<path>]`` composes the same config as a training run (``conf/size.yaml`` includes
-``conf/config.yaml``), prints the per-layer table and writes ``size.json`` into the Hydra run dir
-(``runs/<date>/<time>/size.json``) or to ``out`` (a file path, or a directory to put size.json in).
+[format=table|csv|latex] [out=<path>]`` composes the same config as a training run
+(``conf/size.yaml`` includes ``conf/config.yaml``), prints the per-layer table and writes
+``size.json`` into the Hydra run dir (``runs/<date>/<time>/size.json``) or to ``out`` (a file
+path, or a directory to put size.json in); ``format=csv`` / ``latex`` prints the table as CSV / a
+LaTeX ``tabular`` instead and writes it beside size.json as ``size.csv`` / ``size.tex``.
 """
 
 from __future__ import annotations
@@ -468,6 +470,20 @@ def format_bytes(n: float) -> str:
     return f"{n:,.0f} B"
 
 
+TABLE_COLUMNS = ("layer", "type", "role", "values", "W bits", "A bits", "bytes", "MACs")
+TABLE_FORMATS = ("table", "csv", "latex")
+# the file each format of the per-layer table is written to, beside size.json
+TABLE_FILES = {"csv": "size.csv", "latex": "size.tex"}
+
+
+def table_rows(size: ModelSize) -> list[list[Any]]:
+    """The per-layer table as values (None: not applicable), the totals as its last row."""
+    rows: list[list[Any]] = [[r.name, r.kind, r.role, r.params, r.weight_bits, r.input_bits,
+                              r.bytes, r.macs or None] for r in size.layers]
+    rows.append(["total", "", "", size.params, None, None, size.total_bytes, size.macs or None])
+    return rows
+
+
 def render_table(size: ModelSize, title: str = "") -> str:
     """The per-layer table and totals as text (rich table)."""
     from rich import box
@@ -476,18 +492,14 @@ def render_table(size: ModelSize, title: str = "") -> str:
 
     table = Table(title=title or f"model size, convention '{size.convention.name}'",
                   box=box.SIMPLE_HEAD, caption=size.convention.describe())
-    for col, just in (("layer", "left"), ("type", "left"), ("role", "left"),
-                      ("values", "right"), ("W bits", "right"), ("A bits", "right"),
-                      ("bytes", "right"), ("MACs", "right")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in size.layers:
-        table.add_row(r.name, r.kind, r.role, f"{r.params:,}",
-                      "" if r.weight_bits is None else str(r.weight_bits),
-                      "" if r.input_bits is None else str(r.input_bits),
-                      f"{r.bytes:,}", f"{r.macs:,}" if r.macs else "")
+    for i, col in enumerate(TABLE_COLUMNS):
+        table.add_column(col, justify="left" if i < 3 else "right")
+    *layers, total = table_rows(size)
+    cell = (lambda v: "" if v is None else f"{v:,}" if isinstance(v, int) else str(v))
+    for row in layers:
+        table.add_row(*(cell(v) for v in row))
     table.add_section()
-    table.add_row("total", "", "", f"{size.params:,}", "", "", f"{size.total_bytes:,}",
-                  f"{size.macs:,}" if size.macs else "")
+    table.add_row(*(cell(v) for v in total))
     console = Console(width=140, record=True, force_terminal=False)
     with console.capture() as cap:
         console.print(table)
@@ -499,6 +511,46 @@ def render_table(size: ModelSize, title: str = "") -> str:
                           f"{size.binary_macs / size.macs:.1%}; binary weights and inputs "
                           f"{size.xnor_macs / size.macs:.1%}")
     return cap.get()
+
+
+def render_csv(size: ModelSize) -> str:
+    """The per-layer table as CSV (header row, one row per layer, ``total`` last; empty cells
+    where a column does not apply; plain integers)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["layer", "type", "role", "values", "weight_bits", "input_bits", "bytes",
+                     "macs"])
+    writer.writerows([["" if v is None else v for v in row] for row in table_rows(size)])
+    return buf.getvalue()
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (layer names hold ``_`` and ``.``)."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}"}
+    return "".join(special.get(c, c) for c in text)
+
+
+def render_latex(size: ModelSize, title: str = "") -> str:
+    """The per-layer table as a booktabs ``tabular`` (numbers with ``{,}`` thousands separators),
+    the convention and totals as a comment above it."""
+    cell = (lambda v: "" if v is None else f"{v:,}".replace(",", "{,}") if isinstance(v, int)
+            else latex_escape(str(v)))
+    *layers, total = table_rows(size)
+    described = " ".join(size.convention.describe().split())
+    lines = [f"% {latex_escape(title or 'model size')}: {described}",
+             f"% total {size.total_bytes:,} bytes; float32 {size.fp32_bytes:,} bytes; "
+             f"compression {size.compression:.2f}x",
+             r"\begin{tabular}{lll" + "r" * (len(TABLE_COLUMNS) - 3) + "}", r"\toprule",
+             " & ".join(TABLE_COLUMNS) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in layers]
+    lines += [r"\midrule", " & ".join(cell(v) for v in total) + r" \\", r"\bottomrule",
+              r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def write_json(size: ModelSize, path: Path, extra: dict[str, Any] | None = None) -> Path:
@@ -519,12 +571,19 @@ def _json_default(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- CLI
-def _main(cfg: Any) -> ModelSize:
+def size_config(cfg: Any) -> ModelSize:
+    """The Hydra app's job (conf/size.yaml): account the network the same overrides would
+    train, print the table (``format``), write size.json (and size.csv / size.tex)."""
+    import sys
+
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from bnnbench.spec import build_net, data_geometry, spec_from_config
 
+    table_format = str(cfg.get("format", "table"))
+    if table_format not in TABLE_FORMATS:
+        raise BnnbenchError(f"format={table_format!r} is not one of {', '.join(TABLE_FORMATS)}")
     spec = spec_from_config(cfg)
     geometry = data_geometry(spec)
     for key in ("in_chans", "num_classes", "img_size"):
@@ -542,14 +601,22 @@ def _main(cfg: Any) -> ModelSize:
     choices = HydraConfig.get().runtime.choices
     title = (f"{choices.get('method') or 'fp'} / {choices.get('model')} / "
              f"{choices.get('data')}: convention '{convention.name}'")
-    print(render_table(size, title), end="")
     out = Path(cfg.out) if cfg.get("out") else Path(HydraConfig.get().runtime.output_dir)
     if out.suffix != ".json":
         out = out / SIZE_FILE
     extra = {"method": choices.get("method") or "fp", "model": choices.get("model"),
              "data": choices.get("data"), "geometry": geometry}
+    if table_format == "table":
+        print(render_table(size, title), end="")
+    else:  # the table alone on stdout (pipeable); the files written are named on stderr
+        text = render_csv(size) if table_format == "csv" else render_latex(size, title)
+        print(text, end="")
+        from bnnbench.files import write_atomic
+
+        table_file = write_atomic(out.with_name(TABLE_FILES[table_format]), text)
+        print(f"wrote {table_file}", file=sys.stderr)
     write_json(size, out, extra)
-    print(f"wrote {out}")
+    print(f"wrote {out}", file=sys.stderr)
     return size
 
 
@@ -559,16 +626,10 @@ def input_shape_for(net: nn.Module, geometry: dict[str, int]) -> tuple[int, ...]
 
 
 def main() -> None:
-    import hydra
+    """``python -m bnnbench.size`` / ``bnnbench size``: a Hydra app on conf/size.yaml."""
+    from bnnbench.cli import hydra_app
 
-    from bnnbench import CONFIG_DIR
-    from bnnbench.errors import call_or_exit
-
-    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="size")
-    def _app(cfg: Any) -> None:
-        call_or_exit(_main, cfg)
-
-    _app()
+    hydra_app("size", size_config)()
 
 
 if __name__ == "__main__":

@@ -136,7 +136,6 @@ def spec_from_config(cfg: Any, where: str = "config") -> Spec:
     ``model`` the model registry's ``create_model`` with a ``name``; ``method`` a registered
     method's class (no method: ``fp``); ``data`` a registered data module's class.
     """
-    from bnnbench.data import data_name_of
     from bnnbench.methods import get_method_class, list_methods
 
     model = _section(cfg, "model", where)
@@ -156,12 +155,21 @@ def spec_from_config(cfg: Any, where: str = "config") -> Spec:
         raise BnnbenchError(f"{where}.method is not a registered method's class; use "
                             f"+method=<name> with one of {', '.join(list_methods())}")
 
-    data_name = data_name_of(str(data.pop("_target_", None)))
-    if data_name is None:
-        raise BnnbenchError(f"{where}.data is not a registered data module (conf/data/*.yaml)")
     return check_spec({"model": {"name": model_name, "kwargs": model},
                        "method": {"name": method_name, "knobs": method},
-                       "data": {"name": data_name, "args": data}}, where)
+                       "data": data_section(data, f"{where}.data")}, where)
+
+
+def data_section(data: Mapping[str, Any], where: str = "data") -> dict[str, Any]:
+    """``{"name", "args"}`` of a data config node (plain, resolved): its ``_target_`` must be a
+    registered data module's class (compared as a string, never imported)."""
+    from bnnbench.data import data_name_of
+
+    args = dict(data)
+    name = data_name_of(str(args.pop("_target_", None)))
+    if name is None:
+        raise BnnbenchError(f"{where} is not a registered data module (conf/data/*.yaml)")
+    return {"name": name, "args": check_plain(args, f"{where}")}
 
 
 def _class_path(cls: type) -> str:

@@ -117,6 +117,7 @@ class CIFAR10(TorchvisionData):
     folder = "cifar-10-batches-py"
     files = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
              "test_batch")
+    test_files = ("test_batch",)
     label_key = "labels"
     in_chans, num_classes, img_size = 3, 10, 32
     torchvision_class = "CIFAR10"
@@ -182,14 +183,21 @@ class CIFAR10(TorchvisionData):
             labels.append(targets.astype(np.int64))
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
-    def _load(self) -> None:
-        images, targets = self.read_batches(self.files[:-1])
+    def _load_fit(self) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+        images, targets = self.read_batches(self.train_files)
         train, val = holdout_split(len(targets), self.val_size, self.split_seed)
         plain = cifar_transform(self.mean, self.std, augment=False)
         train_tf = cifar_transform(self.mean, self.std, augment=self.augment)
-        self.train_set = ImageTensorDataset(images[train], targets[train], train_tf)
-        self.val_set = ImageTensorDataset(images[val], targets[val], plain)
-        self.test_set = ImageTensorDataset(*self.read_batches(self.files[-1:]), plain)
+        return (ImageTensorDataset(images[train], targets[train], train_tf),
+                ImageTensorDataset(images[val], targets[val], plain))
+
+    def _load_test(self) -> ImageTensorDataset:
+        return ImageTensorDataset(*self.read_batches(self.test_files),
+                                  cifar_transform(self.mean, self.std, augment=False))
+
+    @property
+    def train_files(self) -> tuple[str, ...]:
+        return tuple(f for f in self.files if f not in self.test_files)
 
 
 class CIFAR100(CIFAR10):
@@ -199,6 +207,7 @@ class CIFAR100(CIFAR10):
     name = "CIFAR-100"
     folder = "cifar-100-python"
     files = ("train", "test")
+    test_files = ("test",)
     label_key = "fine_labels"
     in_chans, num_classes, img_size = 3, 100, 32
     torchvision_class = "CIFAR100"

@@ -60,6 +60,7 @@ class MNIST(TorchvisionData):
     folder = "MNIST/raw"
     files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
+    test_files = files[2:]
     in_chans, num_classes, img_size = 1, 10, 28
 
     def _download(self) -> None:
@@ -68,17 +69,20 @@ class MNIST(TorchvisionData):
         for train in (True, False):
             TorchvisionMNIST(str(self.root), train=train, download=True)
 
-    def _load(self) -> None:
-        def read(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-            images = read_idx(self.directory / f"{prefix}-images-idx3-ubyte", (28, 28))
-            labels_path = self.directory / f"{prefix}-labels-idx1-ubyte"
-            labels = read_idx(labels_path, ())
-            check_labels(labels_path, len(images), labels, self.num_classes)
-            return (mnist_to_signed_unit(torch.from_numpy(images.copy())).unsqueeze(1),
-                    torch.from_numpy(labels.astype(np.int64)))
+    def _read(self, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One split's idx files (``train`` or ``t10k``), checked."""
+        images = read_idx(self.directory / f"{prefix}-images-idx3-ubyte", (28, 28))
+        labels_path = self.directory / f"{prefix}-labels-idx1-ubyte"
+        labels = read_idx(labels_path, ())
+        check_labels(labels_path, len(images), labels, self.num_classes)
+        return (mnist_to_signed_unit(torch.from_numpy(images.copy())).unsqueeze(1),
+                torch.from_numpy(labels.astype(np.int64)))
 
-        images, targets = read("train")
+    def _load_fit(self) -> tuple[TensorDataset, TensorDataset]:
+        images, targets = self._read("train")
         train, val = holdout_split(len(targets), self.val_size, self.split_seed)
-        self.train_set = TensorDataset(images[train], targets[train])
-        self.val_set = TensorDataset(images[val], targets[val])
-        self.test_set = TensorDataset(*read("t10k"))
+        return (TensorDataset(images[train], targets[train]),
+                TensorDataset(images[val], targets[val]))
+
+    def _load_test(self) -> TensorDataset:
+        return TensorDataset(*self._read("t10k"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from bnnbench.data.base import ImageClassificationData
 from bnnbench.errors import BnnbenchError, check_range, first_line
@@ -44,13 +45,15 @@ def check_labels(path: Path, num_images: int, labels: np.ndarray, num_classes: i
 class TorchvisionData(ImageClassificationData):
     """Base for torchvision-format datasets: ``root``, ``download``, ``val_size``, ``split_seed``.
 
-    Subclasses name their files (:attr:`folder` under ``root``, :attr:`files` in it), how to
-    download them (:meth:`_download`) and how to read them (:meth:`_load`).
+    Subclasses name their files (:attr:`folder` under ``root``, :attr:`files` in it, of which
+    :attr:`test_files` hold the test split), how to download them (:meth:`_download`) and how to
+    read them (:meth:`_load_fit`, :meth:`_load_test`).
     """
 
     name: str
     folder: str
     files: tuple[str, ...]
+    test_files: tuple[str, ...]  # the files of the test split (a subset of ``files``)
 
     def __init__(self, root: str = "data", download: bool = False, val_size: int = 5000,
                  split_seed: int = 0, batch_size: int = 100, num_workers: int = 0,
@@ -67,17 +70,20 @@ class TorchvisionData(ImageClassificationData):
     def directory(self) -> Path:
         return (self.root / self.folder).resolve()
 
-    def missing_files(self) -> list[str]:
-        return [f for f in self.files if not (self.directory / f).is_file()]
+    def missing_files(self, files: tuple[str, ...] | None = None) -> list[str]:
+        return [f for f in (self.files if files is None else files)
+                if not (self.directory / f).is_file()]
 
-    def check_files(self) -> None:
-        """Raise a one-line BnnbenchError naming the directory and the files it lacks."""
-        missing = self.missing_files()
+    def check_files(self, files: tuple[str, ...] | None = None) -> None:
+        """Raise a one-line BnnbenchError naming the directory and the files it lacks (of
+        ``files``, default all of :attr:`files`)."""
+        wanted = self.files if files is None else files
+        missing = self.missing_files(wanted)
         if missing:
-            partly = "" if len(missing) == len(self.files) else f" (missing: {', '.join(missing)})"
+            partly = "" if len(missing) == len(wanted) else f" (missing: {', '.join(missing)})"
             raise BnnbenchError(
                 f"{self.name} not found: expected {self.directory}/ holding "
-                f"{', '.join(self.files)}{partly} (torchvision's layout under data.root="
+                f"{', '.join(wanted)}{partly} (torchvision's layout under data.root="
                 f"{self.root}); put the files there, or set data.download=true when online")
 
     def prepare_data(self) -> None:
@@ -93,13 +99,26 @@ class TorchvisionData(ImageClassificationData):
         self.check_files()
 
     def setup(self, stage: str | None = None) -> None:
+        """``stage="test"`` reads only :attr:`test_files` (evaluating needs no training files, and
+        ``val_size`` is not checked against them); any other stage reads every split."""
+        if stage == "test":
+            if self.test_set is None:
+                self.check_files(self.test_files)
+                self.test_set = self._load_test()
+            return
         if self.train_set is not None:
             return
         self.check_files()
-        self._load()
+        self.train_set, self.val_set = self._load_fit()
+        if self.test_set is None:
+            self.test_set = self._load_test()
 
     def _download(self) -> None:
         raise NotImplementedError
 
-    def _load(self) -> None:
+    def _load_fit(self) -> tuple[Dataset, Dataset]:
+        """(train, val): the training files split by :func:`holdout_split`."""
+        raise NotImplementedError
+
+    def _load_test(self) -> Dataset:
         raise NotImplementedError
