@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # subcommand -> the module whose main() it runs
@@ -49,6 +50,19 @@ def hydra_app(config_name: str, job: Callable[[Any], Any]) -> Callable[[], Any]:
         return call_or_exit(job, cfg)
 
     return app
+
+
+def output_of(cfg: Any) -> Path | None:
+    """Where evaluate/export write: ``out``; else, for a ``ckpt_path`` given without ``run_dir``,
+    the Hydra run dir (``hydra.run.dir``, default the current directory); else None (the run
+    directory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("out") is not None:
+        return Path(cfg.out)
+    if cfg.get("run_dir") is None and HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -172,15 +172,12 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
 
 def evaluate_config(cfg: Any) -> dict[str, Any]:
     """The Hydra app's job: ``cfg`` composed from conf/evaluate.yaml (see the module doc)."""
-    from hydra.core.hydra_config import HydraConfig
+    from bnnbench.cli import output_of
 
-    out = cfg.out
-    if out is None and cfg.run_dir is None and HydraConfig.initialized():
-        out = HydraConfig.get().runtime.output_dir  # ckpt_path alone: hydra.run.dir
     record, path = evaluate_run(
         cfg.run_dir, cfg.get("data"), packed=bool(cfg.packed), checkpoint=str(cfg.checkpoint),
         packed_path=cfg.packed_path, device=str(cfg.device), ckpt_path=cfg.ckpt_path,
-        out=None if out is None else Path(out))
+        out=output_of(cfg))
     kind = "packed export" if record["packed"] else f"checkpoint {record['checkpoint']}"
     print(f"{record['data']} test ({record['n']:,} examples), {kind}: top-1 {record['top1']:.2f}%, "
           f"top-5 {record['top5']:.2f}%")

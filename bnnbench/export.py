@@ -855,9 +855,10 @@ _CONV_FORWARDS = {"sign": _sign_conv, "xnor": _xnor_conv, "residual": _residual_
 # ---------------------------------------------------------------------------------- CLI
 def export_config(cfg: Any) -> Path:
     """The Hydra app's job (conf/export.yaml): export, then compare the file with the accounting."""
+    from bnnbench.cli import output_of
     from bnnbench.size import format_bytes
 
-    path = export_run(cfg.run_dir, cfg.out, checkpoint=str(cfg.checkpoint),
+    path = export_run(cfg.run_dir, output_of(cfg), checkpoint=str(cfg.checkpoint),
                       ckpt_path=cfg.ckpt_path)
     meta = read_metadata(path)
     on_disk = path.stat().st_size

@@ -24,6 +24,7 @@ from bnnbench.export import (
     load_packed,
     load_trained,
     pack_bits,
+    read_metadata,
     save_packed,
     unpack_bits,
 )
@@ -284,3 +285,22 @@ def test_export_cli_bad_input_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("bnnbench: error: no checkpoint at")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_export_cli_is_a_hydra_app(make_cfg, tmp_path):
+    """--help is Hydra's; a checkpoint alone exports into hydra.run.dir, writing nothing else
+    there (no .hydra/, no log, no run marker: export claims no training run directory)."""
+    cmd = [sys.executable, "-m", "bnnbench.export"]
+    helped = subprocess.run([*cmd, "--help"], text=True, capture_output=True, timeout=300)
+    assert helped.returncode == 0 and "== Config ==" in helped.stdout
+    assert "ckpt_path: null" in helped.stdout and "checkpoint: last" in helped.stdout
+    run(make_cfg(["+method=bnn", *FAST, "model.hidden_features=32"]))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    out = tmp_path / "out"
+    proc = subprocess.run([*cmd, f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+                           f"hydra.run.dir={out}"],
+                          text=True, capture_output=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["packed.safetensors"]
+    assert read_metadata(out / "packed.safetensors")["source"].endswith("best.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", run_dir.name]
