@@ -126,6 +126,48 @@ def test_size_cli_writes_size_json(tmp_path):
     assert "QuantLinear" in proc.stdout and "compression" in proc.stdout
 
 
+def test_size_table_as_csv_and_latex():
+    """The per-layer table in the formats papers paste: every number is the accounting's, and
+    the hand arithmetic of small_net() (see test_deployed_counts_every_stored_bit) adds up."""
+    import csv
+    import io
+
+    from bnnbench.size import render_csv, render_latex
+
+    size = account(small_net(), "deployed", input_shape=(3, 8, 8))
+    rows = list(csv.DictReader(io.StringIO(render_csv(size))))
+    assert [r["layer"] for r in rows] == [r.name for r in size.layers] + ["total"]
+    by_name = {r["layer"]: r for r in rows}
+    assert int(by_name["0"]["bytes"]) == (8 * 27 + 8) * 4 and by_name["0"]["weight_bits"] == "32"
+    assert int(by_name["2"]["bytes"]) == 16 * 72 // 8 + 16 * 4 and by_name["2"]["input_bits"] == "1"
+    assert int(by_name["2"]["macs"]) == 16 * 72 * 4 * 4 and by_name["1"]["macs"] == ""
+    assert sum(int(r["bytes"]) for r in rows[:-1]) == int(by_name["total"]["bytes"])
+    assert int(by_name["total"]["bytes"]) == size.total_bytes
+    latex = render_latex(size, "small_net")
+    body = latex[latex.index(r"\midrule"):].splitlines()
+    assert latex.splitlines()[2].startswith(r"\begin{tabular}{lllrrrrr}")
+    assert body[-1] == r"\end{tabular}" and body[-2] == r"\bottomrule"
+    total = body[-3].removesuffix(r" \\").split(" & ")
+    assert total[0] == "total" and total[6] == f"{size.total_bytes:,}".replace(",", "{,}")
+    assert all(len(line.split(" & ")) == 8 for line in body if line.endswith(r"\\"))
+
+
+@pytest.mark.parametrize("table_format, file_name", [("csv", "size.csv"), ("latex", "size.tex")])
+def test_size_cli_format_writes_the_table(tmp_path, table_format, file_name):
+    """format=csv|latex: stdout is the table alone (pipeable) and the same text lands beside
+    size.json; its total is size.json's."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnnbench.size", "model.hidden_features=32",
+         f"format={table_format}", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "run" / file_name).read_text()
+    assert proc.stdout == table and "wrote" in proc.stderr
+    total_bytes = json.loads((tmp_path / "run" / "size.json").read_text())["total_bytes"]
+    last = table.splitlines()[-1] if table_format == "csv" else table.splitlines()[-3]
+    assert last.startswith("total") and str(total_bytes) in last.replace("{,}", "")
+
+
 def test_cli_errors_are_one_line(capsys):
     from bnnbench.errors import call_or_exit
 
