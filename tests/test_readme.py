@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 from bnnbench.methods import list_methods
 from bnnbench.models import list_models
@@ -19,7 +22,35 @@ def test_ci_runs_the_readme_test_command():
     quickstart = bash_blocks()[:2]
     test_command = quickstart[1].strip()
     assert "pytest" in test_command
-    assert test_command in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci
+    # CI installs FFCV (libraries + extra) before that command and checks it imports, so the
+    # FFCV tests run there; the README's own command installs nothing needing system packages
+    assert ci.index('pip install -e ".[ffcv]"') < ci.index(test_command)
+    assert '-c "import ffcv"' in ci
+    assert "ffcv" not in test_command and "apt-get" not in README.split("## Using it")[0]
+
+
+def test_quickstart_is_two_commands():
+    quickstart = README.split("## Quickstart")[1].split("\n## ")[0]
+    blocks = re.findall(r"```bash\n(.*?)```", quickstart, flags=re.S)
+    assert [len(b.strip().splitlines()) for b in blocks] == [1, 1]
+
+
+def test_the_readme_test_command_passes_without_ffcv(tmp_path):
+    """A fresh machine without FFCV's system libraries: ``import ffcv`` fails. The whole suite
+    still collects, and FFCV's tests skip with a one-line reason."""
+    blocker = tmp_path / "ffcv.py"
+    blocker.write_text('raise ModuleNotFoundError("No module named \'ffcv\'", name="ffcv")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-rs", "-n",
+                           "0", "-p", "no:cacheprovider", str(ROOT / "tests")],
+                          cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "test_ffcv.py" in skipped[0], proc.stdout[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert "needs the ffcv extra" in skipped[0] and "error" not in summary, summary
 
 
 def test_quickstart_runs_the_main_job():
