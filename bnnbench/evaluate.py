@@ -89,9 +89,14 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise BnnbenchError(f"device={device!r} is not a torch device (auto, cpu, cuda)") from err
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise BnnbenchError(f"device={device} but torch sees {torch.cuda.device_count()} CUDA "
+                            "device(s) here; use device=cpu or device=auto")
+    return dev
 
 
 @torch.no_grad()
@@ -174,8 +179,10 @@ def evaluate_config(cfg: Any) -> dict[str, Any]:
     """The Hydra app's job: ``cfg`` composed from conf/evaluate.yaml (see the module doc)."""
     from bnnbench.cli import output_of
 
+    if not isinstance(cfg.packed, bool):
+        raise BnnbenchError(f"packed={cfg.packed!r} is not a boolean: packed=true or packed=false")
     record, path = evaluate_run(
-        cfg.run_dir, cfg.get("data"), packed=bool(cfg.packed), checkpoint=str(cfg.checkpoint),
+        cfg.run_dir, cfg.get("data"), packed=cfg.packed, checkpoint=str(cfg.checkpoint),
         packed_path=cfg.packed_path, device=str(cfg.device), ckpt_path=cfg.ckpt_path,
         out=output_of(cfg))
     kind = "packed export" if record["packed"] else f"checkpoint {record['checkpoint']}"

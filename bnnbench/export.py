@@ -123,8 +123,8 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "last") -> Path:
     if path.suffix != ".ckpt":
         path = Path(run_dir) / CHECKPOINT_DIR / f"{checkpoint}.ckpt"
     if not path.is_file():
-        raise BnnbenchError(f"no checkpoint at {path}: {run_dir} has no trained weights to "
-                            "export (train it first, or pass checkpoint=best|last or "
+        raise BnnbenchError(f"no checkpoint at {path}: {run_dir} holds no trained weights of "
+                            "that name (train it first, or pass checkpoint=best|last or "
                             "ckpt_path=<file.ckpt>)")
     return path
 
