@@ -17,6 +17,9 @@ class BnnbenchError(ValueError):
     """A user-facing error: the message names the bad input and the fix, on one line."""
 
     exit_code = 2
+    # what call_or_exit prints as one line; the kernel library (which imports nothing from
+    # bnnbench) marks its own input errors the same way (bnnbench.kernels.KernelInputError)
+    user_facing = True
 
 
 class Preempted(BnnbenchError):
@@ -197,16 +200,17 @@ def first_line(err: BaseException) -> str:
 
 
 def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``; a BnnbenchError anywhere in the cause chain becomes one line on
+    """``fn(*args, **kwargs)``; a BnnbenchError (or another ``user_facing`` error, e.g. the
+    kernels' KernelInputError) anywhere in the cause chain becomes one line on
     stderr and its exit status (2; 143 for a preempted run). The chain is searched because
     hydra's ``instantiate`` wraps the errors its targets raise."""
     try:
         return fn(*args, **kwargs)
     except Exception as err:
         cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, BnnbenchError):
+        while cause is not None and not getattr(cause, "user_facing", False):
             cause = cause.__cause__
         if cause is None:
             raise
         print(f"bnnbench: error: {cause}", file=sys.stderr)
-        raise SystemExit(cause.exit_code) from None
+        raise SystemExit(getattr(cause, "exit_code", 2)) from None

@@ -193,7 +193,7 @@ def evaluate_config(cfg: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``python -m bnnbench.evaluate`` / ``bnnbench evaluate``: a Hydra app on conf/evaluate.yaml."""
+    """``python -m bnnbench.evaluate`` / ``bnnbench evaluate``: a Hydra app (conf/evaluate.yaml)."""
     from bnnbench.cli import hydra_app
 
     hydra_app("evaluate", evaluate_config)()

@@ -18,13 +18,14 @@ Public API::
 The ops are ``torch.library`` custom ops (``torch.ops.bnnbench.*``) with fake impls, so
 ``torch.compile`` works; pure-torch references are in :mod:`bnnbench.kernels.reference`.
 
-Tools: ``python -m bnnbench.kernels.bench`` rewrites ``reports/kernels.md``;
+Tools: ``python -m bnnbench.bench.kernels`` rewrites ``reports/kernels.md``;
 ``python -m bnnbench.kernels.aot_check`` compiles every Triton kernel for sm_80/sm_90 with
 ptxas, no GPU needed (``TRITON_INTERPRET`` unset).
 """
 
 from __future__ import annotations
 
+from ._common import KernelInputError
 from .ops import (
     binary_conv2d,
     binary_weight_gemm,
@@ -37,6 +38,7 @@ from .ops import (
 )
 
 __all__ = [
+    "KernelInputError",
     "binary_conv2d",
     "binary_weight_gemm",
     "multibit_xnor_gemm",

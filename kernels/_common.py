@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from bnnbench.errors import BnnbenchError
+
+class KernelInputError(ValueError):
+    """A bad argument to a kernel op; the message names the op, the argument and the fix, on one
+    line. This library imports nothing from bnnbench: ``user_facing`` is how bnnbench's command
+    line (:func:`bnnbench.errors.call_or_exit`) knows to print it as one line, like its own."""
+
+    user_facing = True
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -34,7 +40,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     * ``"reference"``: the unpacked float matmul in :mod:`bnnbench.kernels.reference`, any device.
     """
     if backend not in BACKENDS:
-        raise BnnbenchError(f"{op}: backend={backend!r} is not one of {BACKENDS}")
+        raise KernelInputError(f"{op}: backend={backend!r} is not one of {BACKENDS}")
     kind = device.type
     if backend == "auto":
         if kind == "cuda":
@@ -47,20 +53,20 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
             return "triton"
         if kind == "cpu" and interpret_enabled():
             return "triton"
-        raise BnnbenchError(
+        raise KernelInputError(
             f"{op}: backend='triton' needs CUDA tensors (got {kind}); for CPU tests set "
             "TRITON_INTERPRET=1 before bnnbench.kernels first launches a Triton kernel, "
             "or use backend='cpu'")
     if backend == "cpu" and kind != "cpu":
-        raise BnnbenchError(f"{op}: backend='cpu' needs CPU tensors (got {kind}); "
+        raise KernelInputError(f"{op}: backend='cpu' needs CPU tensors (got {kind}); "
                             "move them with .cpu() or use backend='auto'")
     return backend
 
 
 def check(cond: bool, op: str, msg: str) -> None:
-    """Raise :class:`BnnbenchError` ``"{op}: {msg}"`` unless ``cond``."""
+    """Raise :class:`KernelInputError` ``"{op}: {msg}"`` unless ``cond``."""
     if not cond:
-        raise BnnbenchError(f"{op}: {msg}")
+        raise KernelInputError(f"{op}: {msg}")
 
 
 def check_same_device(op: str, **tensors: Tensor | None) -> torch.device:

@@ -1,6 +1,6 @@
 """Public packed-kernel API: checks, backend dispatch and ``torch.library`` custom ops.
 
-Every public function validates its inputs once (one :class:`~bnnbench.errors.BnnbenchError`
+Every public function validates its inputs once (one :class:`KernelInputError`
 naming the bad argument), resolves ``backend`` and calls a ``bnnbench::*`` custom op. The ops
 have fake (meta) implementations, so ``torch.compile`` traces through them without running a
 kernel. ``backend`` (keyword-only everywhere):

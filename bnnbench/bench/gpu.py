@@ -6,7 +6,7 @@ each in its own process with its own time limit, each skippable (``--skip kernel
 each logging into ``DIR/<step>.log``:
 
 1. ``versions``: nvidia-smi, python and library versions;
-2. ``kernels``: ``python -m bnnbench.kernels.bench --gpu-only`` (every row checked against
+2. ``kernels``: ``python -m bnnbench.bench.kernels --gpu-only`` (every row checked against
    float64 on the same inputs; gemlite's A16W1 as a peer when importable);
 3. ``packed``: ``python -m bnnbench.bench.packed_inference --gpu-only`` (packed ResNet-18 / NIN
    vs the fp16 network, CUDA graphs and eager, profiler table at batch 1);
@@ -42,7 +42,7 @@ STEPS: tuple[tuple[str, list[str], int], ...] = (
                   "        m = __import__(name); print(name, getattr(m, '__version__', '?'))\n"
                   "    except Exception as e:\n"
                   "        print(name, 'missing:', e)\n"], 60),
-    ("kernels", [sys.executable, "-m", "bnnbench.kernels.bench", "--gpu-only",
+    ("kernels", [sys.executable, "-m", "bnnbench.bench.kernels", "--gpu-only",
                  "--out", "{work}/kernels_gpu.md"], 170),
     ("packed", [sys.executable, "-m", "bnnbench.bench.packed_inference", "--gpu-only",
                 "--out", "{work}/packed_inference_gpu.md"], 110),

@@ -223,7 +223,7 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
         rows = [f"| {label} | {b} | - | - | - | - | - | - | {PENDING} |"
                 for label, _, batches in GPU_CASES for b in batches]
         return rows, "none: " + PENDING, []
-    from bnnbench.kernels.bench import _gpu_time_ms, gpu_versions
+    from bnnbench.bench.kernels import _gpu_time_ms, gpu_versions
 
     dev = torch.device("cuda")
     v = gpu_versions()

@@ -114,7 +114,7 @@ def time_training(overrides: list[str], geometry: dict[str, int], batch: int,
 def device_description(device: torch.device) -> str:
     if device.type != "cuda":
         return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    from bnnbench.kernels.bench import gpu_versions
+    from bnnbench.bench.kernels import gpu_versions
 
     v = gpu_versions()
     return (f"{torch.cuda.get_device_name(device)}, driver {v['driver']}, CUDA "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bnnbench.kernels import bench
+from bnnbench.bench import kernels as bench
 
 
 def test_bench_writes_report(tmp_path):

@@ -94,8 +94,8 @@ def test_xnor_gemm_int_mm_path_is_exact(m, n, k):
 
 
 def test_int_mm_path_refuses_shapes_cublaslt_cannot_take():
-    from bnnbench.errors import BnnbenchError
+    from bnnbench.kernels import KernelInputError
 
     ap, wp = R.pack_signs_ref(torch.randn(8, 64)), R.pack_signs_ref(torch.randn(8, 64))
-    with pytest.raises(BnnbenchError, match="M > 16"):
+    with pytest.raises(KernelInputError, match="M > 16"):
         T.xnor_gemm(*tdev(ap, wp), 64, path="int_mm")

@@ -7,7 +7,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import bnnbench.kernels as K
-from bnnbench.errors import BnnbenchError
+from bnnbench.kernels import KernelInputError
 from bnnbench.kernels import reference as R
 
 from ._util import rand_signs_source, tdev
@@ -82,11 +82,11 @@ def test_auto_backend_on_cpu_uses_cpu_impl(monkeypatch):
     assert _common.resolve_backend("auto", torch.device("cpu"), "t") == "cpu"
     assert _common.resolve_backend("auto", torch.device("cuda"), "t") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(BnnbenchError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(KernelInputError, match="TRITON_INTERPRET=1"):
         _common.resolve_backend("triton", torch.device("cpu"), "t")
-    with pytest.raises(BnnbenchError, match="needs CPU tensors"):
+    with pytest.raises(KernelInputError, match="needs CPU tensors"):
         _common.resolve_backend("cpu", torch.device("cuda"), "t")
-    with pytest.raises(BnnbenchError, match="backend='gpu'"):
+    with pytest.raises(KernelInputError, match="backend='gpu'"):
         K.pack_signs(torch.randn(3), backend="gpu")
 
 
@@ -112,7 +112,7 @@ def test_auto_backend_on_cpu_uses_cpu_impl(monkeypatch):
      "larger than the padded input"),
 ])
 def test_errors_are_one_clear_message(call, match):
-    with pytest.raises(BnnbenchError, match=match):
+    with pytest.raises(KernelInputError, match=match):
         call(*_args())
 
 
@@ -121,11 +121,11 @@ def test_launcher_checks_too():
 
     x, ap, wp = _args()
     ap, wp = tdev(ap, wp)
-    with pytest.raises(BnnbenchError, match="path="):
+    with pytest.raises(KernelInputError, match="path="):
         T.xnor_gemm(ap, wp, 70, path="fast")
-    with pytest.raises(BnnbenchError, match="int32"):
+    with pytest.raises(KernelInputError, match="int32"):
         T.xnor_gemm(ap.to(torch.int64), wp, 70)
-    with pytest.raises(BnnbenchError, match="w_packed has 2 words"):
+    with pytest.raises(KernelInputError, match="w_packed has 2 words"):
         T.multibit_xnor_gemm(ap[None], wp[:, :2], torch.ones(1), 70)
 
 

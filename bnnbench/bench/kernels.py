@@ -2,9 +2,8 @@
 
 Usage::
 
-    python -m bnnbench.kernels.bench                 # full run, writes reports/kernels.md
-    python -m bnnbench.kernels.bench --quick --out /tmp/k.md   # smoke run
-    python kernels/bench.py ...                      # same, from a source checkout
+    python -m bnnbench.bench.kernels                 # full run, writes reports/kernels.md
+    python -m bnnbench.bench.kernels --quick --out /tmp/k.md   # smoke run
 
 CPU rows always run (``backend="cpu"`` vs torch fp32 on the same shapes, medians over
 interleaved repeats). GPU rows run when CUDA is available (Triton kernels vs torch bf16, timed
@@ -17,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
-import importlib.util
 import math
 import os
 import platform
@@ -29,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from bnnbench.bench import cpu_model
 import torch.nn.functional as F
 
-K = importlib.import_module("bnnbench.kernels")
+from bnnbench import kernels as K
+from bnnbench.bench import cpu_model
+from bnnbench.files import write_atomic
 
 PENDING = "pending (no GPU in this session)"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "reports" / "kernels.md"
 
 # nominal HBM bandwidth (GB/s) of common parts, for the "fraction of HBM" column
@@ -271,7 +269,7 @@ THREAD_TORCH_SETTINGS = (1, 2)  # torch.set_num_threads values the thread table 
 
 def _kernel_threads_setter(threads: int) -> Callable[[Callable[[], object]], Callable[[], object]]:
     """Wrap a packed call so that it runs with ``threads`` compiled-kernel threads."""
-    cpu = importlib.import_module("bnnbench.kernels.cpu")
+    from bnnbench.kernels import cpu
 
     def wrap(fn: Callable[[], object]) -> Callable[[], object]:
         def run() -> object:
@@ -293,7 +291,7 @@ def cpu_thread_rows(plan: dict, repeats: int) -> list[list[str]]:
     each torch op (here: the activation packing and the conv's epilogue) on the cores the
     kernel threads want; the rows show what that costs.
     """
-    cpu = importlib.import_module("bnnbench.kernels.cpu")
+    from bnnbench.kernels import cpu
     rows: list[list[str]] = []
     g = torch.Generator().manual_seed(1)
     one, two = _kernel_threads_setter(1), _kernel_threads_setter(2)
@@ -344,8 +342,8 @@ def _stream_read_callables(nbytes: int) -> dict[str, Callable[[], object]]:
     compiled uint64 sum on 1 and 2 threads. The fastest is the roofline."""
     import numpy as np
 
-    jit = importlib.import_module("bnnbench.kernels.cpu_jit")
-    cpu = importlib.import_module("bnnbench.kernels.cpu")
+    from bnnbench.kernels import cpu_jit as jit
+    from bnnbench.kernels import cpu
     words = np.ones(nbytes // 8, dtype=np.uint64)
     jit.stream_read(words[:8])
     jit.stream_read_parallel(words[:8])
@@ -378,7 +376,7 @@ def cpu_roofline_rows(plan: dict, repeats: int) -> tuple[list[list[str]], list[s
             lambda: K.xnor_gemm(ap, wp, n, backend="cpu"))
         calls["packed GEMV, 2 kernel threads"] = _kernel_threads_setter(2)(
             lambda: K.xnor_gemm(ap, wp, n, backend="cpu"))
-        jit = importlib.import_module("bnnbench.kernels.cpu_jit")
+        from bnnbench.kernels import cpu_jit as jit
         import numpy as np
 
         word = np.uint64 if ap.shape[1] % 2 == 0 else np.uint32
@@ -515,7 +513,9 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
     check fails is reported as WRONG, with its time.
     """
     rows: list[list[str]] = []
-    tk = importlib.import_module("bnnbench.kernels.triton_kernels") if dev.type == "cuda" else None
+    tk = None
+    if dev.type == "cuda":
+        from bnnbench.kernels import triton_kernels as tk
 
     def rotated(make: Callable[[int], tuple], fn: Callable, bytes_per_copy: int) -> float:
         """Run fn over R weight copies totalling > 4x L2, so that every call reads HBM."""
@@ -720,11 +720,8 @@ def _table_gpu(rows: list[list[str]]) -> str:
 
 
 def _write_report(out: Path, lines: list[str]) -> None:
-    """Replace ``out`` atomically (a temporary file beside it, then a rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    """Replace ``out`` atomically (:func:`bnnbench.files.write_atomic`)."""
+    write_atomic(out, "\n".join(lines))
 
 
 def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
@@ -784,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     plan = PLANS[args.plan or ("quick" if args.quick else "full")]
     repeats = 5 if args.quick else args.repeats
-    cmd = "python -m bnnbench.kernels.bench" + (" --quick" if args.quick else "") + (
+    cmd = "python -m bnnbench.bench.kernels" + (" --quick" if args.quick else "") + (
         f" --plan {args.plan}" if args.plan else "") + (
         f" --threads {args.threads}" if args.threads > 0 else "") + (
         " --gpu-only" if args.gpu_only else "")
@@ -792,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gpu_only:
         if not torch.cuda.is_available():
-            print("bnnbench.kernels.bench: --gpu-only needs a CUDA GPU; run without it here")
+            print("bnnbench.bench.kernels: --gpu-only needs a CUDA GPU; run without it here")
             return 2
         out = args.out or DEFAULT_OUT.with_name("kernels_gpu.md")
         dev = torch.device("cuda")
@@ -815,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     print("CPU threads (compiled kernels 1 -> 2 threads) and the cold GEMV roofline", flush=True)
     t_rows = cpu_thread_rows(plan, repeats)
     r_rows, roof_goals = cpu_roofline_rows(plan, repeats)
-    cpu_mod = importlib.import_module("bnnbench.kernels.cpu")
+    from bnnbench.kernels import cpu as cpu_mod
     layer = cpu_mod.threading_layer()
     load_after = loadavg()
 
@@ -843,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Packed kernel benchmarks",
         "",
-        f"Written by `{cmd}` (from a source checkout also `python kernels/bench.py`); "
+        f"Written by `{cmd}`; "
         "do not edit by hand, rerun the command to regenerate.",
         "",
         "## Machine",
