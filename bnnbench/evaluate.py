@@ -34,15 +34,7 @@ from typing import Any
 import torch
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import (
-    PACKED_FILE,
-    export_run,
-    free_path,
-    load_packed,
-    load_trained,
-    read_packed,
-    resolve_source,
-)
+from bnnbench.export import PACKED_FILE, export_run, free_path, load_packed, read_packed
 from bnnbench.files import write_atomic
 from bnnbench.spec import (
     GEOMETRY_KEYS,
@@ -52,6 +44,7 @@ from bnnbench.spec import (
     data_geometry,
     data_section,
 )
+from bnnbench.trained import load_trained, resolve_source
 
 EVAL_FILE = "eval.json"
 
@@ -136,7 +129,7 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], Path]:
     """Evaluate; returns (the record written, the path of the json file).
 
-    ``run_dir`` and/or ``ckpt_path`` name the trained weights (:func:`resolve_source`); ``data``
+    ``run_dir`` and/or ``ckpt_path`` name the trained weights (:func:`bnnbench.trained.resolve_source`); ``data``
     as :func:`resolve_data`; ``out`` as :func:`result_path` (default: the run directory, or the
     current directory for a checkpoint outside any run directory).
     """

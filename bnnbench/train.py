@@ -31,7 +31,7 @@ from bnnbench.errors import (
     check_range,
     first_line,
 )
-from bnnbench.export import check_shapes, load_checkpoint
+from bnnbench.trained import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.recipes import load_teacher, warm_start

@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.evaluate import evaluate_config, evaluate_run
-from bnnbench.export import load_trained
 from bnnbench.lit import predict
 from bnnbench.spec import build_data
 from bnnbench.train import run
+from bnnbench.trained import load_trained
 from tests.conftest import CONF, FAST, compose_config
 
 
