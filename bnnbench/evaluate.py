@@ -129,11 +129,15 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], Path]:
     """Evaluate; returns (the record written, the path of the json file).
 
-    ``run_dir`` and/or ``ckpt_path`` name the trained weights (:func:`bnnbench.trained.resolve_source`); ``data``
-    as :func:`resolve_data`; ``out`` as :func:`result_path` (default: the run directory, or the
-    current directory for a checkpoint outside any run directory).
+    ``run_dir`` and/or ``ckpt_path`` name the trained weights
+    (:func:`bnnbench.trained.resolve_source`; with ``packed`` and ``packed_path`` none are
+    needed); ``data`` as :func:`resolve_data`; ``out`` as :func:`result_path` (default: the run
+    directory, or the current directory for a checkpoint outside any run directory).
     """
-    run_dir, ckpt = resolve_source(run_dir, ckpt_path, checkpoint)
+    if packed and packed_path:  # the export alone: no checkpoint needed
+        run_dir, ckpt = (Path(run_dir) if run_dir is not None else None), None
+    else:
+        run_dir, ckpt = resolve_source(run_dir, ckpt_path, checkpoint)
     home = run_dir if run_dir is not None else Path.cwd()
     dev = pick_device(device)
     if packed:
@@ -159,7 +163,7 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
     name = data_name or run_data_name(run_dir, data_spec)
     record = {
         "data": name, "split": "test", **scores, "packed": packed, "source": source,
-        "checkpoint": str(ckpt), "device": str(dev),
+        "checkpoint": None if ckpt is None else str(ckpt), "device": str(dev),
         "eval_time_s": round(time.perf_counter() - start, 3),
         "data_config": {"name": data_spec["data"]["name"], **data_spec["data"]["args"]},
     }
