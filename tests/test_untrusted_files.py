@@ -212,12 +212,13 @@ def test_a_huge_geometry_allocates_nothing(tmp_path, monkeypatch):
     path, _ = valid_export(tmp_path)
     bad = rewrite(path, tmp_path / "big.safetensors",
                   _json_edit("geometry", lambda g: g.update(img_size=4096, in_chans=1)))
-    from bnnbench import export
+    from bnnbench import export, trained
 
     built = []
     real_build = export.build_net
-    monkeypatch.setattr(export, "build_net", lambda *a, **k: built.append(
-        str(torch.empty(0).device)) or real_build(*a, **k))
+    for module in (export, trained):  # the shape check lives in trained, the loader in export
+        monkeypatch.setattr(module, "build_net", lambda *a, **k: built.append(
+            str(torch.empty(0).device)) or real_build(*a, **k))
     with pytest.raises(BnnbenchError, match="does not match the model"):
         load_packed(bad)
     assert built == ["meta"]  # only the shape check's build ran, under torch.device("meta")
