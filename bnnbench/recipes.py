@@ -51,7 +51,7 @@ def source_names(target: str) -> list[str]:
 
 def init_checkpoint(source: str | Path) -> Path:
     """A run directory's ``checkpoints/last.ckpt``, or the ``.ckpt`` file itself."""
-    from bnnbench.export import checkpoint_path
+    from bnnbench.trained import checkpoint_path
 
     path = Path(source)
     if path.suffix == ".ckpt":
@@ -69,7 +69,7 @@ def warm_start(net: nn.Module, source: str | Path) -> WarmStart:
     Tensors inside weight quantizers are never copied (they are recomputed from the latent
     weights). A source that shares no tensor with ``net`` is refused with one line.
     """
-    from bnnbench.export import load_checkpoint
+    from bnnbench.trained import load_checkpoint
 
     path = init_checkpoint(source)
     state, _spec = load_checkpoint(path)
@@ -115,7 +115,7 @@ def load_teacher(source: str | Path, geometry: dict[str, int]) -> nn.Module:
     checkpoint spec. Its data geometry must be this run's (the logits must mean the same
     classes). bnnbench never downloads weights: a pretrained timm model is not a teacher here;
     train it as a run first (``model=<timm name>`` without a method)."""
-    from bnnbench.export import load_trained
+    from bnnbench.trained import load_trained
 
     path = Path(source)
     if not path.is_dir():

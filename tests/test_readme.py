@@ -34,7 +34,10 @@ def test_ci_runs_the_readme_test_command():
 def test_quickstart_is_two_commands():
     quickstart = README.split("## Quickstart")[1].split("\n## ")[0]
     blocks = re.findall(r"```bash\n(.*?)```", quickstart, flags=re.S)
-    assert [len(b.strip().splitlines()) for b in blocks] == [1, 1]
+    assert len(blocks) == 2
+    install_and_run = blocks[0].strip().splitlines()[0]
+    assert "pip install -e . &&" in install_and_run and "python -m bnnbench" in install_and_run
+    assert len(blocks[1].strip().splitlines()) == 1  # install + tests: one line
 
 
 def test_the_readme_test_command_passes_without_ffcv(tmp_path):

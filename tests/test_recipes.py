@@ -9,11 +9,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import load_checkpoint
 from bnnbench.methods import create_method
 from bnnbench.models import create_model
 from bnnbench.recipes import source_names, warm_start
 from bnnbench.train import run
+from bnnbench.trained import load_checkpoint
 from tests.conftest import FAST
 
 MLP = ["model.hidden_features=32"]
