@@ -92,7 +92,12 @@ _SHIFTS = torch.arange(8, dtype=torch.int32)
 
 
 def pack_bits(bits: Tensor) -> Tensor:
-    """Flattened bool/0-1 tensor -> uint8 ``(ceil(n/8),)``, 8 per byte, least-significant first."""
+    """Flattened bool/0-1 tensor -> uint8 ``(ceil(n/8),)``, 8 per byte, least-significant first.
+
+    The one bit order of bnnbench: this stream read as little-endian int32 is exactly
+    ``kernels.pack_signs`` of the same flattened values (bit 1 = negative, LSB first), which
+    is how the packed routes build kernel words from stored bits without a float copy.
+    """
     flat = bits.reshape(-1).to(torch.int32)
     flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).view(-1, 8)
     return (flat << _SHIFTS.to(flat.device)).sum(1).to(torch.uint8)

@@ -304,3 +304,21 @@ def test_export_cli_is_a_hydra_app(make_cfg, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["packed.safetensors"]
     assert read_metadata(out / "packed.safetensors")["source"].endswith("best.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", run_dir.name]
+
+
+@pytest.mark.parametrize("n", [1, 7, 32, 33, 100, 256])
+def test_file_bits_and_kernel_words_share_one_bit_order(n):
+    """One packing convention: the export's byte stream (LSB first, bit 1 = negative), read as
+    little-endian int32, is exactly the kernels' sign words (``kernels.pack_signs``) of the same
+    flattened weight; and both agree with a bit-by-bit reference."""
+    from bnnbench.kernels import pack_signs
+
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    x[0] = 0.0  # sign(0) = +1 -> bit 0 in both
+    stream = pack_bits(x < 0)
+    padded = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 4))
+    words = padded.view(torch.int32)
+    assert torch.equal(words, pack_signs(x))
+    expected = [sum(int(x[8 * b + i] < 0) << i for i in range(8) if 8 * b + i < n)
+                for b in range(stream.numel())]
+    assert stream.tolist() == expected
