@@ -24,11 +24,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make shared run files private
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # after the writer: mkstemp's 0600 (or a writer that recreates the file, as
+        # safetensors does) would make shared run files and exports private
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:  # the writer may not have synced: the rename must not
             os.fsync(fh.fileno())     # outrun the data on a crash
         os.replace(tmp, path)

@@ -26,3 +26,17 @@ def test_write_atomic_replaces_with_the_umask_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_a_writer_that_recreates_the_file_still_gets_the_umask_permissions(tmp_path):
+    """safetensors' save_file replaces the temporary file with a private (0600) one: the packed
+    export must still be readable by the people the run directory is shared with."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with atomic_path(tmp_path / "model.safetensors") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    mode = stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode)
+    assert mode == 0o666 & ~umask
