@@ -52,9 +52,12 @@ def _label(setting: str) -> str:
     return parts[0].partition("=")[2] if len(parts) == 1 else setting
 
 
-def _colors(n: int) -> list[tuple[float, ...]]:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+def _palette(report: Report) -> dict[str, tuple[float, ...]]:
+    """One colour per setting, in the report's row order, shared by every plot of a report (a
+    method is the same colour in the size plot, the curves and the flip ratios)."""
+    settings = list(dict.fromkeys(report.long["setting"].tolist()))
+    cmap = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
+    return {s: cmap(i % cmap.N) for i, s in enumerate(settings)}
 
 
 def accuracy_vs_size(report: Report, path: Path) -> bool:
@@ -69,7 +72,9 @@ def accuracy_vs_size(report: Report, path: Path) -> bool:
     top1 = stats["top1"].tolist()
     std = stats["std"].fillna(0.0).tolist()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (setting, row), size, color in zip(stats.iterrows(), sizes, _colors(len(stats))):
+    palette = _palette(report)
+    for (setting, row), size in zip(stats.iterrows(), sizes):
+        color = palette[setting]
         ax.errorbar(size, row.top1, yerr=0.0 if math.isnan(row["std"]) else row["std"],
                     fmt="o", color=color, capsize=3, label=f"{_label(setting)} (n={int(row.n)})")
     front = pareto_front(sizes, top1)
@@ -133,7 +138,9 @@ def training_curves(report: Report, path: Path) -> bool:
     if not any(c.get("train/loss") for runs in grouped.values() for c in runs):
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (setting, runs), color in zip(grouped.items(), _colors(len(grouped))):
+    palette = _palette(report)
+    for setting, runs in grouped.items():
+        color = palette[setting]
         for ax, key in zip(axes, ("train/loss", "val/top1")):
             series = [c[key] for c in runs if c.get(key)]
             if series:
@@ -159,8 +166,10 @@ def flip_ratio(report: Report, path: Path) -> bool:
     rows = math.ceil(len(layers) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False,
                              sharex=True)
+    palette = _palette(report)
     for ax, layer in zip(axes.flat, layers):
-        for (setting, runs), color in zip(grouped.items(), _colors(len(grouped))):
+        for setting, runs in grouped.items():
+            color = palette[setting]
             series = [c[FLIP_PREFIX + layer] for c in runs if c.get(FLIP_PREFIX + layer)]
             if series:
                 _seed_lines(ax, series, color, _label(setting))
