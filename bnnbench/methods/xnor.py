@@ -40,6 +40,16 @@ class _XnorBase(BinarizationMethod):
         self.latent_clip = latent_clip
         self.mean_center = mean_center
 
+    @staticmethod
+    def check_activation(activation: str, network: str, block: str) -> None:
+        """The activation between BN and sign: one of ``ACTIVATIONS``, never ReLU (BN -> ReLU ->
+        sign is +1 everywhere: a constant network)."""
+        check_choice("method.activation", activation, ACTIVATIONS)
+        if activation == "relu":
+            raise BnnbenchError(
+                f"method.activation='relu' makes {network} constant (BN -> ReLU -> sign is +1 "
+                f"everywhere); use method.activation=identity ({block}) or htanh/prelu")
+
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Project the binary layers' latent weights: mean-center (``mean_center``), then clip.
 
@@ -135,11 +145,7 @@ class XnorNet(_XnorBase):
     def __init__(self, activation_scale: bool = True, activation: str = "identity",
                  affine_bn: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_choice("method.activation", activation, ACTIVATIONS)
-        if activation == "relu":
-            raise BnnbenchError(
-                "method.activation='relu' makes XNOR-Net constant (BN -> ReLU -> sign is +1 "
-                "everywhere); use method.activation=identity (the paper's block) or htanh/prelu")
+        self.check_activation(activation, "XNOR-Net", "the paper's block")
         self.activation_scale = activation_scale
         self.activation = activation
         self.affine_bn = affine_bn

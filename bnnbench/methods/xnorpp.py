@@ -17,7 +17,7 @@ from bnnbench.methods.base import check_choice, layers_to_binarize, register_met
 from bnnbench.methods.xnor import _XnorBase
 from bnnbench.models.registry import INPUT_SHAPE_ATTR
 from bnnbench.nn.modern_layers import GammaConv2d, GammaLinear
-from bnnbench.nn.paper_layers import ACTIVATIONS, move_dropout_after_quantizer, \
+from bnnbench.nn.paper_layers import move_dropout_after_quantizer, \
     prepend_input_norm, replace_relus, set_xnor_order
 from bnnbench.nn.quantizers import SignQuantizer
 
@@ -83,11 +83,7 @@ class XnorNetPP(_XnorBase):
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_choice("method.scales", scales, SCALES)
-        check_choice("method.activation", activation, ACTIVATIONS)
-        if activation == "relu":
-            raise BnnbenchError(
-                "method.activation='relu' makes XNOR-Net++ constant (BN -> ReLU -> sign is +1 "
-                "everywhere); use method.activation=identity (XNOR-Net's block) or htanh/prelu")
+        self.check_activation(activation, "XNOR-Net++", "XNOR-Net's block")
         self.scales = scales
         self.activation = activation
 
