@@ -138,11 +138,15 @@ def test_sweep_survives_a_failed_point_and_a_rerun_finishes_it(tmp_path):
     point killed after its last checkpoint resumes from it (its epoch times come back from the
     checkpoint: nothing is retrained)."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "optimizer.lr=1e-3,-1", *FAST, f"hydra.sweep.dir={sweep}"]
+    # a '/' in a value and a location override must not nest the point directories
+    args = ["-m", "optimizer.lr=1e-3,-1", *FAST, f"hydra.sweep.dir={sweep}", "tags=[a/b]",
+            f"paths.data_dir={tmp_path}/data"]
     first = cli(*args, cwd=tmp_path)
     assert first.returncode == 1, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     done, failed = points(sweep)
+    assert done.parent == sweep and "tags=[a_b]" in done.name, done
+    assert "paths.data_dir" not in done.name
     assert record(done)["status"] == "finished" and record(done)["test_top1"] > 0
     assert record(failed)["status"] == "failed"
     assert "optimizer.lr=-1 is out of range" in record(failed)["error"]
@@ -215,9 +219,10 @@ def test_submitit_local_sweep(tmp_path):
     the failed point through its record and exits 1."""
     sweep = tmp_path / "sweep"
     proc = cli("-m", "hydra/launcher=local", "optimizer.lr=1e-3,-1", *FAST,
-               f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+               f"hydra.sweep.dir={sweep}", "tags=[a/b]", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    done, failed = points(sweep)
+    done, failed = points(sweep)  # the job process resolves flat_dirname too
+    assert done.parent == sweep and "a_b" in done.name, done
     assert record(done)["status"] == "finished" and record(done)["test_top1"] > 0
     assert record(failed)["status"] == "failed"
     assert "1 sweep point(s)" in proc.stderr
