@@ -292,7 +292,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         diverged = None
     # the final weights, as last.ckpt holds them: with ckpt_path=None inside a SLURM job,
     # Lightning would test its requeue checkpoint (hpc_ckpt_<n>.ckpt) from an earlier attempt
-    final = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    final = str(last) if last.is_file() else None
     test = {} if diverged else trainer.test(module, datamodule=datamodule, verbose=False,
                                             ckpt_path=final)[0]
     wall = time.perf_counter() - start

@@ -152,3 +152,49 @@ def test_flip_ratio_curve_survives_resume(make_cfg):
     flips = {k: v for k, v in straight.curves.items() if k.startswith("flip_ratio/")}
     assert flips and all(len(v) == 2 for v in flips.values())
     assert {k: resumed.curves[k] for k in flips} == flips
+
+
+class FallingAccuracy(pl.LightningModule):
+    """Logs val/top1 = 90, 80, 70, ... : the best epoch is the first, the last one the worst."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch: list[torch.Tensor], _: int) -> None:
+        self.log("val/top1", 90.0 - 10.0 * self.current_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)),
+                                           batch_size=2)
+
+    val_dataloader = train_dataloader
+
+
+def test_default_checkpoints_last_is_the_final_epoch_and_best_the_best_epoch(tmp_path):
+    """conf/callbacks/default.yaml's checkpoints on a run whose val top-1 falls every epoch:
+    best.ckpt holds epoch 0, last.ckpt the final epoch (Lightning 2.6's save_last=true left
+    last.ckpt at the best epoch, so tests, resumes and exports read the best epoch instead)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    conf = OmegaConf.load(CONF / "callbacks" / "default.yaml")
+    checkpoints = []
+    for node in conf.values():
+        if node._target_.endswith("ModelCheckpoint"):
+            node.dirpath = str(tmp_path)
+            checkpoints.append(instantiate(node))
+    trainer = pl.Trainer(max_epochs=3, callbacks=checkpoints, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(FallingAccuracy())
+    epochs = {p.name: torch.load(p, map_location="cpu", weights_only=False)["epoch"]
+              for p in tmp_path.glob("*.ckpt")}
+    assert epochs == {"best.ckpt": 0, "last.ckpt": 2}
