@@ -288,6 +288,80 @@ def test_every_binary_layer_binarizes_a_batchnorm_output(method, host):
                                    atol=2e-2, rtol=0, msg=lambda m: f"{layer}: {m}")
 
 
+# --- 5b. ReLUs stay where no sign reads them ---------------------------------------------------
+
+XNOR_BLOCK_HOSTS = {  # every host, small; resnet10t: a timm model with a deep (conv-BN-ReLU) stem
+    "mlp": dict(in_chans=1, img_size=28, hidden_features=16),
+    "vgg_small": dict(in_chans=3, img_size=16, widths=(8, 16, 32), hidden_features=16),
+    "alexnet": dict(in_chans=3, img_size=16, fc_features=16),
+    "nin": dict(in_chans=3, img_size=16),
+    "resnet18": dict(in_chans=3, img_size=16),
+    "resnet34": dict(in_chans=3, img_size=16),
+    "resnet10t": dict(in_chans=3, img_size=64),  # from 64 px timm keeps its own stem
+}
+# modules that move no value past a sign or a BatchNorm in these tests: identity activations,
+# dropout (eval mode, or in a binary layer's own slot), pooling, flattening
+_CARRIERS = (nn.Identity, nn.Dropout, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+             nn.AdaptiveAvgPool2d)
+
+
+def executed_modules(net: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor, Tensor]]:
+    """(module, input, output) of every leaf module and every Conv2d/Linear (whose own
+    quantizers and dropout are not listed) in the order the forward pass runs them, carriers
+    (``_CARRIERS``) left out."""
+    calls: list[tuple[nn.Module, Tensor, Tensor]] = []
+    skip: set[str] = set()
+    handles = []
+    for name, module in net.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in skip):
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            skip.add(name)
+        elif next(module.children(), None) is not None:
+            continue
+        handles.append(module.register_forward_hook(
+            lambda m, args, out: calls.append((m, args[0].detach(), out.detach()))))
+    try:
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [call for call in calls if not isinstance(call[0], _CARRIERS)]
+
+
+@pytest.mark.parametrize("method", ["xnor", "abcnet", "xnorpp"])
+@pytest.mark.parametrize("host", list(XNOR_BLOCK_HOSTS))
+def test_xnor_block_keeps_the_relus_no_sign_reads(host, method):
+    """alexnetxnor.lua: conv1 -> BN -> ReLU -> MaxPool (FP), [BN -> sign -> binary conv] for
+    every binary layer, BN -> ReLU -> FP classifier. In the order the forward pass runs, in train
+    and eval mode: the FP first layer is followed by BN, ReLU; the FP last layer is preceded by
+    BN, ReLU (pooling, flatten and dropout aside), so the classifier's input is >= 0; every
+    binary layer reads exactly the output of the BatchNorm run right before it
+    (method.activation = identity)."""
+    torch.manual_seed(0)
+    kw = XNOR_BLOCK_HOSTS[host]
+    net = create_method(method).convert(create_model(host, num_classes=10, **kw))
+    x = torch.randn(2, kw["in_chans"], kw["img_size"], kw["img_size"])
+    for train in (True, False):
+        calls = executed_modules(net.train(train), x)
+        kinds = [type(m).__name__ for m, _, _ in calls]
+        weights = [i for i, (m, _, _) in enumerate(calls) if isinstance(m, (nn.Conv2d, nn.Linear))]
+        first, last = weights[0], weights[-1]
+        assert not is_quantized(calls[first][0]) and not is_quantized(calls[last][0])
+        assert isinstance(calls[first + 1][0], nn.modules.batchnorm._BatchNorm), kinds
+        assert kinds[first + 2] == "ReLU", kinds
+        assert isinstance(calls[last - 2][0], nn.modules.batchnorm._BatchNorm), kinds
+        assert kinds[last - 1] == "ReLU", kinds
+        classifier_input = calls[last][1]
+        assert classifier_input.min() >= 0 and classifier_input.max() > 0
+        binary = [i for i in weights if is_quantized(calls[i][0])]
+        assert binary and len(binary) == len(weights) - 2
+        for i in binary:
+            before, _, normalized = calls[i - 1]
+            assert isinstance(before, nn.modules.batchnorm._BatchNorm), (i, kinds[i - 3:i + 1])
+            assert torch.equal(calls[i][1], normalized)  # the sign's input is that BN's output
+
+
 # --- 6. removing the latent clip does not freeze the weights --------------------------------------
 
 @pytest.mark.parametrize("method", ["binaryconnect", "tang"])

@@ -77,12 +77,15 @@ EXTRA_PARAMS = {
     # each with N = 3 shifts and 3 betas; XNOR/ABC-Net give a binary layer that reads no
     # BatchNorm output its own BN (2 per input channel): resnet18's 8 block conv1 (64 + 64 + 64 +
     # 128 + 128 + 256 + 256 + 512) and 3 downsample convs (64 + 128 + 256) read the residual sum;
-    # cnn's Linear reads the flattened 16 x 6 x 6 map
-    ("abcnet", "mlp"): 2 * 6, ("abcnet", "resnet18"): 19 * 6 + 2 * 1920,
-    ("abcnet", "cnn"): 3 * 6 + 2 * 576, ("xnor", "resnet18"): 2 * 1920, ("xnor", "cnn"): 2 * 576,
+    # cnn's Linear reads the flattened 16 x 6 x 6 map; the first binary layer after the FP first
+    # layer's BN -> ReLU (mlp 64, cnn 8) and cnn's conv after BN -> ReLU -> MaxPool (8) too
+    ("abcnet", "mlp"): 2 * 6 + 2 * 64, ("abcnet", "resnet18"): 19 * 6 + 2 * 1920,
+    ("abcnet", "cnn"): 3 * 6 + 2 * 576 + 2 * 16, ("xnor", "resnet18"): 2 * 1920,
+    ("xnor", "cnn"): 2 * 576 + 2 * 16, ("xnor", "mlp"): 2 * 64,
     # ConvBlocks reordered to bn -> act -> conv rebuild the BatchNorm over the conv's input:
-    # block 2's BatchNorm goes from 16 to 8 channels (-16 parameters)
-    ("abcnet", "blocks"): 2 * 6 - 16, ("xnor", "blocks"): -16,
+    # block 2's BatchNorm goes from 16 to 8 channels (-16 parameters); the FP Linear, which read
+    # the last binary block's raw output, gets BN -> ReLU over its 16 x 7 x 7 inputs
+    ("abcnet", "blocks"): 2 * 6 - 16 + 2 * 784, ("xnor", "blocks"): -16 + 2 * 784,
     # channel-wise PReLU slopes (mlp 3 x 64; resnet18 64 + 2 * (2*64 + 2*128 + 2*256 + 2*512);
     # cnn 8 + 8 + 16 + 32; blocks 8 + 16 + 16) + the scale layer after the binary last layer;
     # mlp: the output BatchNorm (2 x 10) goes, a bias (10) on the last layer replaces its shift
@@ -97,9 +100,10 @@ EXTRA_PARAMS = {
     # XNOR-Net++: XNOR-Net's extra BatchNorms plus Gamma = o + h_out + w_out per binary conv (o per
     # binary Linear); resnet18 on 28 x 28: layer1-4 maps 28, 14, 7, 4 (4 convs each; layer2-4 a
     # binary downsample each)
-    ("xnorpp", "mlp"): 2 * 64,
+    ("xnorpp", "mlp"): 2 * 64 + 2 * 64,
     ("xnorpp", "resnet18"): 2 * 1920 + 4 * 120 + 5 * 156 + 5 * 270 + 5 * 520,
-    ("xnorpp", "cnn"): 2 * 576 + (8 + 56) + (16 + 12) + 32, ("xnorpp", "blocks"): -16 + 72 + 44,
+    ("xnorpp", "cnn"): 2 * 576 + 2 * 16 + (8 + 56) + (16 + 12) + 32,
+    ("xnorpp", "blocks"): -16 + 72 + 44 + 2 * 784,
 }
 
 
@@ -268,7 +272,11 @@ def test_bwn_and_xnor_scales():
         torch.testing.assert_close(y, ref)
         fc = next(layer for layer in _binary(net) if isinstance(layer, XnorLinear))
         assert fc.activation_scale is scale
-    assert not any(isinstance(m, nn.ReLU) for m in net.modules())  # XNOR block: no ReLU
+    # XNOR block: no ReLU in front of a sign; the host's others stay (BN -> ReLU after the FP
+    # conv, before the pools and before the FP classifier), each binary layer has its own BN
+    assert [n for n, m in net.named_modules() if isinstance(m, nn.ReLU)] == ["2", "5", "9", "13"]
+    assert [n for n, m in net.named_modules() if isinstance(m, nn.Identity)] == [
+        "3.act", "7.act", "11.act"]
 
 
 def test_xnor_and_abcnet_reorder_conv_blocks():

@@ -41,3 +41,52 @@ def test_recheck_without_an_earlier_run_is_one_line_error(tmp_path, capsys, monk
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("bnnbench: error: --recheck-survivors needs") and err.count("\n") == 1
+
+
+PYPROJECT = r'''
+[tool.pytest.ini_options]
+addopts = "-ra -n auto"
+markers = ["slow: trains"]
+
+[tool.mutmut]
+only_mutate = ["bnnbench/functional.py"]
+do_not_mutate_patterns = ['raise \w*Error\(']
+pytest_add_cli_args = ["-n", "0"]
+pytest_add_cli_args_test_selection = ["tests/test_functional.py"]
+
+[tool.bnnbench.mutation_scopes.small]
+only_mutate = ["bnnbench/recipes.py"]
+pytest_add_cli_args_test_selection = ["tests/test_recipes.py", "-m", "not slow"]
+'''
+
+
+def test_a_scope_replaces_its_keys_and_runs_in_its_own_directory(tmp_path, monkeypatch):
+    import tomllib
+
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    for name in mutation.SCOPE_LINKS:
+        (tmp_path / name).mkdir()
+    (tmp_path / "bnnbench" / "recipes.py").write_text("x = 1\n")
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    config = mutation.mutmut_config("small")
+    assert config["only_mutate"] == ["bnnbench/recipes.py"]
+    assert config["pytest_add_cli_args"] == ["-n", "0"]  # not in the scope: [tool.mutmut]'s
+    assert mutation.mutmut_config()["only_mutate"] == ["bnnbench/functional.py"]
+    work = mutation.scope_workdir("small", config)
+    assert work == tmp_path / "mutants-small"
+    assert (work / "bnnbench" / "recipes.py").read_text() == "x = 1\n"  # the checkout, linked
+    written = tomllib.loads((work / "pyproject.toml").read_text())["tool"]
+    assert written["mutmut"] == config  # backslashes and lists survive the TOML round trip
+    assert written["pytest"]["ini_options"]["markers"] == ["slow: trains"]
+    assert mutation.scope_workdir("small", config) == work  # a second run reuses it
+
+
+def test_unknown_scope_is_one_line_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    monkeypatch.setattr(mutation, "mutmut_version", lambda: "3.8.1")
+    with pytest.raises(SystemExit) as exit_info:
+        mutation.main(["--scope", "nope", "--report-only"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scope='nope' is not defined" in err and "small" in err and err.count("\n") == 1

@@ -10,6 +10,12 @@ time-boxed (``--budget-min``) and resumable: mutmut keeps each mutant's result u
     python -m bnnbench.devtools.mutation --out reports/mutation.md            # run, then report
     python -m bnnbench.devtools.mutation --recheck-survivors                  # after adding tests
     python -m bnnbench.devtools.mutation --report-only                        # no run
+    python -m bnnbench.devtools.mutation --scope modern                       # one scope
+
+``--scope NAME`` runs a smaller check: ``[tool.bnnbench.mutation_scopes.NAME]`` in pyproject
+names the files to mutate and the tests to run (its keys replace ``[tool.mutmut]``'s), mutmut
+works in ``mutants-NAME/`` (links to the checkout and that scope's pyproject), and the report is
+``reports/mutation_NAME.md``, so the whole-code report and its mutmut state stay as they are.
 
 ``--recheck-survivors`` reruns only the mutants that survived before (a new test can kill a
 survivor; it cannot revive a killed mutant), and the report then shows both counts, before and
@@ -40,7 +46,8 @@ from bnnbench.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 MUTANTS = ROOT / "mutants"
-STATE_NAME = "mutation.json"  # beside the report: every mutant's status, for before/after
+# a scope's mutmut runs in ROOT / mutants-NAME, which links these paths of the checkout
+SCOPE_LINKS = ("bnnbench", "tests", "conf", "kernels")
 
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped for the report.
 STATUS_BY_EXIT_CODE: dict[int | None, str] = {
@@ -100,13 +107,44 @@ EQUIVALENT: dict[str, str] = {
 }
 
 
-def mutmut_config() -> dict[str, Any]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    try:
-        return config["tool"]["mutmut"]
-    except KeyError:
+def mutmut_config(scope: str | None = None) -> dict[str, Any]:
+    """pyproject's ``[tool.mutmut]``, with ``[tool.bnnbench.mutation_scopes.<scope>]``'s keys
+    in place of its own for a scoped run."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {})
+    if "mutmut" not in tool:
         raise BnnbenchError("pyproject.toml has no [tool.mutmut] section; add it "
-                            "(see the one in the bnnbench repository)") from None
+                            "(see the one in the bnnbench repository)")
+    if scope is None:
+        return tool["mutmut"]
+    scopes = tool.get("bnnbench", {}).get("mutation_scopes", {})
+    if scope not in scopes:
+        raise BnnbenchError(f"--scope={scope!r} is not defined; pyproject.toml's "
+                            f"[tool.bnnbench.mutation_scopes] has: {', '.join(scopes) or 'none'}")
+    return {**tool["mutmut"], **scopes[scope]}
+
+
+def _toml_value(value: Any) -> str:
+    # JSON's strings, lists and numbers are TOML's; only the booleans are spelled differently
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def scope_workdir(scope: str, config: dict[str, Any]) -> Path:
+    """``ROOT / mutants-<scope>``: links to the checkout's sources, tests, configs and kernels
+    and a pyproject.toml holding the scope's ``[tool.mutmut]`` and the checkout's pytest
+    settings (markers, addopts), where mutmut runs and keeps its ``mutants/``."""
+    work = ROOT / f"mutants-{scope}"
+    work.mkdir(exist_ok=True)
+    for name in SCOPE_LINKS:
+        link = work / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name, target_is_directory=True)
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"].get(
+        "pytest", {}).get("ini_options", {})
+    lines = ["# written by python -m bnnbench.devtools.mutation --scope " + scope, ""]
+    for table, values in (("tool.pytest.ini_options", pytest_options), ("tool.mutmut", config)):
+        lines += [f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items()), ""]
+    write_atomic(work / "pyproject.toml", "\n".join(lines))
+    return work
 
 
 def mutmut_version() -> str:
@@ -123,20 +161,21 @@ def test_command(config: dict[str, Any]) -> str:
     return "python -m pytest -x " + " ".join(quoted)
 
 
-def run_mutmut(names: list[str], max_children: int, budget_s: float) -> tuple[int | None, float]:
-    """Run ``mutmut run`` (all mutants, or ``names``) for at most ``budget_s``; returns
-    (exit status or None when stopped at the budget, seconds)."""
-    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+def run_mutmut(names: list[str], max_children: int, budget_s: float,
+               work: Path = ROOT) -> tuple[int | None, float]:
+    """Run ``mutmut run`` (all mutants, or ``names``) in ``work`` for at most ``budget_s``;
+    returns (exit status or None when stopped at the budget, seconds)."""
+    path = os.pathsep.join([str(work), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
-    MUTANTS.mkdir(exist_ok=True)
-    log = MUTANTS / "mutmut-run.log"
+    (work / "mutants").mkdir(exist_ok=True)
+    log = work / "mutants" / "mutmut-run.log"
     # the console script, not `python -m mutmut`: mutmut's module must not run twice (its GH-466)
     script = Path(sys.executable).with_name("mutmut")
     executable = str(script) if script.is_file() else shutil.which("mutmut") or "mutmut"
     command = [executable, "run", "--max-children", str(max_children), *names]
     start = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             status: int | None = proc.wait(timeout=budget_s)
@@ -151,11 +190,13 @@ def run_mutmut(names: list[str], max_children: int, budget_s: float) -> tuple[in
     return status, time.monotonic() - start
 
 
-def collect() -> dict[str, dict[str, Any]]:
-    """Every mutant mutmut generated: ``{name: {"file", "status"}}``, from ``mutants/**/*.meta``."""
+def collect(mutants: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every mutant mutmut generated: ``{name: {"file", "status"}}``, from ``mutants/**/*.meta``
+    (``mutants``: that directory, default the whole-code run's)."""
+    mutants = mutants or MUTANTS
     result: dict[str, dict[str, Any]] = {}
-    for meta in sorted(MUTANTS.rglob("*.py.meta")):
-        source = meta.relative_to(MUTANTS).with_suffix("").as_posix()
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        source = meta.relative_to(mutants).with_suffix("").as_posix()
         data = json.loads(meta.read_text())
         for name, code in data.get("exit_code_by_key", {}).items():
             result[name] = {"file": source,
@@ -163,10 +204,10 @@ def collect() -> dict[str, dict[str, Any]]:
     return result
 
 
-def one_line_diff(name: str, source: str) -> str:
+def one_line_diff(name: str, source: str, work: Path = ROOT) -> str:
     """``old`` -> ``new`` of the changed line (mutmut's diff reduced to its first -/+ pair)."""
     old_cwd = os.getcwd()
-    os.chdir(ROOT)  # mutmut reads its config from the working directory
+    os.chdir(work)  # mutmut reads its config from the working directory
     try:
         from mutmut.mutation.diff_apply import get_diff_for_mutant
 
@@ -192,7 +233,7 @@ def counts_by_file(mutants: dict[str, dict[str, Any]]) -> dict[str, Counter]:
 
 
 def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
-           config: dict[str, Any], run_notes: list[str]) -> str:
+           config: dict[str, Any], run_notes: list[str], scope: str | None = None) -> str:
     from bnnbench.report.record import git_commit
 
     table = counts_by_file(mutants)
@@ -208,6 +249,8 @@ def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
         f"- commit: `{git_commit(ROOT)}`",
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- tool: mutmut {mutmut_version()}, Python {sys.version.split()[0]}",
+        *([f"- scope: `{scope}` (`--scope {scope}`: pyproject's "
+           f"`[tool.bnnbench.mutation_scopes.{scope}]`)"] if scope else []),
         f"- mutated: {', '.join(f'`{p}`' for p in config.get('only_mutate', []))}",
         f"- tests (each mutant runs only the tests that call its function): "
         f"`{test_command(config)}`",
@@ -229,7 +272,7 @@ def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
         lines += ["", "## Before and after the new tests", "",
                   "Mutants the first run did not kill (survived, or no fast test called their "
                   "function), rerun with the tests added since "
-                  "(`tests/test_mutation_killers.py`).", "",
+                  "(`tests/test_mutation_killers*.py`).", "",
                   "| file | not killed before | survived after | no tests after |",
                   "|---|---:|---:|---:|"]
         for source in sorted(set(before) | set(table)):
@@ -259,7 +302,12 @@ def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bnnbench.devtools.mutation",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "mutation.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the report (default reports/mutation.md, with --scope NAME "
+                             "reports/mutation_NAME.md); its state is beside it (.json)")
+    parser.add_argument("--scope", default=None, metavar="NAME",
+                        help="a smaller check defined in pyproject's "
+                             "[tool.bnnbench.mutation_scopes.NAME]")
     parser.add_argument("--max-children", type=int, default=2,
                         help="mutants tested in parallel (default 2)")
     parser.add_argument("--budget-min", type=float, default=40.0,
@@ -279,17 +327,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    config = mutmut_config()
+    config = mutmut_config(args.scope)
     mutmut_version()
     if args.max_children < 1:
         raise BnnbenchError(f"--max-children={args.max_children} is out of range: need >= 1")
-    state_path = args.out.with_name(STATE_NAME)
+    if args.out is None:
+        args.out = ROOT / "reports" / (f"mutation_{args.scope}.md" if args.scope
+                                       else "mutation.md")
+    work = ROOT if args.scope is None else scope_workdir(args.scope, config)
+    mutants_dir = work / "mutants"
+    state_path = args.out.with_suffix(".json")  # every mutant's status, for before/after
     previous = json.loads(state_path.read_text()) if state_path.is_file() else None
     before: dict[str, int] | None = None
     if args.fresh:
         previous = None
-        if MUTANTS.exists():
-            shutil.rmtree(MUTANTS)
+        if mutants_dir.exists():
+            shutil.rmtree(mutants_dir)
     notes: list[str] = previous.get("notes", []) if previous is not None else []
     if args.report_only:
         if previous is not None:
@@ -306,7 +359,7 @@ def _main(args: argparse.Namespace) -> int:
             before = previous.get("survived_before") or dict(Counter(
                 info["file"] for info in missed.values()))
         if not args.recheck_survivors or names:
-            status, seconds = run_mutmut(names, args.max_children, args.budget_min * 60)
+            status, seconds = run_mutmut(names, args.max_children, args.budget_min * 60, work)
             stopped = " (stopped at the budget; rerun to continue)" if status is None else ""
             what = (f"{len(names) - len(args.only)} survivors and unreached mutants rechecked"
                     + (f", plus {' '.join(args.only)}" if args.only else "")
@@ -316,13 +369,14 @@ def _main(args: argparse.Namespace) -> int:
                          f"{seconds / 60:.1f} min with {args.max_children} workers{stopped}; "
                          f"mutmut exit status {status}")
     notes += args.note
-    mutants = collect()
+    mutants = collect(mutants_dir)
     if not mutants:
-        raise BnnbenchError(f"no mutmut results under {MUTANTS}; run without --report-only first")
+        raise BnnbenchError(f"no mutmut results under {mutants_dir}; run without --report-only "
+                            "first")
     survivors = {name: info for name, info in mutants.items() if info["status"] == "survived"}
     for name, info in survivors.items():
-        info["diff"] = one_line_diff(name, info["file"])
-    write_atomic(args.out, render(mutants, before, config, notes))
+        info["diff"] = one_line_diff(name, info["file"], work)
+    write_atomic(args.out, render(mutants, before, config, notes, args.scope))
     counts = {source: dict(counter) for source, counter in counts_by_file(mutants).items()}
     uncovered = {name: {"file": info["file"]} for name, info in mutants.items()
                  if info["status"] == "no tests"}

@@ -12,8 +12,8 @@ from torch import nn
 from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
     register_method, replace_layers
 from bnnbench.nn.layers import QuantConv2d, QuantLinear
-from bnnbench.nn.paper_layers import ACTIVATIONS, move_dropout_after_quantizer, \
-    prepend_input_norm, replace_relus, set_xnor_order
+from bnnbench.nn.paper_layers import ACTIVATIONS, compose_xnor_block, \
+    move_dropout_after_quantizer
 from bnnbench.nn.paper_quantizers import ABCActivationQuantizer, ABCWeightQuantizer, check_bits
 
 
@@ -36,14 +36,19 @@ class ABCNet(BinarizationMethod):
     Because the conv is linear, ``conv(sum beta_n H_n, sum alpha_m B_m)`` equals the paper's sum
     of M x N binary convolutions; training computes it as one conv.
 
-    Block order: BN -> ApproxActiv -> ABConv, as XNOR-Net, for every binary layer (fc
-    included): ``activation`` (default ``identity``; the clip inside ``H_v`` is the
-    nonlinearity) replaces ReLUs when activations are binary, ConvBlock stacks are reordered to
-    ``bn -> act -> conv -> pool``, and a binary layer that would binarize an unnormalized value
-    (a Linear after the pooled features, a ResNet block's conv1/downsample reading the residual
-    sum) gets its own ``BN -> act`` in front (:func:`bnnbench.nn.paper_layers.
-    prepend_input_norm`). Dropout acts after the activation bases (a dropped unit contributes 0,
-    not ``sum_n beta_n H_{v_n}(0)``). First and last layers full precision.
+    Block: BN -> ApproxActiv -> ABConv (-> Pool) for every binary layer, fc included, XNOR-Net's
+    order, which the paper keeps. ABC-Net released no code, and the paper gives no more of its
+    ResNet-18 block than that: we compose it as XNOR-Net's authors' code does
+    (allenai/XNOR-Net ``models/alexnetxnor.lua``; :func:`bnnbench.nn.paper_layers.
+    compose_xnor_block`): each binary layer reads a BatchNorm of its own through ``activation``
+    (default ``identity``: the clip inside ``H_v`` is the nonlinearity), and every other ReLU of
+    the host stays: ``BN -> ReLU`` after the full-precision first layer and before the
+    full-precision classifier, and on a ResNet the stem's and the one after each residual
+    addition (the host's BasicBlock, whose conv1 and downsample get their own BN -> ApproxActiv
+    since they read the residual sum). ConvBlock stacks are reordered to ``bn -> act -> conv ->
+    pool``; a binary layer without its own BN gets ``BN -> act`` in front. Dropout acts after
+    the activation bases (a dropped unit contributes 0, not ``sum_n beta_n H_{v_n}(0)``). First
+    and last layers full precision.
     Reproduces: ABC-Net ResNet-18 table ((M, N) = (5, 5): 65.0/85.9 top-1/top-5; M = 5, A32:
     68.3/87.9; the (M, N) grid).
     """
@@ -78,9 +83,6 @@ class ABCNet(BinarizationMethod):
 
         replace_layers(model, names, make)
         if binary_acts:
-            if self.activation != "relu":
-                replace_relus(model, self.activation)
-            set_xnor_order(model)
-            prepend_input_norm(model, names, self.activation)
+            compose_xnor_block(model, names, self.activation)
             move_dropout_after_quantizer(model)
         return model

@@ -16,8 +16,8 @@ from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.methods.base import BinarizationMethod, check_choice, layers_to_binarize, \
     register_method, replace_layers
 from bnnbench.nn.layers import QuantConv2d, QuantLinear, is_quantized, quantized_layers
-from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, drop_affine, \
-    input_norm, move_dropout_after_quantizer, prepend_input_norm, replace_relus, set_xnor_order
+from bnnbench.nn.paper_layers import ACTIVATIONS, XnorConv2d, XnorLinear, block_input_norm, \
+    compose_xnor_block, drop_affine, move_dropout_after_quantizer
 from bnnbench.nn.paper_quantizers import ScaledSignQuantizer
 from bnnbench.nn.quantizers import SignQuantizer
 
@@ -111,20 +111,32 @@ class XnorNet(_XnorBase):
     Backward: STE ``1{|I| <= 1}`` for sign(I), exact chain rule for ``alpha`` (see
     :func:`bnnbench.functional.xnor_weight`), autograd through K.
 
-    Block order (Fig. 3): BNorm -> BinActiv -> BinConv -> Pool, for *every* binary layer, fully
-    connected ones included (alexnetxnor.lua builds fc6/fc7 as BinConvolution: BN over the
-    layer's input -> BinActiveZ -> conv). The binary layer binarizes its own input, so on a host
-    ``conv -> bn -> act`` stack the binarized value is the BatchNorm's output once ``activation``
-    (default ``identity``) replaces the ReLUs; :class:`~bnnbench.nn.blocks.ConvBlock` stacks are
-    reordered to ``bn -> act -> conv -> pool`` exactly; a binary layer that would otherwise
-    binarize an unnormalized value (AlexNet's fc6 after the pooled conv5, a timm ResNet block's
-    conv1 and downsample, which read the residual sum) gets its own ``BN -> act`` in front
-    (:func:`bnnbench.nn.paper_layers.prepend_input_norm`; the layer moves to ``<name>.layer``).
+    Block (Fig. 3: BNorm -> BinActiv -> BinConv -> Pool), exactly as allenai/XNOR-Net
+    ``models/alexnetxnor.lua`` composes AlexNet::
+
+        conv1 -> BN -> ReLU -> MaxPool                           full precision
+        BN -> sign -> conv2 -> MaxPool, BN -> sign -> conv3, ... binary, fc6/fc7 included
+        BN -> ReLU -> fc8                                        full precision
+
+    Every binary layer binarizes the output of a BatchNorm of its own (over the layer's input);
+    ``activation`` (default ``identity``) is only what sits between that BatchNorm and the sign,
+    and every other ReLU of the host stays a ReLU: after the full-precision first layer
+    (``BN -> ReLU``, then the next binary layer's own BN), before the full-precision classifier
+    (``BN -> ReLU`` of the last binary layer's output), and on a ResNet after each residual
+    addition and in the stem. On a host ``layer -> BN -> ReLU`` after a binary layer, that BN is
+    the next binary layer's and the ReLU becomes ``activation``;
+    :class:`~bnnbench.nn.blocks.ConvBlock` stacks are reordered to ``bn -> act -> conv -> pool``;
+    a binary layer without such a BN (one after a full-precision layer, AlexNet's fc6 after the
+    pooled conv5, a ResNet block's conv1 and downsample, which read the residual sum) gets
+    ``BN -> activation`` in front (the layer moves to ``<name>.layer``); a full-precision layer
+    that would read a binary layer's raw output (NIN's cccp8) gets ``BN -> ReLU`` in front
+    (:func:`bnnbench.nn.paper_layers.compose_xnor_block`). The authors' PyTorch port
+    (jiecaoyu/XNOR-Net-PyTorch ``models/alexnet.py``) differs: a ReLU after every binary conv and
+    BN -> Dropout (no ReLU) into its classifier; the Torch code is the one followed.
     Dropout sits after the binarization (XNOR-Net's PyTorch port: BN -> BinActive -> Dropout ->
     conv), so a dropped unit contributes 0 (:func:`~bnnbench.nn.paper_layers.
     move_dropout_after_quantizer`); ``K`` is computed from the undropped input.
-    ``activation=relu`` is rejected: BN -> ReLU -> sign is +1 everywhere (a constant network);
-    the authors' PyTorch port puts its ReLU after the conv, which is not this block.
+    ``activation=relu`` is rejected: BN -> ReLU -> sign is +1 everywhere (a constant network).
     Weight gradient: Eq. 7's ``1{|W| <= 1}`` on the ``alpha`` term, as the authors'
     ``updateBinaryGradWeight``; the ``1/n`` term keeps weights past the clip bound moving.
     First and last layers full precision.
@@ -161,15 +173,13 @@ class XnorNet(_XnorBase):
                                   activation_scale=self.activation_scale)
 
         replace_layers(model, names, make)
-        replace_relus(model, self.activation)
-        set_xnor_order(model)
-        prepend_input_norm(model, names, self.activation)
+        compose_xnor_block(model, names, self.activation)
         move_dropout_after_quantizer(model)
         if not self.affine_bn:
             for name, _ in list(quantized_layers(model)):
-                norm = input_norm(model, name)
-                if norm is not None and norm.affine:
-                    drop_affine(norm)
+                found = block_input_norm(model, name)
+                if found is not None and found[0].affine:
+                    drop_affine(found[0])
         if self.mean_center:  # the first forward sees projected weights, as theirs
             self.after_optimizer_step(model)
         return model

@@ -17,8 +17,7 @@ from bnnbench.methods.base import check_choice, layers_to_binarize, register_met
 from bnnbench.methods.xnor import _XnorBase
 from bnnbench.models.registry import INPUT_SHAPE_ATTR
 from bnnbench.nn.modern_layers import GammaConv2d, GammaLinear
-from bnnbench.nn.paper_layers import move_dropout_after_quantizer, \
-    prepend_input_norm, replace_relus, set_xnor_order
+from bnnbench.nn.paper_layers import compose_xnor_block, move_dropout_after_quantizer
 from bnnbench.nn.quantizers import SignQuantizer
 
 SCALES = ("factorized", "channel")
@@ -67,9 +66,12 @@ class XnorNetPP(_XnorBase):
     input size: on a host built by ``bnnbench.models.create_model`` (every ``model=``).
     Backward: activations STE ``1{|x| <= 1}``; weights ``g`` (BinaryNet's unmasked STE) with the
     latent weights clipped to [-1, 1]; ``Gamma`` exact (autograd).
-    Block: XNOR-Net's (BN -> sign -> conv -> pool; a binary layer that reads no BatchNorm output
-    gets its own; ``activation=identity`` in place of ReLU, relu rejected), as
-    :class:`~bnnbench.methods.xnor.XnorNet`. First and last layers real.
+    Block: XNOR-Net's, as :class:`~bnnbench.methods.xnor.XnorNet` composes it after
+    alexnetxnor.lua (:func:`bnnbench.nn.paper_layers.compose_xnor_block`): BN -> sign -> conv ->
+    pool for every binary layer, each with a BatchNorm of its own; ``activation`` (default
+    identity, relu rejected) only between that BN and the sign; the host's other ReLUs stay
+    (BN -> ReLU after the real first layer and before the real classifier, a ResNet's stem and
+    residual ReLUs). First and last layers real.
     Deployed: sign weights (1 bit) plus ``o + h_out + w_out`` floats per conv: the packed
     kernels compute the sign x sign product, ``Gamma`` scales it.
     Reproduces: ResNet-18 ImageNet 57.1 / 79.9 top-1/top-5 (alpha x beta x gamma, Table 2).
@@ -105,8 +107,6 @@ class XnorNetPP(_XnorBase):
             return new
 
         replace_layers(model, names, make)
-        replace_relus(model, self.activation)
-        set_xnor_order(model)
-        prepend_input_norm(model, names, self.activation)
+        compose_xnor_block(model, names, self.activation)
         move_dropout_after_quantizer(model)
         return model

@@ -279,36 +279,77 @@ def move_dropout_after_quantizer(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------- XNOR block
 
-def input_norm(model: nn.Module, name: str) -> nn.Module | None:
-    """The BatchNorm whose output the layer at ``name`` reads (through activations, dropout or
-    pooling), or None.
+# between a BatchNorm and the layer that reads it: what may sit there without changing which
+# value the layer binarizes (the method's activation, a dropout placeholder, a host activation)
+_PASS_TYPES = (*_ACT_TYPES, nn.Dropout)
 
-    Recognized: a ConvBlock whose ``bn`` runs before its ``conv``; an ``nn.Sequential`` where the
-    closest preceding sibling that is not an activation, dropout or pooling is a BatchNorm (this
-    covers the ``norm -> act -> layer`` wrappers of :func:`prepend_input_norm`); timm-style
-    ``convK`` (K > 1) with a sibling ``bn{K-1}`` (conv2 of a ResNet block reads bn1 -> act1).
-    Anything else (a ResNet block's conv1 and downsample, which read the residual sum; a Linear
-    after Flatten) has none.
+
+def _weight_layer(module: nn.Module | None) -> nn.Module | None:
+    """The Conv2d/Linear a module is, or wraps (``prepend_input_norm``'s ``norm -> act ->
+    layer``), else None."""
+    if isinstance(module, _WEIGHT_TYPES):
+        return module
+    if isinstance(module, nn.Sequential) and isinstance(getattr(module, "layer", None),
+                                                        _WEIGHT_TYPES):
+        return module.layer
+    return None
+
+
+def _is_full_precision(module: nn.Module | None) -> bool:
+    layer = _weight_layer(module)
+    return layer is not None and not is_quantized(layer)
+
+
+def block_input_norm(model: nn.Module, name: str) -> tuple[nn.Module, list[str]] | None:
+    """The BatchNorm that is the binary layer ``name``'s own input BatchNorm, with the names of
+    the ``nn.ReLU`` modules between the two; None when the layer has none.
+
+    XNOR-Net's block is BN -> BinActiv -> BinConv (alexnetxnor.lua's ``BinConvolution``): the
+    value a binary layer binarizes is a BatchNorm's output, and that BatchNorm normalizes a
+    *binary* layer's output (or is the block's own). A host's ``layer -> BN -> ReLU`` after a
+    full-precision layer is not such a BatchNorm: alexnetxnor.lua keeps conv1 -> BN -> ReLU ->
+    MaxPool and gives conv2 a BatchNorm of its own, so it returns None there.
+    Recognized: a ConvBlock whose ``bn`` (a BatchNorm) runs before its ``conv`` (its ``act``
+    between them, when a ReLU, is listed); an ``nn.Sequential`` where the siblings right before
+    the layer are activations or dropout and then a BatchNorm that is the first sibling or
+    follows a binary layer (the ``norm -> act -> layer`` wrappers of :func:`prepend_input_norm`,
+    mlp's and vgg_small's classifier, AlexNet's fc7); timm-style ``convK`` (K > 1) reading
+    ``bn{K-1} -> act{K-1}`` after a binary ``conv{K-1}`` (conv2 of a ResNet block). Anything
+    else (a ResNet block's conv1 and downsample, which read the residual sum; a Linear after
+    Flatten or pooling; a layer after a full-precision layer's BN -> ReLU) has none.
     """
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    prefix = f"{parent_name}." if parent_name else ""
     if isinstance(parent, ConvBlock) and child == "conv":
-        if parent.bn is not None and parent.order.index("bn") < parent.order.index("conv"):
-            return parent.bn
-        return None
+        order = parent.order
+        if not isinstance(parent.bn, _NORM_TYPES) or order.index("bn") > order.index("conv"):
+            return None
+        act_between = order.index("bn") < order.index("act") < order.index("conv")
+        relus = [f"{prefix}act"] if act_between and isinstance(parent.act, nn.ReLU) else []
+        return parent.bn, relus
     if isinstance(parent, nn.Sequential):
         keys = list(parent._modules)
-        for key in reversed(keys[:keys.index(child)]):
-            module = parent._modules[key]
+        relus = []
+        for i in range(keys.index(child) - 1, -1, -1):
+            module = parent._modules[keys[i]]
             if isinstance(module, _NORM_TYPES):
-                return module
-            if not isinstance(module, (*_ACT_TYPES, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d)):
+                producer = parent._modules[keys[i - 1]] if i > 0 else None
+                return None if _is_full_precision(producer) else (module, relus)
+            if not isinstance(module, _PASS_TYPES):
                 return None
+            if isinstance(module, nn.ReLU):
+                relus.append(f"{prefix}{keys[i]}")
         return None
     match = re.fullmatch(r"conv(\d+)", child)
     if match and int(match.group(1)) > 1:
-        norm = getattr(parent, f"bn{int(match.group(1)) - 1}", None)
-        return norm if isinstance(norm, _NORM_TYPES) else None
+        k = int(match.group(1)) - 1
+        norm = getattr(parent, f"bn{k}", None)
+        if not isinstance(norm, _NORM_TYPES) or _is_full_precision(getattr(parent, f"conv{k}",
+                                                                           None)):
+            return None
+        act = getattr(parent, f"act{k}", None)
+        return norm, [f"{prefix}act{k}"] if isinstance(act, nn.ReLU) else []
     return None
 
 
@@ -322,32 +363,110 @@ def drop_affine(norm: nn.Module) -> None:
     norm.bias = None
 
 
+def _prepend(model: nn.Module, name: str, activation: nn.Module) -> None:
+    """``<name>`` becomes ``nn.Sequential(norm=BN(in), act=activation, layer=<the layer>)``."""
+    layer = model.get_submodule(name)
+    norm = (nn.BatchNorm2d(layer.in_channels) if isinstance(layer, nn.Conv2d)
+            else nn.BatchNorm1d(layer.in_features))
+    set_submodule(model, name, nn.Sequential(OrderedDict(norm=norm, act=activation,
+                                                         layer=layer)))
+
+
 def prepend_input_norm(model: nn.Module, names: list[str], activation: str) -> list[str]:
-    """Give every named binary layer that does not read a BatchNorm's output its own
-    ``BN -> activation`` in front (XNOR-Net's block BNorm -> BinActiv -> BinConv for *every*
-    binary layer, fc included: alexnetxnor.lua builds fc6/fc7 as BinConvolution, whose first
-    module is a SpatialBatchNormalization over the layer's input).
+    """Give every named binary layer that has no input BatchNorm of its own
+    (:func:`block_input_norm`) a ``BN -> activation`` in front (XNOR-Net's block BNorm ->
+    BinActiv -> BinConv for *every* binary layer, fc included: alexnetxnor.lua builds fc6/fc7 as
+    BinConvolution, whose first module is a SpatialBatchNormalization over the layer's input).
 
     The layer at ``name`` becomes ``nn.Sequential(norm=BN(in), act=..., layer=<binary layer>)``;
     its binary layer is then at ``<name>.layer``. A Linear gets ``BatchNorm1d(in_features)``
     (one mean/var per input feature; the authors' fc6 is a 6x6 conv with one per input channel).
     Returns the names wrapped.
     """
-    wrapped = []
-    for name in names:
-        if input_norm(model, name) is not None:
-            continue
+    wrapped = [name for name in names if block_input_norm(model, name) is None]
+    for name in wrapped:
         layer = model.get_submodule(name)
-        if isinstance(layer, nn.Conv2d):
-            norm: nn.Module = nn.BatchNorm2d(layer.in_channels)
-            channels = layer.in_channels
-        else:
-            norm = nn.BatchNorm1d(layer.in_features)
-            channels = layer.in_features
-        set_submodule(model, name, nn.Sequential(OrderedDict(
-            norm=norm, act=make_activation(activation, channels), layer=layer)))
-        wrapped.append(name)
+        channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+        _prepend(model, name, make_activation(activation, channels))
     return wrapped
+
+
+def _reads_binary_output(model: nn.Module, name: str) -> bool:
+    """Whether the layer at ``name`` reads a binary layer's output with no BatchNorm in between
+    (through dropout, activations, pooling or Flatten; a ConvBlock's conv through its block's
+    predecessor when nothing runs before it in its own block)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, ConvBlock) and child == "conv":
+        before = parent.order[:parent.order.index("conv")]
+        if not parent_name or any(getattr(parent, slot) is not None
+                                  for slot in before if slot != "pool"):
+            return False
+        parent_name, _, child = parent_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential):
+        return False
+    keys = list(parent._modules)
+    for key in reversed(keys[:keys.index(child)]):
+        module = parent._modules[key]
+        if isinstance(module, ConvBlock):
+            after = module.order[module.order.index("conv") + 1:]
+            return is_quantized(module.conv) and not any(
+                isinstance(getattr(module, slot), _NORM_TYPES) for slot in after)
+        layer = _weight_layer(module)
+        if layer is not None:
+            return is_quantized(layer)
+        if not isinstance(module, (*_PASS_TYPES, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+                                   nn.AdaptiveAvgPool2d)):
+            return False
+    return False
+
+
+def compose_xnor_block(model: nn.Module, names: list[str], activation: str) -> None:
+    """Arrange a converted host into XNOR-Net's blocks, in place (``names``: its binary layers).
+
+    alexnetxnor.lua (allenai/XNOR-Net ``models/alexnetxnor.lua``)::
+
+        conv1 -> BN -> ReLU -> MaxPool                       (full precision)
+        [BN -> BinActiveZ -> BinConv (-> MaxPool)] x 6      (conv2..conv5, fc6, fc7)
+        BN -> ReLU -> conv (the classifier, full precision)
+
+    Only the value between a binary layer's input BatchNorm and its sign gets ``activation``
+    (identity by default: BN -> ReLU -> sign is +1 everywhere); every other ReLU of the host
+    stays a ReLU. Steps: ConvBlocks with a binary conv are reordered to ``bn -> act -> conv ->
+    pool`` (:func:`set_xnor_order`); each binary layer's own input BatchNorm
+    (:func:`block_input_norm`) keeps it and the ReLUs between the two become ``activation``; a
+    binary layer without one gets ``BN -> activation`` in front (:func:`prepend_input_norm`), so
+    a full-precision layer's ``BN -> ReLU`` (fp_first's output; a ResNet's stem) stays and the
+    binary layer after it normalizes that again, as conv2 after conv1's ReLU and MaxPool in
+    alexnetxnor.lua. A full-precision layer that would read a binary layer's raw output (NIN's
+    cccp8 after the binary cccp7 block) gets ``BN -> ReLU`` in front, as the lua's classifier:
+    in an empty ``bn``/``act`` slot of its ConvBlock, else as a ``norm -> act -> layer`` wrapper.
+    (XNOR-Net's PyTorch port, jiecaoyu/XNOR-Net-PyTorch ``models/alexnet.py``, adds a ReLU after
+    every binary conv and reads BN -> Dropout into its classifier; the authors' Torch code is
+    followed here.)
+    """
+    set_xnor_order(model)
+    own = []
+    for name in names:
+        found = block_input_norm(model, name)
+        if found is None:
+            own.append(name)
+            continue
+        norm, relus = found
+        for relu in relus:
+            set_submodule(model, relu, make_activation(activation, norm.num_features))
+    prepend_input_norm(model, own, activation)
+    for name, layer in list(model.named_modules()):
+        if (isinstance(layer, _WEIGHT_TYPES) and not is_quantized(layer)
+                and _reads_binary_output(model, name)):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if isinstance(parent, ConvBlock) and parent.bn is None and parent.act is None:
+                parent.bn, parent.act = nn.BatchNorm2d(layer.in_channels), nn.ReLU()
+                parent.set_order(("bn", "act", "conv", "pool"))
+            else:
+                _prepend(model, name, nn.ReLU())
 
 
 # ------------------------------------------------------------------------------------- Tang
