@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from bnnbench.methods.base import BinarizationMethod
+from bnnbench.optimizers import BINARY_GROUP, split_binary_groups, takes_binary_groups
 from bnnbench.recipes import distillation_loss
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -41,8 +42,12 @@ class BNNModule(pl.LightningModule):
     shard without padding, see :mod:`bnnbench.data.base`). The number of classes comes from the
     datamodule (``num_classes``) when the trainer sets the module up.
     The learning rate of a parameter group is ``optimizer lr * group['lr_scale']`` (default 1).
+    With Bop (``optimizer=bop``) each group's binary weights move to a group of their own
+    (:func:`bnnbench.optimizers.split_binary_groups`), whose ``lr`` is Bop's ``gamma``.
     A ReduceLROnPlateau scheduler watches the training loss (Tang et al.: "halved once the
-    training loss stops decreasing"); other schedulers step once per epoch.
+    training loss stops decreasing"); a scheduler with ``interval = "step"`` steps after every
+    optimizer step (its ``total_steps`` None: the run's, Lightning's estimate); others once per
+    epoch.
     """
 
     def __init__(self, net: nn.Module, method: BinarizationMethod,
@@ -121,15 +126,21 @@ class BNNModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = self.method.param_groups(self.net)
+        if takes_binary_groups(self.optimizer_factory):  # Bop: binary weights in own groups
+            groups = split_binary_groups(groups, self.net, self.method)
         optimizer = self.optimizer_factory([{k: v for k, v in g.items() if k != "lr_scale"}
                                             for g in groups])
         base_lr = optimizer.defaults["lr"]
         for group, spec in zip(optimizer.param_groups, groups):
-            group["lr"] = base_lr * spec.get("lr_scale", 1.0)
+            if not spec.get(BINARY_GROUP):  # a Bop group's lr is its gamma
+                group["lr"] = base_lr * spec.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if getattr(scheduler, "total_steps", 0) is None:  # a per-step schedule over the run
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        config: dict[str, Any] = {"scheduler": scheduler,
+                                  "interval": getattr(scheduler, "interval", "epoch")}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "train/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}

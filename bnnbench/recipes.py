@@ -12,17 +12,30 @@ epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
 
 ``teacher=<run dir>`` trains with ``(1 - kd.weight) * method loss + kd.weight * KD``
 (:func:`distillation_loss`); ReActNet's recipe is ``kd.weight=1 kd.temperature=1``.
+``teacher=timm:<name>`` builds timm's model of that name with the weights of
+``teacher_weights=<file>`` or, without it, timm's pretrained weights where the timm/Hugging Face
+cache already holds them (:func:`timm_teacher`; nothing is downloaded).
+
+Two-stage training (``+recipe=two_stage``, ReActNet's and Real-to-Binary's): stage 1 trains
+binary activations with real weights, stage 2 binary weights too, initialised from stage 1's
+``last.ckpt`` by :func:`warm_start`; :func:`stage_config` derives each stage's config, the run
+loop is :func:`bnnbench.train.run_two_stage`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from bnnbench.errors import BnnbenchError
+
+_ABSENT = object()
 
 
 @dataclasses.dataclass
@@ -110,22 +123,170 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,
     return torch.nn.functional.kl_div(log_p, q, reduction="batchmean") * t * t
 
 
-def load_teacher(source: str | Path, geometry: dict[str, int]) -> nn.Module:
-    """A trained run's network as a frozen teacher (eval mode, no gradients), built from its own
-    checkpoint spec. Its data geometry must be this run's (the logits must mean the same
-    classes). bnnbench never downloads weights: a pretrained timm model is not a teacher here;
-    train it as a run first (``model=<timm name>`` without a method)."""
+TIMM_PREFIX = "timm:"
+
+
+def load_teacher(source: str | Path, geometry: dict[str, int],
+                 weights: str | Path | None = None) -> nn.Module:
+    """A frozen teacher (eval mode, no gradients): ``timm:<name>`` is timm's model
+    (:func:`timm_teacher`, with ``weights``); anything else is a trained run's directory, its
+    network built from its own checkpoint spec. A run's data geometry must be this run's (the
+    logits must mean the same classes)."""
     from bnnbench.trained import load_trained
 
-    path = Path(source)
-    if not path.is_dir():
-        raise BnnbenchError(f"teacher={source} is not a run directory; train the teacher first "
-                            "(`python -m bnnbench model=...`) and pass its run directory")
-    net, _spec, teacher_geometry = load_trained(path)
-    if teacher_geometry != geometry:
-        raise BnnbenchError(f"teacher={source} was trained on data of geometry "
-                            f"{teacher_geometry}, this run's is {geometry}; distil from a "
-                            "teacher of the same classes and input size")
+    if str(source).startswith(TIMM_PREFIX):
+        net = timm_teacher(str(source)[len(TIMM_PREFIX):], geometry, weights)
+    else:
+        if weights is not None:
+            raise BnnbenchError(f"teacher_weights={weights} is for teacher=timm:<name>; a run "
+                                f"teacher ({source}) uses its own checkpoint: drop it")
+        path = Path(source)
+        if not path.is_dir():
+            raise BnnbenchError(f"teacher={source} is not a run directory; train the teacher "
+                                "first (`python -m bnnbench model=...`) and pass its run "
+                                "directory, or name a timm model as teacher=timm:<name>")
+        net, _spec, teacher_geometry = load_trained(path)
+        if teacher_geometry != geometry:
+            raise BnnbenchError(f"teacher={source} was trained on data of geometry "
+                                f"{teacher_geometry}, this run's is {geometry}; distil from a "
+                                "teacher of the same classes and input size")
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
+
+
+def timm_teacher(name: str, geometry: dict[str, int],
+                 weights: str | Path | None = None) -> nn.Module:
+    """timm's ``name`` for this run's classes and input channels, with the weights of
+    ``weights`` (a state dict saved with ``torch.save`` or safetensors; a ``state_dict`` or
+    ``model`` entry is unwrapped) or else timm's pretrained file where the Hugging Face or torch
+    hub cache holds it (:func:`cached_pretrained`). bnnbench downloads nothing: without either,
+    one line names the fix. The weights must fit exactly (same classifier size): a teacher with a
+    fresh head would teach noise."""
+    import timm
+
+    if not name or not timm.is_model(name):
+        raise BnnbenchError(f"teacher=timm:{name} is not a timm model name; pick one of "
+                            "timm.list_models() (e.g. teacher=timm:resnet18)")
+    net = timm.create_model(name, pretrained=False, num_classes=geometry["num_classes"],
+                            in_chans=geometry["in_chans"])
+    source = Path(weights) if weights is not None else cached_pretrained(net)
+    if source is None:
+        raise BnnbenchError(
+            f"teacher=timm:{name} needs weights and bnnbench downloads none (none in the timm/"
+            f"Hugging Face cache): pass teacher_weights=<state dict file of timm's {name} with "
+            f"{geometry['num_classes']} classes>, or train the teacher as a run and pass "
+            "teacher=<its run dir>")
+    state = read_state_dict(source)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise BnnbenchError(f"{source} does not fit timm:{name} with {geometry['num_classes']} "
+                            f"classes and {geometry['in_chans']} input channels ({detail}); pass "
+                            "weights of that model for this data's classes") from err
+    return net
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A tensor dict from a ``.safetensors`` file or a ``torch.save`` file (read with
+    ``weights_only=True``: no code runs); a ``state_dict`` or ``model`` entry is unwrapped."""
+    if not path.is_file():
+        raise BnnbenchError(f"teacher_weights={path} is not a file; pass a saved state dict "
+                            "(.pth/.pt/.safetensors)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BnnbenchError(f"teacher_weights={path} is not a readable state dict "
+                            f"({type(err).__name__}); save one with torch.save(model."
+                            "state_dict(), path)") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise BnnbenchError(f"teacher_weights={path} holds no state dict of tensors; save one "
+                            "with torch.save(model.state_dict(), path)")
+    return state
+
+
+def cached_pretrained(net: nn.Module) -> Path | None:
+    """timm's pretrained file for ``net`` if a cache already holds it, else None; never
+    downloads. Looks where timm would fetch from: the Hugging Face hub cache (``hf_hub_id``:
+    ``model.safetensors``, ``pytorch_model.bin``) and the torch hub cache (``url``)."""
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    if cfg.get("file") and Path(cfg["file"]).is_file():
+        return Path(cfg["file"])
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else []
+        for filename in (*names, "model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename, cache_dir=constants.HF_HUB_CACHE,
+                                           revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+    url = cfg.get("url")
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+        if path.is_file():
+            return path
+    return None
+
+
+# ------------------------------------------------------------------------------- two stages
+TWO_STAGE = "two_stage"
+STAGES = (1, 2)
+
+
+def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of a nested dict."""
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            keys += _leaves(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) -> DictConfig:
+    """The config of one stage of ``+recipe=two_stage``: the run's config with the recipe's
+    ``stage<n>`` settings merged in (conf/recipe/two_stage.yaml: stage 1 ``method.binary_weights
+    =false``, weight decay 1e-5; stage 2 ``true``, 0) and, for stage 2, ``init=<stage1_dir>``.
+    The stage records ``recipe: {name: two_stage, stage: n}``. A setting the run's config lacks
+    (a method without ``binary_weights``) is refused with one line."""
+    recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
+    patch = recipe.get(f"stage{stage}") or {}
+    if not isinstance(patch, dict):
+        raise BnnbenchError(f"recipe.stage{stage} must be a mapping of settings, e.g. "
+                            f"recipe.stage{stage}.optimizer.weight_decay=0")
+    method = cfg.get("method")
+    if method is None:
+        raise BnnbenchError("recipe=two_stage binarizes in two stages and needs a method with "
+                            "a real-weight stage 1: add +method=reactnet")
+    for key in _leaves(patch):
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            hint = ("stage 1 trains real weights with binary activations, which needs "
+                    "method.binary_weights (+method=reactnet)"
+                    if key == "method.binary_weights" else
+                    f"add it to the run's config, or drop recipe.stage{stage}.{key}")
+            raise BnnbenchError(f"recipe=two_stage sets {key} in stage {stage}, and this run has "
+                                f"no {key}: {hint}")
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        del out["recipe"]
+        out.merge_with(patch)
+        out.recipe = {"name": TWO_STAGE, "stage": stage}
+        if stage == 2:
+            if stage1_dir is None:
+                raise ValueError("stage 2 starts from stage 1's run directory")
+            out.init = str(stage1_dir)
+    return out

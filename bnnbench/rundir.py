@@ -36,6 +36,8 @@ from bnnbench.report.record import METRICS_FILE
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config_resolved.yaml"
 CHECKPOINT_DIR = "checkpoints"
+# A two-stage recipe's directory: its stages (stage1/, stage2/) are the runs, it holds them
+RECIPE_MARKER = "recipe.json"
 HYDRA_DIR = ".hydra"
 
 # Keys that may differ when the same command is rerun to resume (where to resume from).

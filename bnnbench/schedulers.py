@@ -68,3 +68,34 @@ class Regimes(LRScheduler):
             for group in self.optimizer.param_groups:
                 group["weight_decay"] = self.weight_decays[i]
         return [base * self.factors[i] for base in self.base_lrs]
+
+
+class LinearDecay(LRScheduler):
+    """ReActNet's linear decay to 0, per optimizer step: step ``t`` (from 0) of ``T`` trains at
+    ``lr_t = lr * (1 - t / T)`` (each group its own base lr; the last step at ``lr / T``).
+
+    ReActNet (Liu et al. 2020, Sec. 4.1: "linear learning rate decay"; the authors'
+    ``LambdaLR(lambda step: 1.0 - step / args.epochs)``) steps it once per epoch, *before* each
+    epoch, so their epoch ``e`` trains at ``lr (1 - (e + 1) / E)``; here it steps per batch, the
+    same line without the one-epoch offset. ``total_steps`` None: the run's optimizer steps
+    (:class:`~bnnbench.lit.BNNModule` sets Lightning's ``estimated_stepping_batches``), so a
+    shortened run still ends near 0.
+    """
+
+    interval = "step"
+
+    def __init__(self, optimizer: Optimizer, total_steps: int | None = None,
+                 last_epoch: int = -1) -> None:
+        if total_steps is not None:
+            check_range("scheduler.total_steps", total_steps, low=1, integer=True)
+        self.total_steps = total_steps
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """``1 - step / total_steps``, floored at 0 (1 until the total is known)."""
+        if self.total_steps is None:
+            return 1.0
+        return max(0.0, 1.0 - step / self.total_steps)
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]

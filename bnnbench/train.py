@@ -6,9 +6,12 @@ plain arguments.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -34,14 +37,17 @@ from bnnbench.errors import (
 from bnnbench.trained import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
-from bnnbench.recipes import load_teacher, warm_start
+from bnnbench.optimizers import binary_weights, takes_binary_groups
+from bnnbench.recipes import STAGES, TWO_STAGE, load_teacher, stage_config, warm_start
 from bnnbench.report.record import EpochRecorder, RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    RECIPE_MARKER,
     claim_run_dir,
     is_ddp_worker,
     recipe_hash,
+    recorded_status,
     release_run_dir,
 )
 from bnnbench.size import account
@@ -85,6 +91,14 @@ def validate(cfg: DictConfig) -> None:
             factories[section] = instantiate(node)
     check_range("trainer.max_epochs", cfg.trainer.max_epochs, low=1, integer=True)
     check_range("optimizer.lr", cfg.optimizer.lr, low=0, low_inclusive=False)
+    if cfg.get("teacher_weights") and not str(cfg.get("teacher") or "").startswith("timm:"):
+        raise BnnbenchError(f"teacher_weights={cfg.teacher_weights} are the weights of a "
+                            "teacher=timm:<name>; name the timm model, or drop teacher_weights")
+    recipe = cfg.get("recipe")
+    if recipe is not None and (not isinstance(recipe, DictConfig)
+                               or recipe.get("name") != TWO_STAGE):
+        raise BnnbenchError(f"recipe={recipe} is not a recipe; the one there is: "
+                            f"+recipe={TWO_STAGE}")
     if cfg.get("teacher"):
         kd = cfg.get("kd") or {}
         check_range("kd.temperature", kd.get("temperature", 1.0), low=0, low_inclusive=False)
@@ -208,9 +222,68 @@ def run(cfg: DictConfig) -> RunRecord:
     # returns at once when GuardRunDir already claimed the directory for this process
     resumed = claim_run_dir(run_dir, OmegaConf.to_container(cfg, resolve=True))
     try:
+        if cfg.get("recipe") is not None:
+            return run_two_stage(cfg, run_dir)
         return train_claimed(cfg, run_dir, resumed)
     finally:
         release_run_dir(run_dir)
+
+
+STAGE_DIR = "stage{}"
+
+
+def run_two_stage(cfg: DictConfig, run_dir: Path) -> RunRecord:
+    """``+recipe=two_stage``: stage 1 into ``<run_dir>/stage1``, stage 2 into ``<run_dir>/stage2``
+    from stage 1's ``last.ckpt`` (:func:`bnnbench.recipes.stage_config`); returns stage 2's
+    record. Each stage is a whole run (config, checkpoints, metrics.json) under the same rules:
+    rerun into the same ``run_dir``, a finished stage 1 is skipped and a killed stage resumes."""
+    if cfg.get("ckpt_path"):
+        raise BnnbenchError("ckpt_path= resumes one run; a two-stage run resumes by rerunning "
+                            "its command into the same hydra.run.dir: drop ckpt_path")
+    if not is_ddp_worker():
+        write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+        write_atomic(run_dir / RECIPE_MARKER, json.dumps(
+            {"recipe": TWO_STAGE, "stages": [STAGE_DIR.format(s) for s in STAGES]}) + "\n")
+    dirs = {stage: run_dir / STAGE_DIR.format(stage) for stage in STAGES}
+    if recorded_status(dirs[2]) == "finished":
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a rerun sweep keeps a finished point
+            print(f"bnnbench: {run_dir} finished before (two stages): skipped")
+            return RunRecord.read(dirs[2])
+        raise BnnbenchError(f"{run_dir} already holds a finished two-stage run "
+                            f"({STAGE_DIR.format(2)}/metrics.json); choose a new hydra.run.dir")
+    configs = {1: stage_config(cfg, 1), 2: stage_config(cfg, 2, dirs[1])}
+    for stage in STAGES:  # both checked before stage 1 trains
+        with hydra_output_dir(dirs[stage]):
+            validate(configs[stage])
+    if recorded_status(dirs[1]) == "finished":
+        print(f"two_stage: stage 1 finished in {dirs[1]}; skipping to stage 2")
+    else:
+        train_stage(configs[1], dirs[1])
+    return train_stage(configs[2], dirs[2])
+
+
+def train_stage(cfg: DictConfig, stage_dir: Path) -> RunRecord:
+    """One stage in its own run directory, claimed as a run's (resuming a killed one)."""
+    with hydra_output_dir(stage_dir):
+        resumed = claim_run_dir(stage_dir, OmegaConf.to_container(cfg, resolve=True))
+        try:
+            return train_claimed(cfg, stage_dir, resumed)
+        finally:
+            release_run_dir(stage_dir)
+
+
+@contextlib.contextmanager
+def hydra_output_dir(path: Path) -> Iterator[None]:
+    """Point ``${hydra:runtime.output_dir}`` (checkpoints, logger) at ``path`` for a stage."""
+    hydra_cfg = HydraConfig.instance().cfg
+    old = hydra_cfg.hydra.runtime.output_dir
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.hydra.runtime.output_dir = str(path)
+    try:
+        yield
+    finally:
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.hydra.runtime.output_dir = old
 
 
 def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
@@ -255,12 +328,16 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
     method = build_method(spec)
     net = method.convert(net)
     warm = warm_start(net, cfg.init) if cfg.get("init") else None
+    optimizer = instantiate(cfg.optimizer)
+    if takes_binary_groups(optimizer):  # Bop: one line now for a method without sign weights
+        binary_weights(net, method)
     size = account(net, "deployed", (geometry["in_chans"], geometry["img_size"],
                                      geometry["img_size"])).to_dict()
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     kd = cfg.get("kd") or {}
-    teacher = load_teacher(cfg.teacher, geometry) if cfg.get("teacher") else None
-    module = BNNModule(net, method, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+    teacher = (load_teacher(cfg.teacher, geometry, cfg.get("teacher_weights"))
+               if cfg.get("teacher") else None)
+    module = BNNModule(net, method, optimizer=optimizer, scheduler=scheduler,
                        teacher=teacher, kd_temperature=float(kd.get("temperature", 1.0)),
                        kd_weight=float(kd.get("weight", 1.0)))
 
@@ -313,7 +390,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         config_hash=recipe_hash(cfg), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}, "tags": tags,
-               **({"init": warm.to_dict()} if warm is not None else {})},
+               **({"init": warm.to_dict()} if warm is not None else {}),
+               **({"recipe": recipe_record(cfg)} if cfg.get("recipe") is not None else {})},
         status="diverged" if diverged else "finished", error=str(diverged) if diverged else None,
     )
     if trainer.is_global_zero:
@@ -322,6 +400,15 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                       report_dir=report_dir(run_dir))
     if diverged:
         raise diverged
+    return record
+
+
+def recipe_record(cfg: DictConfig) -> dict[str, Any]:
+    """What metrics.json says of a two-stage recipe's stage: its number and, for stage 2, the
+    run directory of stage 1 it started from."""
+    record: dict[str, Any] = {"name": str(cfg.recipe.name), "stage": int(cfg.recipe.stage)}
+    if int(cfg.recipe.stage) == 2:
+        record["stage1_run_dir"] = str(cfg.init)
     return record
 
 

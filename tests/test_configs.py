@@ -12,7 +12,7 @@ from bnnbench.methods import list_methods
 from tests.conftest import CONF
 
 GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "logger", "method", "sweep",
-          "preset", "callbacks", "paths", "debug")
+          "preset", "callbacks", "paths", "debug", "recipe")
 # Options that need a value the user must give (``???`` in the YAML).
 REQUIRED = {("model", "timm"): ["model.name=resnet18"]}
 
@@ -22,9 +22,10 @@ def options(group: str) -> list[str]:
 
 
 def override(group: str, option: str) -> str:
-    # `method`, `sweep` and `preset` are not in the defaults list: they are added with `+`, as
-    # users type it.
-    return f"+{group}={option}" if group in ("method", "sweep", "preset") else f"{group}={option}"
+    # `method`, `sweep`, `preset` and `recipe` are not in the defaults list: they are added with
+    # `+`, as users type it.
+    added = ("method", "sweep", "preset", "recipe")
+    return f"+{group}={option}" if group in added else f"{group}={option}"
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
@@ -42,6 +43,9 @@ def test_config_file_composes_and_instantiates(make_cfg, group, option):
         net = instantiate(cfg.model, in_chans=data.in_chans, num_classes=data.num_classes,
                           img_size=data.img_size)
         assert instantiate(cfg.method).convert(net) is not None
+        return
+    if group == "recipe":  # runs of runs (bnnbench.train.run_two_stage; tests/test_recipes.py)
+        assert cfg.recipe.name == option
         return
     if group == "debug":  # global: it changes the trainer (tests/test_conventions.py checks how)
         assert instantiate(cfg.trainer, logger=False) is not None

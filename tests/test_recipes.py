@@ -102,3 +102,141 @@ def test_bad_teacher_is_one_line(make_cfg, tmp_path):
     with pytest.raises(Exception) as info:
         run(make_cfg([*FAST, *MLP, f"teacher={tmp_path}", "kd.temperature=0"]))
     assert "kd.temperature=0" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- timm teachers
+TINY_TIMM = "test_resnet"
+GEOMETRY = {"in_chans": 1, "num_classes": 10, "img_size": 28}
+
+
+def test_timm_teacher_loads_a_saved_state_dict(tmp_path):
+    import timm
+
+    from bnnbench.recipes import load_teacher
+
+    torch.manual_seed(0)
+    trained = timm.create_model(TINY_TIMM, num_classes=10, in_chans=1).eval()
+    path = tmp_path / "teacher.pth"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    teacher = load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, path)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), trained(x))
+
+
+def test_timm_teacher_without_weights_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from bnnbench.recipes import load_teacher
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(BnnbenchError, match="teacher_weights=") as info:
+        load_teacher(f"timm:{TINY_TIMM}", GEOMETRY)
+    assert "\n" not in str(info.value)
+    with pytest.raises(BnnbenchError, match="not a timm model name"):
+        load_teacher("timm:no_such_net", GEOMETRY)
+    # weights of another head (ImageNet's 1000 classes) do not fit a 10-class teacher
+    import timm
+
+    path = tmp_path / "imagenet.pth"
+    torch.save(timm.create_model(TINY_TIMM, num_classes=1000, in_chans=1).state_dict(), path)
+    with pytest.raises(BnnbenchError, match="does not fit") as info:
+        load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, path)
+    assert "\n" not in str(info.value)
+
+
+def test_timm_teacher_is_read_from_the_cache_when_there(tmp_path, monkeypatch):
+    """timm's pretrained file in the torch hub cache (where timm would download it) is used."""
+    import timm
+
+    from bnnbench.recipes import cached_pretrained, load_teacher
+
+    torch.manual_seed(1)
+    net = timm.create_model(TINY_TIMM, num_classes=10, in_chans=1).eval()
+    monkeypatch.setitem(net.pretrained_cfg, "hf_hub_id", None)
+    monkeypatch.setitem(net.pretrained_cfg, "url", "https://example.invalid/w/tiny.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert cached_pretrained(net) is None
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(net.state_dict(), tmp_path / "checkpoints" / "tiny.pth")
+    assert cached_pretrained(net) == tmp_path / "checkpoints" / "tiny.pth"
+
+
+@pytest.mark.slow
+def test_binary_student_distils_from_a_timm_teacher(make_cfg, tmp_path):
+    import timm
+
+    path = tmp_path / "teacher.pth"
+    torch.save(timm.create_model(TINY_TIMM, num_classes=10, in_chans=1).state_dict(), path)
+    record = run(make_cfg([*FAST, *MLP, "+method=bnn", f"teacher=timm:{TINY_TIMM}",
+                           f"teacher_weights={path}"]))
+    assert record.curves["train/kd"] and all(v == v for v in record.curves["train/kd"])
+
+
+# ------------------------------------------------------------------------------- two stages
+@pytest.mark.slow
+def test_two_stage_recipe_runs_both_stages_and_resumes(make_cfg, monkeypatch):
+    """+recipe=two_stage +method=reactnet: stage1/ trains real weights with binary activations,
+    stage2/ starts from stage 1's last weights; a rerun skips the finished stage 1."""
+    import bnnbench.train as train_module
+    from bnnbench.trained import load_trained
+
+    started = {}
+    real_warm_start = train_module.warm_start
+
+    def recording_warm_start(net, source):  # what stage 2's network holds before training
+        warm = real_warm_start(net, source)
+        started.update({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return warm
+
+    monkeypatch.setattr(train_module, "warm_start", recording_warm_start)
+    cfg = make_cfg([*FAST, *MLP, "+method=reactnet", "+recipe=two_stage"])
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run(cfg)
+    stage1, stage2 = run_dir / "stage1", run_dir / "stage2"
+    for stage in (stage1, stage2):
+        assert (stage / "metrics.json").is_file() and (stage / "checkpoints/last.ckpt").is_file()
+    assert record.extra["recipe"] == {"name": "two_stage", "stage": 2,
+                                      "stage1_run_dir": str(stage1)}
+    assert record.extra["init"]["source"] == str(stage1 / "checkpoints" / "last.ckpt")
+    config1 = (stage1 / "config_resolved.yaml").read_text()
+    config2 = (stage2 / "config_resolved.yaml").read_text()
+    assert "binary_weights: false" in config1 and "weight_decay: 1.0e-05" in config1
+    assert "binary_weights: true" in config2 and f"init: {stage1}" in config2
+
+    # stage 1: real weights (every value its own), binary inputs to the binary layer
+    net1, spec1, _ = load_trained(stage1)
+    layer = net1.get_submodule("6.layer")
+    assert layer.weight_bits == 32 and layer.input_bits == 1
+    w1 = layer.weight.detach()
+    assert torch.equal(layer.quantized_weight(), w1) and w1.abs().unique().numel() > 100
+    seen = []
+    layer.register_forward_hook(lambda m, args, out: seen.append(m.quantized_input(args[0])))
+    net1(torch.randn(4, 1, 28, 28))
+    assert set(seen[0].unique().tolist()) == {-1.0, 1.0}
+    # stage 2 started from stage 1's last weights and binarized them
+    state1, _ = load_checkpoint(stage1 / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(started["6.layer.weight"], state1["6.layer.weight"])
+    net2, _, _ = load_trained(stage2)
+    assert net2.get_submodule("6.layer").weight_bits == 1
+
+    # a rerun into the same directory: stage 1 finished (skipped), stage 2 too (refused)
+    stamp = (stage1 / "metrics.json").stat().st_mtime_ns
+    with pytest.raises(BnnbenchError, match="finished two-stage run"):
+        run(cfg)
+    # a killed stage 2 (its metrics.json gone): the rerun skips stage 1 and trains stage 2
+    (stage2 / "metrics.json").unlink()
+    record = run(cfg)
+    assert (stage1 / "metrics.json").stat().st_mtime_ns == stamp
+    assert (stage2 / "metrics.json").is_file() and record.extra["recipe"]["stage"] == 2
+
+
+def test_two_stage_needs_a_method_with_a_real_weight_stage(make_cfg):
+    with pytest.raises(BnnbenchError, match="needs a method") as info:
+        run(make_cfg([*FAST, *MLP, "+recipe=two_stage"]))
+    assert "\n" not in str(info.value)
+    with pytest.raises(BnnbenchError, match="method.binary_weights") as info:
+        run(make_cfg([*FAST, *MLP, "+method=bnn", "+recipe=two_stage"]))
+    assert "\n" not in str(info.value)

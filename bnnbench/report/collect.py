@@ -1,7 +1,8 @@
 """Find runs under directories, read their resolved configs and outcomes, infer what was swept.
 
 A run directory is one holding ``metrics.json`` (its outcome), ``run.json`` (the claim marker that
-``bnnbench.rundir`` writes before training) or ``.hydra/config.yaml``. The settings a sweep varied
+``bnnbench.rundir`` writes before training) or ``.hydra/config.yaml``; a two-stage recipe's
+directory (``recipe.json``) is not one, its ``stage1/`` and ``stage2/`` are. The settings a sweep varied
 are read from the runs' *resolved* configs (``config_resolved.yaml``, else ``.hydra/config.yaml``)
 and compared as values: ``optimizer.lr=1e-2`` and ``optimizer.lr=0.01`` are one setting. Seeds are
 never a setting: they are what a row aggregates.
@@ -21,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bnnbench.report.record import METRICS_FILE, RunRecord
-from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RUN_MARKER, marker_is_locked
+from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RECIPE_MARKER, RUN_MARKER, marker_is_locked
 
 #: config groups whose *choice* (``model=nin``) is a setting, ``method`` first: it usually
 #: determines the rest (its optimizer, schedule and knobs)
@@ -193,7 +194,10 @@ def find_runs(roots: Iterable[Path]) -> list[Path]:
         for marker in (METRICS_FILE, RUN_MARKER, f"{HYDRA_DIR}/config.yaml"):
             found.update(p.parent if marker != f"{HYDRA_DIR}/config.yaml" else p.parent.parent
                          for p in root.rglob(marker))
-    return sorted(found)
+    # a two-stage recipe's directory holds its stages' runs; it is one itself only when it
+    # failed as a sweep point (metrics.json)
+    return sorted(d for d in found
+                  if not (d / RECIPE_MARKER).is_file() or (d / METRICS_FILE).is_file())
 
 
 def load_runs(roots: Iterable[Path]) -> list[Run]:
