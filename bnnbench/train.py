@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -275,15 +275,15 @@ def train_stage(cfg: DictConfig, stage_dir: Path) -> RunRecord:
 @contextlib.contextmanager
 def hydra_output_dir(path: Path) -> Iterator[None]:
     """Point ``${hydra:runtime.output_dir}`` (checkpoints, logger) at ``path`` for a stage."""
-    hydra_cfg = HydraConfig.instance().cfg
-    old = hydra_cfg.hydra.runtime.output_dir
-    with read_write(hydra_cfg), open_dict(hydra_cfg):
-        hydra_cfg.hydra.runtime.output_dir = str(path)
+    runtime = HydraConfig.instance().cfg.hydra.runtime
+    old = runtime.output_dir
+    with read_write(runtime):
+        runtime.output_dir = str(path)
     try:
         yield
     finally:
-        with read_write(hydra_cfg), open_dict(hydra_cfg):
-            hydra_cfg.hydra.runtime.output_dir = old
+        with read_write(runtime):
+            runtime.output_dir = old
 
 
 def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
