@@ -119,6 +119,7 @@ def test_bop_takes_every_method_with_sign_weights(method, knobs):
     assert len(binary_weights(net, m)) >= 1
 
 
+@pytest.mark.slow
 def test_bop_fit_learns_digits():
     """A short fit with Bop on the binary layers (sklearn's 8x8 digits, 60 steps): training
     accuracy far above chance, every binary weight still +-1, and weights did flip."""

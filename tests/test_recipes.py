@@ -207,6 +207,10 @@ def test_two_stage_recipe_runs_both_stages_and_resumes(make_cfg, monkeypatch):
     config2 = (stage2 / "config_resolved.yaml").read_text()
     assert "binary_weights: false" in config1 and "weight_decay: 1.0e-05" in config1
     assert "binary_weights: true" in config2 and f"init: {stage1}" in config2
+    # the reports see the two stages as the runs, not their parent directory
+    from bnnbench.report.collect import find_runs
+
+    assert find_runs([run_dir]) == [stage1, stage2]
 
     # stage 1: real weights (every value its own), binary inputs to the binary layer
     net1, spec1, _ = load_trained(stage1)
