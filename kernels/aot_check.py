@@ -31,12 +31,38 @@ from triton.compiler import ASTSource  # noqa: E402
 T = importlib.import_module("bnnbench.kernels.triton_kernels")
 
 
-def _sig(fn, types: dict[str, str], consts: dict[str, object]) -> tuple[dict, dict]:
-    """Signature for every argument: pointers/ints from ``types`` (default i32), constexprs."""
+#: integer arguments the runtime sees as 1 for contiguous tensors (Triton then specializes
+#: them to the constant 1, which is what lets it vectorize the loads along K)
+UNIT_STRIDES = ("stride_ak", "stride_wk", "stride_xk", "stride_cn", "stride_yn")
+#: integer arguments of the GEMM-like kernels that are multiples of 16 at the benchmarked shapes
+#: (N = K = 4096...; row strides of contiguous tensors); M stays unspecialized
+DIV16_INTS = ("N", "K", "KW", "k", "stride_am", "stride_wn", "stride_xm", "stride_cm",
+              "stride_ym", "stride_ap")
+
+
+def _sig(fn, types: dict[str, str], consts: dict[str, object],
+         specialize: bool = True) -> tuple[dict, dict, dict]:
+    """Signature for every argument (pointers/ints from ``types``, default i32; constexprs) and
+    the attributes the runtime would attach.
+
+    ``specialize`` mimics Triton's launch-time specialization for contiguous tensors at the
+    benchmarked shapes: every pointer 16-byte aligned (``tt.divisibility = 16``), the
+    :data:`UNIT_STRIDES` equal to 1 (constants), the :data:`DIV16_INTS` multiples of 16.
+    Without it (the old behaviour) the compiler must assume unaligned pointers and strides, and
+    e.g. cannot use 16-byte or ``cp.async`` copies of 2-byte activations.
+    """
+    consts = dict(consts)
+    attrs: dict[tuple[int, ...], list] = {}
+    if specialize:
+        for name in fn.arg_names:
+            if name in UNIT_STRIDES and name not in consts:
+                consts[name] = 1
     sig = {}
-    for name in fn.arg_names:
+    for i, name in enumerate(fn.arg_names):
         sig[name] = "constexpr" if name in consts else types.get(name, "i32")
-    return sig, consts
+        if specialize and name not in consts and (name.endswith("_ptr") or name in DIV16_INTS):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
 
 
 def _ptr(*names: str, ty: str = "*i32") -> dict[str, str]:
@@ -53,13 +79,13 @@ def cases(every_config: bool = False):
 
     out = []
     gemm_ptrs = _ptr("a_ptr", "w_ptr", "c_ptr")
-    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._dot_configs())):
+    for use_dot, cfgs in ((False, T._xnor_gemv_configs()), (True, T._dot_configs())):
         path = "int8-dot" if use_dot else "popcount"
         for cfg in pick(cfgs):
             out.append((f"xnor_gemm {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
                         T._xnor_gemm_kernel, gemm_ptrs,
-                        {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True}, cfg.num_warps,
-                        cfg.num_stages))
+                        {"SPLIT_K": 1, **cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True},
+                        cfg.num_warps, cfg.num_stages))
     mb_ptrs = {**_ptr("a_ptr", "w_ptr"), **_ptr("alpha_ptr", "scale_ptr", "bias_ptr", "y_ptr",
                                                  ty="*fp32")}
     for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._multibit_dot_configs())):
@@ -78,6 +104,14 @@ def cases(every_config: bool = False):
                         T._binary_weight_gemm_kernel, ptrs,
                         {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True, "FP32_MODE": fp32_mode},
                         cfg.num_warps, cfg.num_stages))
+    for dt in ("bf16", "fp16", "fp32"):
+        ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+                "y_ptr": f"*{dt}"}
+        for cfg in pick(T._bw_gemv_configs()):
+            out.append((f"binary_weight_gemv {dt} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._binary_weight_gemv_kernel, ptrs,
+                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True}, cfg.num_warps,
+                        cfg.num_stages))
     conv_ptrs = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                  "y_ptr": "*bf16"}
     for use_dot in (False, True):
@@ -134,7 +168,38 @@ def _code_counts(kernel) -> str:
             counts.append(f"{op}:{n_op}")
         n_sass = len(re.findall(r"/\*[0-9a-f]{4}\*/", sass))
         counts.append(f"SASS:{n_sass}")
+        counts.append(_loop_counts(sass))
     return " ".join(counts)
+
+
+LOOP_OPS = ("POPC", "LDGSTS", "LDG", "LDS", "IMMA", "HMMA", "HGMMA", "IGMMA", "I2F", "F2F",
+            "SHF", "LOP3", "FADD", "IADD3", "IMAD", "PRMT", "BAR")
+
+
+def _loop_counts(sass: str) -> str:
+    """Instructions in the innermost loop with the most of them (one K step of the main loop):
+    the SASS between a backward branch's target and the branch. ``loop[n]`` then per-opcode
+    counts, e.g. to check that the binary-weight GEMV's K step has no I2F (no int-to-float
+    conversion per weight) and count its shifts, xors and adds per weight."""
+    instrs = [(int(a, 16), op) for a, op in
+              re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)]
+    best: list[str] = []
+    for addr, op in instrs:
+        if not op.startswith("BRA"):
+            continue
+        line = re.search(r"/\*%04x\*/[^\n]*BRA[^\n]*?(0x[0-9a-f]+)" % addr, sass)
+        if not line:
+            continue
+        target = int(line.group(1), 16)
+        if target < addr:
+            body = [o for a, o in instrs if target <= a <= addr]
+            if len(body) > len(best):
+                best = body
+    if not best:
+        return "loop:none"
+    base = [o.split(".")[0] for o in best]
+    per = " ".join(f"{op}:{base.count(op)}" for op in LOOP_OPS if base.count(op))
+    return f"loop[{len(best)}]({per})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="every autotune config, not 2 per set")
     ap.add_argument("--counts", action="store_true",
                     help="also count cp.async (PTX) and POPC/LDGSTS/IMMA/HMMA/LOP3/I2F (SASS)")
+    ap.add_argument("--no-specialize", action="store_true",
+                    help="compile without the runtime's specialization (aligned pointers, unit "
+                         "K strides, multiples of 16): the old, pessimistic code")
     args = ap.parse_args(argv)
     failed = spilled = smem_low = 0
     for arch in args.arch:
@@ -151,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, fn, ptrs, consts, warps, stages in cases(args.all):
             if args.only not in label:
                 continue
-            sig, const = _sig(fn, ptrs, consts)
+            sig, const, attrs = _sig(fn, ptrs, consts, not args.no_specialize)
             t0 = time.perf_counter()
             try:
-                k = triton.compile(ASTSource(fn, sig, const), target=target,
+                k = triton.compile(ASTSource(fn, sig, const, attrs), target=target,
                                    options={"num_warps": warps, "num_stages": stages})
                 # cuobjdump reports the static SHARED only; Triton allocates dynamically
                 usage = _resource_usage(k.asm["cubin"]).replace(

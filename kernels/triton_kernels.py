@@ -16,6 +16,16 @@ Two strategies for the +-1 dot products, chosen by the number of activation rows
   (``((w << (31 - b)) >> 31) | 1``) and multiplied with ``tl.dot(..., out_dtype=int32)``, which
   maps to int8 tensor cores (~989 T MAC/s on H100 vs ~124 T popcount MAC/s on CUDA cores).
   Zero pad bits expand to +1 on both sides, so ``dot = acc - (bits_processed - k)``.
+
+The popcount GEMV splits K across programs for small N (too few output tiles for the SMs):
+each split adds its exact int32 partial dot atomically (:func:`_xnor_gemv_configs`).
+
+Binary weights x float activations (``binary_weight_gemm``), by M:
+
+* **sign flip** (M <= :data:`BW_GEMV_MAX_M`): ``x * (+-1)`` is x with its sign bit xor-ed with
+  the weight bit, added in fp32 on CUDA cores (:func:`_binary_weight_gemv_kernel`);
+* **tensor cores** (larger M): +-1 halves built from the bits (sign bit | 1.0's exponent
+  pattern, bitcast) feed ``tl.dot`` with fp32 accumulation.
 """
 
 from __future__ import annotations
@@ -61,6 +71,9 @@ DOT_MIN_M = 32
 #: was 3.2x faster than this module's int8 Triton kernel at M=256 N=K=4096 and 1.7x at
 #: M=N=K=4096, unpacking included (reports/gpu_runs/2026-11-26_h200).
 INT_MM_AUTO = True
+#: binary_weight_gemm: up to this many rows the sign-flip GEMV (no tensor cores), above it
+#: +-1 halves built from the bits feed ``tl.dot``.
+BW_GEMV_MAX_M = 4
 #: packed conv: int8 tensor-core path from this many output positions (N * OH * OW) on.
 CONV_DOT_MIN_P = 64
 
@@ -117,6 +130,52 @@ def _popcount_configs() -> list[triton.Config]:
             for bm, bn, bkw, w, st in shapes]
 
 
+def _zero_output(nargs) -> None:
+    """Split-K configs add their partial dots into ``c`` atomically: it must start at zero on
+    every launch (a config ``pre_hook`` runs before each launch, benchmarked or not; the
+    autotuner's ``reset_to_zero`` only covers its own benchmark runs)."""
+    nargs["c_ptr"].zero_()
+
+
+def _xnor_gemv_configs() -> list[triton.Config]:
+    """The both-binary GEMV's configs: :func:`_popcount_configs` (``SPLIT_K = 1``) plus one-shot
+    split-K tiles for small N, where N / BLOCK_N output tiles leave most of the SMs idle.
+
+    Split-K (gemlite's "RevSplitK" idea): program (tile, s) reduces only the s-th of
+    ``SPLIT_K`` contiguous K ranges and adds its exact partial dot ``k_s - 2 popcount_s`` into
+    the zeroed int32 output with ``tl.atomic_add``; integer adds commute, so the result is
+    exact and independent of the order the programs finish in.
+    """
+    base = [triton.Config({**c.kwargs, "SPLIT_K": 1}, num_warps=c.num_warps,
+                          num_stages=c.num_stages) for c in _popcount_configs()]
+    split = [  # (BM, BN, BKW, warps, K stages, SPLIT_K)
+        (1, 16, 64, 4, 3, 2), (1, 16, 32, 4, 3, 4), (1, 8, 32, 4, 3, 4), (1, 16, 16, 4, 3, 8),
+        (1, 16, 64, 4, 3, 4), (1, 8, 128, 4, 3, 8), (4, 8, 32, 4, 3, 4), (4, 16, 16, 4, 4, 8),
+    ]
+    return base + [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 1,
+                                  "KSTAGES": st, "SPLIT_K": sk}, num_warps=w, num_stages=st,
+                                 pre_hook=_zero_output)
+                   for bm, bn, bkw, w, st, sk in split]
+
+
+def _bw_gemv_configs() -> list[triton.Config]:
+    """Binary-weight GEMV tiles (M <= 4, no tensor cores).
+
+    The (BLOCK_M, BLOCK_N, BLOCK_KW, 32) fp32 accumulator lives in registers (reduced once
+    after the K loop), so BM * BN * BKW * 32 / threads stays at 32-64 values per thread;
+    weights stream through a pipelined K loop (``KSTAGES`` deep) while the activations, shared
+    by every program, stay in cache (evict-last).
+    """
+    shapes = [  # (BM, BN, BKW, warps, K stages)
+        (1, 16, 8, 4, 3), (1, 32, 8, 8, 3), (1, 8, 16, 4, 3), (1, 64, 4, 8, 3),
+        (1, 16, 16, 8, 4),
+        (4, 8, 8, 4, 3), (4, 16, 4, 4, 3), (4, 16, 8, 8, 3), (4, 32, 4, 8, 3),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 1,
+                           "KSTAGES": st}, num_warps=w, num_stages=st)
+            for bm, bn, bkw, w, st in shapes]
+
+
 # Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
 # --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
 def _gemm_cfgs(shapes) -> list[triton.Config]:
@@ -163,6 +222,56 @@ def _prune_popcount(configs, named_args, **kwargs):
                        named_args["M"])
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    try:
+        props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+        return int(props["multiprocessor_count"])
+    except Exception:  # pragma: no cover - H100 SXM's count
+        return 132
+
+
+def _current_sms() -> int:
+    return _num_sms(torch.cuda.current_device()) if torch.cuda.is_available() else 132
+
+
+def _prune_xnor_gemv(configs, named_args, **kwargs):
+    """:func:`_prune_popcount`, then split-K or not by the number of output tiles: when every
+    unsplit tiling has fewer tiles than SMs (the small-N GEMV would stream its weights through
+    a few SMs only), the split-K configs that keep the most SMs busy (each split at least one
+    whole K step); otherwise only the ``SPLIT_K = 1`` ones."""
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1, KSTAGES=1, SPLIT_K=1)
+    keep = _prune_popcount(configs, named_args)
+    m, n, kw = named_args["M"], named_args["N"], named_args["KW"]
+    sms = _current_sms()
+
+    def tiles(c):
+        return triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"])
+
+    def useful(c):  # every split gets at least one whole K step
+        return c.kwargs["SPLIT_K"] * c.kwargs["BLOCK_KW"] <= kw
+
+    unsplit = [c for c in keep if c.kwargs["SPLIT_K"] == 1]
+    most_tiles = max((tiles(c) for c in unsplit), default=0)
+    split = [c for c in keep if c.kwargs["SPLIT_K"] > 1 and useful(c)]
+    if most_tiles < sms and split:  # every unsplit tiling leaves SMs idle
+
+        def programs(c):
+            return min(tiles(c) * c.kwargs["SPLIT_K"], sms)
+
+        best = max(programs(c) for c in split)
+        if best > most_tiles:  # the split tilings that keep the most SMs busy
+            return [c for c in split if programs(c) == best]
+    return unsplit or keep
+
+
+def _prune_bw_gemv(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
+    return _rows_block(configs, named_args["M"])
+
+
 def _prune_dot(configs, named_args, **kwargs):
     if INTERPRET:
         return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4, KSTAGES=1)
@@ -173,6 +282,13 @@ def _prune_dot(configs, named_args, **kwargs):
     # no row block much larger than M (wasted MMA rows); keep at least the smallest ones
     small = [c for c in keep if c.kwargs["BLOCK_M"] <= max(16, _pow2_at_least(m))]
     return small or keep[-2:]
+
+
+def _prune_xnor_dot(configs, named_args, **kwargs):
+    """:func:`_prune_dot` for the xnor GEMM kernel, whose configs also carry ``SPLIT_K = 1``."""
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=2, GROUP_M=4, KSTAGES=1, SPLIT_K=1)
+    return _prune_dot(configs, named_args)
 
 
 def _prune_bw(configs, named_args, **kwargs):
@@ -271,11 +387,12 @@ def _expand_pm1(words, bit):
 
 
 @triton.jit
-def _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
+def _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW_START, KW_END,
                         stride_am, stride_ak, stride_wn, stride_wk,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
                         HW_POPC: tl.constexpr, KSTAGES: tl.constexpr):
-    """sum_words popcount(a[m] ^ w[n]) for a (BLOCK_M, BLOCK_N) tile (masked words are 0).
+    """sum over words [KW_START, KW_END) of popcount(a[m] ^ w[n]) for a (BLOCK_M, BLOCK_N)
+    tile (masked words are 0).
 
     Memory-bound GEMV regime: every weight word is read once, so the loop (1) keeps one
     popcount partial per (m, n, word lane) and reduces across lanes once after the loop, not
@@ -286,9 +403,9 @@ def _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW,
     offs_w = tl.arange(0, BLOCK_KW)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    for kw0 in tl.range(0, KW, BLOCK_KW, num_stages=KSTAGES):
+    for kw0 in tl.range(KW_START, KW_END, BLOCK_KW, num_stages=KSTAGES):
         kk = kw0 + offs_w
-        k_mask = kk < KW
+        k_mask = kk < KW_END
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
                     mask=m_mask[:, None] & k_mask[None, :], other=0, eviction_policy="evict_last")
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
@@ -340,9 +457,9 @@ def _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k,
                              stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW)
         dot = acc - (tl.cdiv(KW, BLOCK_KW) * BLOCK_KW * 32 - k)
     else:
-        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, stride_am, stride_ak,
-                                  stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW, HW_POPC,
-                                  KSTAGES)
+        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, 0, KW, stride_am,
+                                  stride_ak, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW,
+                                  HW_POPC, KSTAGES)
         dot = k - 2 * pop
     return dot
 
@@ -419,15 +536,35 @@ def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
                       stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
                       USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                      GROUP_M: tl.constexpr, KSTAGES: tl.constexpr):
-    """c[m, n] = sum_k a_pm[m, k] * w_pm[n, k]  (int32, exact)."""
+                      GROUP_M: tl.constexpr, KSTAGES: tl.constexpr, SPLIT_K: tl.constexpr):
+    """c[m, n] = sum_k a_pm[m, k] * w_pm[n, k]  (int32, exact).
+
+    ``SPLIT_K > 1`` (popcount path only; launched on a (tiles, SPLIT_K) grid into a zeroed
+    ``c``): program s covers the words [s * chunk, (s + 1) * chunk), chunk a whole number of
+    K steps, i.e. ``k_s = clamp(min(k, 32 * end) - 32 * start, 0)`` true bits, and adds its
+    exact partial ``k_s - 2 * popcount_s`` with an int32 atomic add; the partials sum to
+    ``k - 2 * popcount``.
+    """
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    dot = _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am, stride_ak,
-                     stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW, KSTAGES)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn, dot, mask=mask)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    if SPLIT_K == 1:
+        dot = _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am, stride_ak,
+                         stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW,
+                         KSTAGES)
+        tl.store(c_ptrs, dot, mask=mask)
+    else:
+        tl.static_assert(not USE_DOT, "split-K is a popcount-path option")
+        chunk = tl.cdiv(tl.cdiv(KW, SPLIT_K), BLOCK_KW) * BLOCK_KW
+        start = tl.program_id(axis=1) * chunk
+        end = tl.minimum(start + chunk, KW)
+        pop = _xnor_tile_popcount(a_ptr, w_ptr, offs_m, offs_n, M, N, start, end, stride_am,
+                                  stride_ak, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_KW,
+                                  HW_POPC, KSTAGES)
+        k_s = tl.maximum(tl.minimum(k, end * 32) - start * 32, 0)
+        tl.atomic_add(c_ptrs, k_s - 2 * pop, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -499,6 +636,50 @@ def _binary_weight_gemm_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
     acc = _scale_bias(acc, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
              acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _binary_weight_gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
+                               stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+                               HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr,
+                               KSTAGES: tl.constexpr):
+    """Binary-weight GEMV (few rows): y[m, n] = scale[n] * sum_k x[m, k] * s[n, k] + bias[n].
+
+    No multiply and no tensor cores: ``x * s`` with ``s = -1`` (weight bit 1) is x with its
+    sign bit flipped, so each product is ``bits(x) ^ (w_bit << 31)`` on x's fp32 pattern,
+    bitcast back and added in fp32. x is converted to fp32 once per K step (it is shared by
+    the BLOCK_N weight rows), so per weight there is a shift and an xor-with-mask, no
+    int-to-float conversion. Every (m, n, word, bit) lane keeps its own fp32 partial sum
+    across the pipelined K loop and the lanes are reduced once after it: the loop body is
+    elementwise only (no cross-lane reduction per K step).
+    Pad bits (0) and masked x (0.0) add +-0.
+    """
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_w = tl.arange(0, BLOCK_KW)
+    bit = tl.arange(0, 32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW, 32), dtype=tl.float32)
+    for kw0 in tl.range(0, KW, BLOCK_KW, num_stages=KSTAGES):
+        kk = kw0 + offs_w
+        kb = kk[:, None] * 32 + bit[None, :]                                    # (BKW, 32)
+        x = tl.load(x_ptr + offs_m[:, None, None] * stride_xm + kb[None, :, :] * stride_xk,
+                    mask=m_mask[:, None, None] & (kb[None, :, :] < K), other=0.0,
+                    eviction_policy="evict_last")                               # (BM, BKW, 32)
+        xb = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
+                    mask=n_mask[:, None] & (kk[None, :] < KW), other=0,
+                    eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # (BN, BKW)
+        flip = (w[:, :, None] << (31 - bit)[None, None, :]) & 0x80000000        # (BN, BKW, 32)
+        acc += (xb[:, None, :, :] ^ flip[None, :, :, :]).to(tl.float32, bitcast=True)
+    y = tl.sum(tl.sum(acc, axis=3), axis=2)
+    y = _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -598,11 +779,13 @@ def _binary_conv2d_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr,
 
 
 # autotuned entry points (one jit body, two config sets where there are two paths)
-_xnor_gemm_popcount = triton.autotune(_popcount_configs(), key=["M", "N", "KW"],
-                                      prune_configs_by={"early_config_prune": _prune_popcount}
-                                      )(_xnor_gemm_kernel)
-_xnor_gemm_dot = triton.autotune(_dot_configs(), key=["M", "N", "KW"],
-                                 prune_configs_by={"early_config_prune": _prune_dot}
+_xnor_gemm_popcount = triton.autotune(_xnor_gemv_configs(), key=["M", "N", "KW"],
+                                      prune_configs_by={"early_config_prune": _prune_xnor_gemv},
+                                      reset_to_zero=["c_ptr"])(_xnor_gemm_kernel)
+_xnor_gemm_dot = triton.autotune([triton.Config({**c.kwargs, "SPLIT_K": 1},
+                                                num_warps=c.num_warps, num_stages=c.num_stages)
+                                  for c in _dot_configs()], key=["M", "N", "KW"],
+                                 prune_configs_by={"early_config_prune": _prune_xnor_dot}
                                  )(_xnor_gemm_kernel)
 _multibit_popcount = triton.autotune(_popcount_configs(), key=["P", "M", "N", "KW"],
                                      prune_configs_by={"early_config_prune": _prune_popcount}
@@ -613,6 +796,9 @@ _multibit_dot = triton.autotune(_multibit_dot_configs(), key=["P", "M", "N", "KW
 _binary_weight_gemm = triton.autotune(_bw_configs(), key=["M", "N", "KW"],
                                       prune_configs_by={"early_config_prune": _prune_bw}
                                       )(_binary_weight_gemm_kernel)
+_binary_weight_gemv = triton.autotune(_bw_gemv_configs(), key=["M", "N", "KW"],
+                                      prune_configs_by={"early_config_prune": _prune_bw_gemv}
+                                      )(_binary_weight_gemv_kernel)
 _conv_popcount = triton.autotune(_conv_configs(False), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
                                  prune_configs_by={"early_config_prune": _prune_conv}
                                  )(_binary_conv2d_kernel)
@@ -692,8 +878,8 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
 
     ``path``: ``"popcount"`` (words, GEMV regime), ``"dot"`` (int8 tensor cores, Triton),
     ``"int_mm"`` (unpack both to +-1 int8, cuBLASLt ``torch._int_mm``) or ``"auto"`` (popcount
-    below :data:`DOT_MIN_M` rows; above, ``int_mm`` on CUDA where its shape rules hold, else
-    ``dot``). Every path is exact.
+    below :data:`DOT_MIN_M` rows, split across K for small N; above, ``int_mm`` on CUDA where
+    its shape rules hold, else ``dot``). Every path is exact.
     """
     op = "xnor_gemm"
     dev = validate_xnor_gemm(a_packed, w_packed, k, op)
@@ -711,7 +897,12 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
         return c
     use_dot = _use_dot(path, m, DOT_MIN_M, op)
     kern = _xnor_gemm_dot if use_dot else _xnor_gemm_popcount
-    grid = _gemm_grid(m, n)
+    if use_dot:
+        grid = _gemm_grid(m, n)
+    else:
+        def grid(meta):  # (output tiles, K splits)
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),
+                    meta["SPLIT_K"])
     kern[grid](a_packed, w_packed, c, m, n, kw, k,
                a_packed.stride(0), a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
                c.stride(0), c.stride(1), USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
@@ -759,7 +950,10 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 
 def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                        bias: Tensor | None = None) -> Tensor:
-    """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32."""
+    """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32.
+
+    Up to :data:`BW_GEMV_MAX_M` rows the sign-flip GEMV (fp32 sums on CUDA cores), above it
+    the tensor-core kernel on +-1 halves built from the bits."""
     op = "binary_weight_gemm"
     dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
     check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
@@ -772,6 +966,12 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
     grid = _gemm_grid(m, n)
+    if m <= BW_GEMV_MAX_M:
+        _binary_weight_gemv[grid](x, w_packed, sc, bi, y, m, n, k, kw, x.stride(0), x.stride(1),
+                                  w_packed.stride(0), w_packed.stride(1), y.stride(0),
+                                  y.stride(1), HAS_SCALE=scale is not None,
+                                  HAS_BIAS=bias is not None)
+        return y
     _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
                               y.stride(0), y.stride(1), HAS_SCALE=scale is not None,

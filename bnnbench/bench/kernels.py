@@ -176,6 +176,7 @@ PLANS: dict[str, dict] = {
     "gpu_short": {"gemv_n": (4096,), "gemv_m": (1,), "gemm_n": 512, "multibit_n": 4096,
                   "planes": (2,), "convs": [], "gpu_gemv_n": (4096, 8192, 16384),
                   "gpu_gemm_n": (8192,), "gpu_gemm_mn": [(256, 4096), (8192, 8192)],
+                  "gpu_gemv_small_n": [(1, 1024, 4096), (4, 512, 8192), (1, 1024, 16384)],
                   "gpu_compare_paths": False},
     "quick": {"gemv_n": (4096,), "gemv_m": (1, 16), "gemm_n": 512, "multibit_n": 4096,
               "planes": (2,), "convs": [(1, 256, 14, 256, 1)], "gpu_gemv_n": (4096,),
@@ -184,7 +185,8 @@ PLANS: dict[str, dict] = {
     # plumbing checks only (tests): tiny shapes, numbers meaningless
     "tiny": {"gemv_n": (64,), "gemv_m": (1, 3), "gemm_n": 48, "multibit_n": 64, "planes": (2,),
              "convs": [(1, 5, 6, 7, 1), (1, 4, 5, 6, 2)], "gpu_gemv_n": (64,),
-             "gpu_gemv_m": (1, 3), "gpu_gemm_n": (48,), "thread_gemm": [(8, 64), (1, 64)],
+             "gpu_gemv_m": (1, 3), "gpu_gemm_n": (48,), "gpu_gemv_small_n": [(1, 16, 256)],
+             "thread_gemm": [(8, 64), (1, 64)],
              "thread_convs": [(2, 5, 6, 7, 1)], "roofline_n": (64,)},
 }
 
@@ -434,6 +436,8 @@ GPU_PLAN = [  # (section, case, shape, baseline) for the pending table
       for n in (4096, 8192, 16384) for m in (1, 4, 16) if n <= 8192 or m <= 4],
     *[("gemv", "binary-weight GEMV (bf16 x)", f"M={m} N=K={n}", "torch bf16 matmul")
       for n in (4096, 8192, 16384) for m in (1, 4, 16) if n <= 8192 or m <= 4],
+    *[("gemv", "xnor GEMV, small N (split-K)", f"M={m} N={n} K={k}", "torch bf16 matmul")
+      for m, n, k in PLANS["gpu_short"]["gpu_gemv_small_n"]],
     *[("gemm", "xnor GEMM (`xnor_gemm`, auto path)", shape, "torch bf16 matmul")
       for shape in ("M=256 N=K=4096", "M=N=K=4096", "M=N=K=8192")],
 ]
@@ -479,6 +483,15 @@ def gpu_info(dev: torch.device) -> tuple[dict[str, str], int, float]:
     return info, l2, nominal or copy_bw
 
 
+def gemlite_missing() -> str | None:
+    """Why gemlite's A16W1 peer row cannot run here (one line), or None when it can."""
+    try:
+        from gemlite.helper import A16Wn  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - optional peer (not installed in CI)
+        return f"gemlite not importable ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
 def _gemlite_a16w1(w_sign: torch.Tensor, scale: torch.Tensor) -> Callable | None:
     """gemlite's 1-bit-weight layer (A16W1) holding ``scale[n] * sign(w)``, or None without gemlite.
 
@@ -491,12 +504,31 @@ def _gemlite_a16w1(w_sign: torch.Tensor, scale: torch.Tensor) -> Callable | None
         return None
     n, k = w_sign.shape
     group = 128
-    bits = (w_sign > 0).to(torch.uint8)
+    bits = (w_sign >= 0).to(torch.uint8)  # bit 1 = +scale; sign(0) = +1 as in our packing
     scales = (2 * scale.float()).repeat_interleave(k // group).view(n, k // group)
     zeros = torch.full_like(scales, 0.5)
     layer = A16Wn(device=str(w_sign.device), dtype=torch.bfloat16).from_weights(
         bits, scales.to(torch.bfloat16), zeros.to(torch.bfloat16), W_nbits=1, group_size=group)
     return layer
+
+
+def gemlite_diagnosis(y: torch.Tensor, x: torch.Tensor, sw: torch.Tensor,
+                      scale: torch.Tensor) -> str:
+    """Why gemlite's output failed the float64 check, in a few words: its largest relative
+    error, and which plausible misreading of our construction it matches instead (transposed
+    weights, flipped signs, scale missing or doubled), if any. The 2026-11-26 H200 run marked
+    every gemlite row WRONG without saying how; this says it in the report."""
+    y = y.double()
+    ref = (x.double() @ sw.T) * scale.double()
+    err = ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    alternatives = {"-ref (signs flipped)": -ref, "no scale": x.double() @ sw.T,
+                    "scale x2": 2 * ref}
+    if sw.shape[0] == sw.shape[1]:
+        alternatives["weights transposed"] = (x.double() @ sw) * scale.double()
+    match = [name for name, alt in alternatives.items()
+             if ((y - alt).abs() <= 2e-2 * (alt.abs() + alt.abs().mean())).all()]
+    return f"max rel err {err:.2g}; matches {', '.join(match) if match else 'none of'}" + (
+        "" if match else " transposed / flipped / unscaled / 2x scale")
 
 
 def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
@@ -556,6 +588,11 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
 
     gen = torch.Generator(device=dev).manual_seed(0)
     half = torch.bfloat16 if dev.type == "cuda" else torch.float32  # CPU: plumbing tests only
+    if peers and "gemv" in sections and (why := gemlite_missing()) is not None:
+        rows.append(["gemlite A16W1 (peer, bf16 x)", "all", "-", "-", "-", "-",
+                     f"skipped: {why}", "-"])
+        print(f"  gemlite A16W1 rows skipped: {why}", flush=True)
+        peers = False
     gemv_m = plan.get("gpu_gemv_m", (1, 4, 16))
     for n in plan["gpu_gemv_n"] if "gemv" in sections else ():
         for m in (gemv_m if n <= 8192 else [mm for mm in gemv_m if mm <= 4]):
@@ -597,7 +634,10 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                     try:
                         gl0 = _gemlite_a16w1(w0, s0)
                         if gl0 is not None:
-                            ok = near(gl0(x), ref_binary_weight)
+                            y_gl = gl0(x)
+                            ok = near(y_gl, ref_binary_weight)
+                            if ok != "ok":
+                                ok = f"WRONG ({gemlite_diagnosis(y_gl, x, sw, s0)})"
 
                             def mk_gl(i, n=n):
                                 w = torch.randn(n, n, device=dev, dtype=half, generator=gen)
@@ -610,6 +650,27 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                         failed("gemlite A16W1 (peer, bf16 x)", shape, e)
             except Exception as e:  # noqa: BLE001 - record, keep going
                 failed("GEMV-like", shape, e)
+    # small N: too few output tiles for the SMs, so the pruning picks split-K configs
+    for m, n, k in plan.get("gpu_gemv_small_n", ()) if "gemv" in sections else ():
+        shape = f"M={m} N={n} K={k}"
+        try:
+            x = torch.randn(m, k, device=dev, dtype=half, generator=gen)
+            ap = K.pack_signs(x)
+            w0 = torch.randn(n, k, device=dev, dtype=half, generator=gen)
+            ok = exact(K.xnor_gemm(ap, K.pack_signs(w0), k), pm1(x) @ pm1(w0).T)
+
+            def mk_dense_nk(i, n=n, k=k):
+                return (torch.randn(n, k, device=dev, dtype=half, generator=gen),)
+
+            def mk_packed_nk(i, n=n, k=k):
+                return (K.pack_signs(torch.randn(n, k, device=dev, dtype=half, generator=gen)),)
+
+            tb = rotated(mk_dense_nk, lambda w, x=x: torch.matmul(x, w.T), n * k * 2)
+            tp = rotated(mk_packed_nk, lambda wp, ap=ap, k=k: K.xnor_gemm(ap, wp, k), n * k // 8)
+            row("xnor GEMV, small N (split-K)", shape, "torch bf16 matmul", tb, tp, ok,
+                moved_bytes=n * k // 8 + ap.numel() * 4 + m * n * 4)
+        except Exception as e:  # noqa: BLE001 - record, keep going
+            failed("xnor GEMV, small N (split-K)", shape, e)
     gemm_shapes = plan.get("gpu_gemm_mn", [(n, n) for n in plan["gpu_gemm_n"]])
     for m, n in gemm_shapes if "gemm" in sections else ():
         shape = f"M={m} N=K={n}" if m != n else f"M=N=K={n}"
@@ -678,11 +739,16 @@ def gpu_goal_lines(rows: list[list[str]]) -> list[str]:
             frac = float(r[6].split("%")[0])
             out.append(f"- {r[0]}, {r[1]}: >= 70% of HBM: measured {frac:.0f}%, "
                        f"**{'met' if frac >= 70 else 'missed'}**")
+    checks = {(r[0], r[1]): r[7] for r in rows}
     for m in (1, 4, 16):
         for n in (4096, 8192):
             ours = speed("binary-weight GEMV (bf16 x)", f"M={m} N=K={n}")
             peer = speed("gemlite A16W1 (peer, bf16 x)", f"M={m} N=K={n}")
-            if ours is not None and peer is not None:
+            if peer is not None and checks[("gemlite A16W1 (peer, bf16 x)",
+                                            f"M={m} N=K={n}")] != "ok":
+                out.append(f"- binary-weight GEMV M={m} N=K={n} vs gemlite A16W1: not compared "
+                           "(gemlite's result failed the float64 check)")
+            elif ours is not None and peer is not None:
                 out.append(f"- binary-weight GEMV M={m} N=K={n} faster than gemlite A16W1: "
                            f"{ours / peer:.2f}x gemlite's speed, "
                            f"**{'met' if ours > peer else 'missed'}**")
@@ -759,6 +825,18 @@ def write_gpu_report(out: Path, g_info: dict[str, str], g_rows: list[list[str]],
     _write_report(out, lines)
 
 
+def report_command(args: argparse.Namespace) -> str:
+    """The command line a report names as its generator: this module (``__spec__.name``, so
+    the header follows the module if it moves again; the GPU report once named a module that
+    no longer existed) and the options that change what is measured."""
+    module = __spec__.name if __spec__ is not None else "bnnbench.bench.kernels"
+    return f"python -m {module}" + (" --quick" if args.quick else "") + (
+        f" --plan {args.plan}" if args.plan else "") + (
+        f" --threads {args.threads}" if args.threads > 0 else "") + (
+        " --gpu-only" if args.gpu_only else "") + (
+        " --no-peers" if args.no_peers else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None,
@@ -781,10 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     plan = PLANS[args.plan or ("quick" if args.quick else "full")]
     repeats = 5 if args.quick else args.repeats
-    cmd = "python -m bnnbench.bench.kernels" + (" --quick" if args.quick else "") + (
-        f" --plan {args.plan}" if args.plan else "") + (
-        f" --threads {args.threads}" if args.threads > 0 else "") + (
-        " --gpu-only" if args.gpu_only else "")
+    cmd = report_command(args)
     started = _dt.datetime.now(_dt.timezone.utc)
 
     if args.gpu_only:

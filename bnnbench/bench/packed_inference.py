@@ -127,6 +127,11 @@ def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path
         if eager_timer is not None:
             row["fp_eager_ms"] = eager_timer(lambda: reference(xd))
             row["packed_eager_ms"] = eager_timer(lambda: packed(xd))
+            if device.type == "cuda":  # what a user gets from load_packed(cuda_graph=True)
+                graphed = load_packed(path, device=device, cuda_graph=True).to(dtype)
+                same = torch.equal(graphed(xd).argmax(-1), packed(xd).argmax(-1))
+                row["graphed_ms"] = eager_timer(lambda: graphed(xd))
+                row["graphed_same"] = same
         if batch == profile_batch:
             row["profile"] = profile_table(lambda: packed(xd))
         rows.append(row)
@@ -220,7 +225,7 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
     limit still leaves every row it measured in the report.
     """
     if not torch.cuda.is_available():
-        rows = [f"| {label} | {b} | - | - | - | - | - | - | {PENDING} |"
+        rows = [f"| {label} | {b} | - | - | - | - | - | - | - | {PENDING} |"
                 for label, _, batches in GPU_CASES for b in batches]
         return rows, "none: " + PENDING, []
     from bnnbench.bench.kernels import _gpu_time_ms, gpu_versions
@@ -237,6 +242,8 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
                 rows.append(f"| {label} | {r['batch']} | {r['fp_ms']:.3f} | "
                             f"{r['packed_ms']:.3f} | {r['fp_ms'] / r['packed_ms']:.2f}x | "
                             f"{r['fp_eager_ms']:.3f} | {r['packed_eager_ms']:.3f} | "
+                            f"{r['graphed_ms']:.3f}"
+                            f"{'' if r['graphed_same'] else ' (classes differ!)'} | "
                             f"{r['agree']:.1f}% | "
                             f"{goal_verdict(r['batch'], r['fp_ms'] / r['packed_ms'])} |")
                 print(rows[-1], flush=True)
@@ -246,7 +253,7 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
                 if on_row is not None:
                     on_row(rows, name, profiles)
         except Exception as e:  # noqa: BLE001 - record the failure in the report, keep going
-            rows.append(f"| {label} | - | - | - | - | - | - | - | failed: "
+            rows.append(f"| {label} | - | - | - | - | - | - | - | - | failed: "
                         f"{type(e).__name__}: {str(e)[:150]} |")
             print(rows[-1], flush=True)
     return rows, name, profiles
@@ -269,13 +276,17 @@ GPU_NOTES = [
     "`load_packed(..., device='cuda')` in fp16 (binary layers on the Triton kernels). *graph*: "
     "median of `triton.testing.do_bench_cudagraph` (the forward replayed as one CUDA graph: "
     "what `torch.compile(mode='reduce-overhead')` or a captured graph gives); *eager*: median of "
-    "`triton.testing.do_bench` on plain calls (Python and launch overhead included). Goals: "
+    "`triton.testing.do_bench` on plain calls (Python and launch overhead included); "
+    "*cuda_graph=True*: plain calls of `load_packed(..., cuda_graph=True)` (one graph captured "
+    "per input shape, then input copy + replay + output copy per call; the classes are checked "
+    "equal to the eager packed model's). Goals: "
     ">= 2x the fp16 network at batch 1, >= 1.3x at batch 256 (graph times). *agreement*: share "
     "of inputs where the packed model's class equals the trained BinaryNet module's (fp32).",
     "",
     "| network | batch | fp16 network ms (graph) | packed ms (graph) | speedup (graph) | "
-    "fp16 network ms (eager) | packed ms (eager) | agreement | goal |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "fp16 network ms (eager) | packed ms (eager) | packed ms (cuda_graph=True) | agreement | "
+    "goal |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
