@@ -104,6 +104,14 @@ EQUIVALENT: dict[str, str] = {
     "xǁShiftBatchNormǁforward__mutmut_43": _MOMENTUM_NONE,
     "x_register_method__mutmut_1": "runs at import, before mutmut switches a mutant on",
     "x_register_method__mutmut_2": "runs at import, before mutmut switches a mutant on",
+    # --scope modern
+    "x_unit_shortcut__mutmut_17": "k is odd there: (k - 1) / 2 equals the integer (k - 1) // 2",
+    "x_unit_shortcut__mutmut_37": "stride[0] == stride[1] is checked the line before",
+    "x_unit_shortcut__mutmut_43": "AvgPool2d's stride defaults to its kernel size",
+    "x_unit_shortcut__mutmut_45": "AvgPool2d's stride defaults to its kernel size",
+    "x_unit_shortcut__mutmut_46": "AvgPool2d's stride defaults to its kernel size",
+    "xǁ_MagnitudeSignǁbackward__mutmut_4": "a bool mask multiplies g the same as a float one",
+    "xǁ_MagnitudeSignǁbackward__mutmut_8": "a bool mask multiplies g the same as a float one",
 }
 
 
