@@ -102,7 +102,8 @@ GEOMETRIES = [(1, 28, 10), (3, 32, 10), (3, 64, 5)]  # MNIST, CIFAR, the paper s
                          ids=[f"{c}x{s}-{k}" for c, s, k in GEOMETRIES])
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_adapts_to_the_data_geometry(name, in_chans, size, classes):
-    kwargs = {"hidden_features": 64} if name == "mlp" else {}
+    narrow = {"mlp": {"hidden_features": 64}, "reactnet_a": {"width_multiplier": 0.25}}
+    kwargs = narrow.get(name, {})
     model = create_model(name, in_chans=in_chans, num_classes=classes, img_size=size,
                          **kwargs).eval()
     with torch.no_grad():
@@ -130,8 +131,10 @@ SMALL = 16  # a small input keeps 8 methods x 7 models fast; every model still s
 @functools.cache
 def full_precision(model_name: str, tmp: str) -> nn.Module:
     """The shipped config's model at 3 x 16 x 16, 10 classes, built once (methods get a copy)."""
-    # AlexNet's 4096-wide fc6/fc7 (55M weights) only slow every method down; same layout at 512
-    narrow = ["model.fc_features=512"] if model_name == "alexnet" else []
+    # AlexNet's 4096-wide fc6/fc7 (55M weights) and ReActNet-A's 29M parameters only slow every
+    # method down; same layouts at 512 / a quarter of the width
+    narrow = {"alexnet": ["model.fc_features=512"],
+              "reactnet_a": ["model.width_multiplier=0.25"]}.get(model_name, [])
     cfg = compose_config([f"model={model_name}", *narrow], Path(tmp))
     return instantiate(cfg.model, in_chans=3, num_classes=10, img_size=SMALL)
 
@@ -165,7 +168,8 @@ def test_every_model_trains_under_every_method(tmp_path_factory, method_name, mo
 
 
 MODEL_CONFIGS = [("vgg_small", []), ("alexnet", []), ("nin", []), ("nin_expanded", []),
-                 ("timm", ["model.name=mobilenetv3_small_100"]), ("resnet18", []), ("mlp", [])]
+                 ("timm", ["model.name=mobilenetv3_small_100"]), ("resnet18", []), ("mlp", []),
+                 ("reactnet_a", ["model.width_multiplier=0.25"])]
 
 
 @pytest.mark.parametrize("config, overrides", MODEL_CONFIGS, ids=[c for c, _ in MODEL_CONFIGS])

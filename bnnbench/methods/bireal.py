@@ -32,6 +32,7 @@ from bnnbench.nn.modern_layers import (
     BinaryUnit,
     BiRealBlock,
     MagnitudeSignQuantizer,
+    ReActNetABlock,
     SignConv2d,
     SignLinear,
 )
@@ -43,6 +44,10 @@ _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 def _none(_: int) -> None:
     return None
+
+
+def _or_identity(module: nn.Module | None) -> nn.Module:
+    return nn.Identity() if module is None else module
 
 
 # ------------------------------------------------------------------------------------- surgery
@@ -118,6 +123,25 @@ def rebuild_resnet_blocks(model: nn.Module, make_shift: ModuleFactory, make_act:
     return inside
 
 
+def fill_reactnet_a_blocks(model: nn.Module, make_shift: ModuleFactory,
+                           make_act: ModuleFactory) -> list[str]:
+    """Give every :class:`ReActNetABlock` (``model=reactnet_a``) the method's shifts and
+    activations (identities where the method has none: the host's ReLUs go); returns the names
+    of its two convs, which already have their real shortcuts."""
+    inside = []
+    for name, block in model.named_modules():
+        if not isinstance(block, ReActNetABlock):
+            continue
+        c_in, c_out = block.conv.in_channels, block.pointwise.out_channels
+        block.shift1 = _or_identity(make_shift(c_in))
+        block.act1 = _or_identity(make_act(c_in))
+        block.shift2 = _or_identity(make_shift(c_in))
+        block.act2 = _or_identity(make_act(c_out))
+        prefix = f"{name}." if name else ""
+        inside += [f"{prefix}conv", f"{prefix}pointwise"]
+    return inside
+
+
 def wrap_units(model: nn.Module, names: list[str], make_shift: ModuleFactory,
                make_act: ModuleFactory) -> list[str]:
     """Wrap each named layer with the BatchNorm right after it into a :class:`BinaryUnit`
@@ -151,10 +175,12 @@ def wrap_units(model: nn.Module, names: list[str], make_shift: ModuleFactory,
 def convert_to_units(model: nn.Module, names: list[str], first: str,
                      make_layer: Callable[[str, nn.Module], nn.Module], make_shift: ModuleFactory,
                      make_act: ModuleFactory, avgpool_downsample: bool) -> nn.Module:
-    """Bi-Real/ReActNet surgery: ResNet BasicBlocks become two units each, every other binary
-    layer with binary inputs its own unit, the host's ReLUs go (sign or RPReLU follows), the
+    """Bi-Real/ReActNet surgery: ResNet BasicBlocks become two units each, ReActNet-A blocks
+    get the method's shifts and activations, every other binary layer with binary inputs its
+    own unit, the host's ReLUs go (sign or RPReLU follows), the
     host's Dropout moves after the next binary layer's sign."""
     inside = set(rebuild_resnet_blocks(model, make_shift, make_act, avgpool_downsample))
+    inside |= set(fill_reactnet_a_blocks(model, make_shift, make_act))
     replace_layers(model, names, make_layer)
     wrap_units(model, [n for n in names if n not in inside and n != first], make_shift, make_act)
     replace_activations(model, (nn.ReLU,), lambda _: nn.Identity())

@@ -21,11 +21,18 @@ from bnnbench.nn.modern_layers import LearnableShift, RPReLU
 @register_method
 class ReActNet(_UnitMethod):
     """ReActNet: Bi-Real units with RSign and RPReLU, learnable per-channel shifts (Liu et al.
-    2020), on any host (the "ReActNet ResNet-18" variant is ``model=resnet18``).
+    2020), on any host: ``model=reactnet_a`` is ReActNet-A (the paper's MobileNet-V1-based
+    network, :class:`~bnnbench.models.reactnet_a.ReActNetA`), ``model=resnet18`` the "ReActNet
+    ResNet-18" variant.
 
     Unit (the authors' ``BasicBlock``, resnet/2_step2/birealnet.py):
     ``y = RPReLU(BN(conv(RSign(x), W_b)) + shortcut(x))``, the same units and shortcuts as
     :class:`~bnnbench.methods.bireal.BiRealNet` (the shortcut carries the unshifted ``x``).
+    On ``model=reactnet_a`` each block (:class:`~bnnbench.nn.modern_layers.ReActNetABlock`,
+    the authors' mobilenet ``BasicBlock``) is two such units: the binary 3x3 conv
+    (``C -> C``, AvgPool shortcut at stride 2) then the binary 1x1 conv (``C -> C``, or
+    ``C -> 2C`` with the shortcut duplicated: the authors' two concatenated 1x1 convs); the
+    real stem conv (no activation) and the real fc stay.
     RSign (Eq. 2): ``sign(x - alpha_c)``, stored as a :class:`~bnnbench.nn.modern_layers.
     LearnableShift` ``b = -alpha`` (init 0) in front of the layer's sign (the authors' ``move0``);
     backward ApproxSign (the authors' ``BinaryActivation``), so ``dL/db_c = sum over channel c of
@@ -40,8 +47,8 @@ class ReActNet(_UnitMethod):
     else (BN, shifts, slopes, the real classifier) has none (:meth:`param_groups`, the authors'
     two Adam groups). The distributional loss (KL to a real teacher's softmax, T = 1) is the
     knowledge-distillation recipe, not part of this method. Adam lr 5e-4 to 2.5e-3, linear decay.
-    Reproduces: ReActNet ResNet-18 65.5 top-1 on ImageNet (Table 6); ReActNet-A (MobileNet-V1
-    host, not built here) 69.4 / 88.6.
+    Reproduces: ReActNet-A 69.4 / 88.6 top-1 / top-5 on ImageNet (``model=reactnet_a``,
+    Table 4); ReActNet ResNet-18 65.5 top-1 (``model=resnet18``).
     """
 
     name = "reactnet"

@@ -21,6 +21,9 @@ Modules:
   own real-valued shortcut (Bi-Real Net Fig. 1; ReActNet adds ``shift`` and ``act``).
 * :class:`BiRealBlock`: a ResNet BasicBlock rebuilt as two such units, keeping the host's
   parameter names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``downsample``).
+* :class:`ReActNetABlock`: ReActNet-A's block (MobileNet-V1's separable pair as two units with
+  real shortcuts; the 1x1 unit doubles the channels by concatenation), the block of
+  ``model=reactnet_a``.
 
 References
 ----------
@@ -364,3 +367,50 @@ class BiRealBlock(nn.Module):
         shortcut = self.downsample(x) if self.downsample is not None else x
         y1 = self.act1(self.bn1(self.conv1(self.shift1(x))) + shortcut)
         return self.act2(self.bn2(self.conv2(self.shift2(y1))) + y1)
+
+
+class ReActNetABlock(nn.Module):
+    r"""ReActNet-A's block ([REACT] Sec. 3.1, Fig. 3; the authors' ``BasicBlock`` in
+    mobilenet/2_step2/reactnet.py): MobileNet-V1's depthwise-separable pair with the 3x3
+    depthwise conv replaced by a full 3x3 conv ``C -> C`` and a real-valued shortcut around each
+    conv, ``C`` input and ``D`` output channels, ``D = C`` or ``D = 2C``:
+
+        ``y1 = act1(bn1(conv(shift1(x))) + pool(x))``
+        ``y2 = act2(bn2(pointwise(shift2(y1))) + [y1, y1])``   (``+ y1`` when ``D = C``)
+
+    ``pool`` is ``AvgPool2d(2)`` when the 3x3 conv has stride 2 (the parameter-free downsampling
+    shortcut), else the identity; ceil mode, so odd sizes give the conv's ``ceil(H / 2)`` (equal
+    to the authors' floor mode on ImageNet's even sizes). For ``D = 2C`` the authors duplicate the
+    1x1 conv (``binary_pw_down1/2``, ``C -> C`` each, their own BN each), add ``y1`` to both and
+    concatenate; ``pointwise`` is those two convs stacked along the output channels
+    (``C -> 2C``: rows ``:C`` are ``down1``, rows ``C:`` ``down2``) and ``bn2`` their two
+    BatchNorms: BatchNorm and the per-filter weight scale act per output channel, so the function
+    is the same, parameter for parameter.
+
+    As a host (full precision): ``shift1``/``shift2`` are identities and ``act1``/``act2`` ReLU
+    (after the addition, as a ResNet). A method swaps the convs for binary ones and, for
+    ReActNet, fills the shifts (RSign's learned thresholds, the authors' ``move11``/``move21``)
+    and the activations (RPReLU: ``move12 -> prelu1 -> move13``, ``move22 -> prelu2 -> move23``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        if out_channels not in (in_channels, 2 * in_channels) or stride not in (1, 2):
+            raise ValueError(f"a ReActNet-A block maps C -> C or C -> 2C channels at stride 1 "
+                             f"or 2, got {in_channels} -> {out_channels} at stride {stride}")
+        self.shift1: nn.Module = nn.Identity()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.pool: nn.Module = (nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2
+                                else nn.Identity())
+        self.act1: nn.Module = nn.ReLU()
+        self.shift2: nn.Module = nn.Identity()
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act2: nn.Module = nn.ReLU()
+        self.copies = out_channels // in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        y1 = self.act1(self.bn1(self.conv(self.shift1(x))) + self.pool(x))
+        shortcut = y1 if self.copies == 1 else torch.cat([y1] * self.copies, dim=1)
+        return self.act2(self.bn2(self.pointwise(self.shift2(y1))) + shortcut)

@@ -88,7 +88,8 @@ def paper_group(setting: str) -> str:
     """'paper (ImageNet, ResNet-18)': the column group of a printed number, from its setting."""
     data = next((d for d in ("ImageNet", "CIFAR-100", "CIFAR-10", "SVHN", "MNIST")
                  if d in setting), "own setting")
-    net = next((n for n in ("ResNet-18", "ResNet-34", "expanded NIN", "NIN", "AlexNet", "VGG")
+    net = next((n for n in ("ReActNet-A", "ResNet-18", "ResNet-34", "expanded NIN", "NIN",
+                            "AlexNet", "VGG")
                 if n in setting), None)
     return f"paper ({data}, {net})" if net else f"paper ({data})"
 

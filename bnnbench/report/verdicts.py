@@ -55,6 +55,14 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
         Claim("m = 2 > m = 1 residual binarizations", "method.activation_bits=2",
               "method.activation_bits=1"),
     ),
+    # the papers' ImageNet orderings (ResNet-18, ReActNet's on ReActNet-A: the paper column
+    # says which); tested on the modern table's one host
+    "modern": (
+        Claim("ReActNet > Bi-Real Net", "method=reactnet", "method=bireal"),
+        Claim("Bi-Real Net > XNOR-Net", "method=bireal", "method=xnor"),
+        Claim("XNOR-Net++ > XNOR-Net", "method=xnorpp", "method=xnor"),
+        Claim("XNOR-Net > BNN", "method=xnor", "method=bnn"),
+    ),
     "abcnet_grid": (
         Claim("more weight bases: M = 5 > M = 1 (N = 1)",
               "method.weight_bases=5 method.activation_bases=1",
