@@ -39,7 +39,7 @@ def test_modern_sweep_is_a_table_over_methods():
     assert sweep_keys("modern") == ["method"]
     assert "ReActNet-A at width 1/4" in sweep_title("modern")
     published = load_published(PUBLISHED, "modern")
-    assert {k for k in published if " " not in k} == set(TOP1)
+    assert {k for k in published if " " not in k} == {f"method={m}" for m in TOP1}
 
 
 def test_modern_table_renders_from_fake_runs(tmp_path):
@@ -80,15 +80,18 @@ def test_modern_table_renders_from_fake_runs(tmp_path):
 
 
 def test_modern_table_over_the_papers_hosts_shows_their_resnet_rows(tmp_path):
-    """Rerun over model=resnet18,resnet34: rows keyed by method and model, Bi-Real-18/34."""
+    """Rerun over model=resnet18,resnet34: rows keyed by method and model, Bi-Real-18/34 and
+    ReActNet on ResNet-18 beside them."""
     runs = tmp_path / "runs"
-    for model in ("resnet18", "resnet34"):
-        for seed in range(2):
-            fake_run(runs, "bireal", model, seed, 70.0 + seed)
+    for method in ("bireal", "reactnet"):
+        for model in ("resnet18", "resnet34"):
+            for seed in range(2):
+                fake_run(runs, method, model, seed, 70.0 + seed)
     main(["modern", "--runs", str(runs), "--out", str(tmp_path / "out"), "--no-plots"])
     text = (tmp_path / "out" / "modern.md").read_text()
     assert "62.2" in row(text, "method=bireal model=resnet34")
     assert "56.4" in row(text, "method=bireal model=resnet18")
+    assert "65.5" in row(text, "method=reactnet model=resnet18")
     assert "| ReActNet > Bi-Real Net | rows not in these runs |" in text
 
 
