@@ -1,4 +1,6 @@
-"""Optional Lightning callbacks a run can switch on from the ``callbacks/`` config group.
+"""Lightning callbacks: :class:`EpochRecorder` (every run's per-epoch curves and epoch times, the
+numbers metrics.json keeps) and the optional ones a run switches on from the ``callbacks/``
+config group.
 
 :class:`FlipRatio` records the statistic of Tang, Hua, Wang 2017 ("How to Train a Compact Binary
 Neural Network with High Accuracy?", AAAI), Section "Learning rate" and Figure 2: how often the
@@ -13,6 +15,7 @@ averaged over the steps of an epoch.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -107,3 +110,35 @@ class FlipRatio(pl.Callback):
             self.curves[FLIP_RATIO_PREFIX + name].append(ratio)
             self._flips[name].zero_()
         self._steps = 0
+
+
+class EpochRecorder(pl.Callback):
+    """Collects per-epoch curves (train loss, val metrics, learning rate) and epoch wall times."""
+
+    KEYS = ("train/loss", "val/loss", "val/top1", "val/top5")
+
+    def __init__(self) -> None:
+        self.curves: dict[str, list[float]] = {k: [] for k in (*self.KEYS, "lr")}
+        self.epoch_time_s: list[float] = []
+        self._start = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in each checkpoint: a resumed run's record holds every epoch's curves."""
+        return {"curves": self.curves, "epoch_time_s": self.epoch_time_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curves = {k: list(v) for k, v in state["curves"].items()}
+        self.epoch_time_s = list(state["epoch_time_s"])
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.epoch_time_s.append(round(time.perf_counter() - self._start, 4))
+        metrics = trainer.callback_metrics
+        for key in self.KEYS:
+            value = metrics.get(key)
+            self.curves[key].append(float(value) if value is not None else float("nan"))
+        self.curves["lr"].append(float(trainer.optimizers[0].param_groups[0]["lr"]))

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from bnnbench.callbacks import FlipRatio
+from bnnbench.callbacks import EpochRecorder, FlipRatio
 from bnnbench.errors import (
     BnnbenchError,
     Diverged,
@@ -39,7 +39,7 @@ from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.optimizers import binary_weights, takes_binary_groups
 from bnnbench.recipes import STAGES, TWO_STAGE, load_teacher, stage_config, warm_start
-from bnnbench.report.record import EpochRecorder, RunRecord, git_commit
+from bnnbench.report.record import RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,

@@ -279,3 +279,126 @@ def test_named_table_renders_a_sweep_whose_point_failed(tmp_path, monkeypatch, c
               "--out", str(tmp_path / "reports2")])
     err = capsys.readouterr().err
     assert "exited with code 2 before writing" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ named tables from fake runs
+def _sweep_points(table: str) -> list[tuple[str | None, dict[str, str], int]]:
+    """Every (method choice, {dotted key: value}, seed) a named table's sweep file launches."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    sweep = OmegaConf.load(CONF / "sweep" / f"{table}.yaml")
+    fixed = next((str(v) for d in sweep.get("defaults", []) if not isinstance(d, str)
+                  for k, v in d.items() if k == "/method"), None)  # e.g. `- /method: tang`
+    params = {k.lstrip("+"): str(v).split(",") for k, v in sweep.hydra.sweeper.params.items()}
+    seeds = [int(s) for s in params.pop("seed")]
+    points = []
+    for values in itertools.product(*params.values()):
+        setting = dict(zip(params, values))
+        method = setting.pop("method", fixed)
+        for key in [k for k in setting if k.startswith("sweep/")]:  # a nested group's option
+            option = OmegaConf.load(CONF / key / f"{setting.pop(key)}.yaml")
+            method = next(v for d in option.defaults if not isinstance(d, str)
+                          for k, v in d.items() if k == "/method")
+        points += [(method, setting, seed) for seed in seeds]
+    return points
+
+
+def _fake_flips(method: str, lr: float, seed: int) -> dict[str, list[float]]:
+    """Flip curves shaped like Tang's Figure 2: at lr 1e-2 BNN flips 1000x as many signs as
+    full precision, at lr 1e-4 as many as full precision at 1e-2; falling over three epochs;
+    4 layers, as the MLP has."""
+    scale = 0.1 * (lr / 1e-2) ** 1.5 if method != "fp" else 1e-2 * lr
+    return {f"flip_ratio/net.{i}": [min(0.5, scale * (1 + 0.1 * seed) / (e + 1))
+                                    for e in range(3)] for i in (1, 4, 7, 10)}
+
+
+def _fake_table_runs(table: str, root: Path) -> int:
+    """Fake finished runs of every point of ``table``'s sweep (top-1 from the setting's hash)."""
+    from omegaconf import OmegaConf
+
+    points = _sweep_points(table)
+    for i, (method, setting, seed) in enumerate(points):
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(
+            [f"{k}={v}" for k, v in setting.items()]))
+        tree["seed"] = seed
+        top1 = 80.0 + (sum(map(ord, str(sorted(setting.items())) + str(method))) % 15) + seed
+        record = _record(method or "fp", seed, top1)
+        record.overrides = [f"+sweep={table}"]
+        if "optimizer.lr" in setting and table == "tang_fig2":
+            record.curves = {**record.curves,
+                             **_fake_flips(method, float(setting["optimizer.lr"]), seed)}
+        _run_dir(root, f"{i}_{method}", OmegaConf.to_yaml(tree), record)
+    return len(points)
+
+
+@pytest.mark.parametrize("table", [t for t in list_tables()])
+def test_every_named_table_rerenders_from_its_runs(tmp_path, table):
+    """`python -m bnnbench.report <table> --runs DIR` renders each table's sweep (one fake run
+    per point and seed): every run in the CSV, the table's rows, its plots as real PNGs."""
+    count = _fake_table_runs(table, tmp_path / "runs")
+    out = tmp_path / "out"
+    main([table, "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    text = (out / f"{table}.md").read_text()
+    assert f"python -m bnnbench.report {table} --runs {tmp_path / 'runs'}" in text
+    with open(out / f"{table}.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == count and {r["status"] for r in rows} == {"finished"}
+    settings = {r["setting"] for r in rows}
+    assert all(f"| {s} " in text for s in settings)
+    pngs = ["size", "curves"] + (["flip_ratio"] if table == "tang_fig2" else [])
+    for kind in pngs:
+        with Image.open(out / f"{table}_{kind}.png") as image:
+            image.verify()
+    if table in ("tang_table2", "tang_table3", "tang_table5", "abcnet_grid", "tang_fig2"):
+        assert "## The paper's claims at this scale" in text
+    # rerendering the same runs gives the same files
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    main([table, "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_tang_fig2_report_from_fake_runs(tmp_path):
+    """Figure 2 from runs whose flip curves are known: the per-layer table holds each setting's
+    mean over seeds and epochs (in %), the plot is a PNG of one panel per layer, and the
+    verdicts follow the shares (BNN ~1000x full precision at 1e-2, close to it at 1e-4)."""
+    _fake_table_runs("tang_fig2", tmp_path / "runs")
+    out = tmp_path / "out"
+    main(["tang_fig2", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    text = (out / "tang_fig2.md").read_text()
+    flips = text.split("## Latent-weight sign flips")[1]
+    line = next(line for line in flips.splitlines()
+                if line.startswith("| optimizer.lr=0.01 method=tang "))
+    seeds = [statistics.fmean(_fake_flips("tang", 0.01, s)["flip_ratio/net.1"]) for s in range(3)]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["3", f"{100 * statistics.fmean(seeds):.3g} ± "
+                               f"{100 * statistics.stdev(seeds):.2g}"]
+    header = next(line for line in flips.splitlines() if line.startswith("| setting "))
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == \
+        ["net.1", "net.4", "net.7", "net.10"]  # network order, not string order
+    verdicts = {line.split("|")[1].strip(): line.rstrip(" |").split("|")[-1].strip()
+                for line in text.splitlines() if "(n = 3)" in line and "flip" in line.lower()}
+    assert verdicts == {
+        "at lr 1e-2, BNN flips far more signs than full precision": "reproduced",
+        "BNN flips fewer signs at lr 1e-4 than at lr 1e-2": "reproduced",
+        "BNN at lr 1e-4 flips about as many signs as full precision at lr 1e-2": "reproduced"}
+    data = (out / "tang_fig2_flip_ratio.png").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    with Image.open(out / "tang_fig2_flip_ratio.png") as image:
+        assert image.size[0] > 600 and image.size[1] > 300
+
+
+def test_report_cli_imports_nothing_heavy():
+    """`python -m bnnbench.report --help` (and reading runs) loads no torch, Lightning, pandas
+    or matplotlib: those load when a report is built."""
+    code = ("import sys, runpy; sys.argv = ['bnnbench.report', '--help']\n"
+            "try:\n    runpy.run_module('bnnbench.report', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "import bnnbench.report.collect, bnnbench.report.verdicts, bnnbench.summary\n"
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'pandas', "
+            "'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: python -m bnnbench.report" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"

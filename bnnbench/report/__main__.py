@@ -17,6 +17,7 @@ import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
@@ -29,8 +30,10 @@ from bnnbench.report.collect import (
     parse_overrides,
     swept_keys,
 )
-from bnnbench.report.render import Report, build_report, write_report
-from bnnbench.report.verdicts import CLAIMS
+from bnnbench.report.verdicts import has_claims
+
+if TYPE_CHECKING:  # pandas and matplotlib load when a report is built, not for --help
+    from bnnbench.report.render import Report
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = Path(CONFIG_DIR) / "sweep"
@@ -105,6 +108,8 @@ def sweep_of(runs: list[Run]) -> str | None:
 def build(dirs: list[Path], *, table: str | None = None, name: str | None = None,
           command: str) -> Report:
     """The report of every run under ``dirs`` (a named ``table``'s title, keys and claims)."""
+    from bnnbench.report.render import build_report
+
     runs = load_runs(dirs)
     if not runs:
         raise BnnbenchError(f"no run under {', '.join(map(str, dirs))} (no metrics.json, "
@@ -118,12 +123,14 @@ def build(dirs: list[Path], *, table: str | None = None, name: str | None = None
     return build_report(runs, keys, name=name or table or "report", title=title,
                         command=command, sources=list(dirs),
                         published=load_published(PUBLISHED, paper),
-                        claims_table=table if table in CLAIMS else paper)
+                        claims_table=table if has_claims(table) else paper)
 
 
 def render(dirs: list[Path], out_dir: Path, *, command: str, table: str | None = None,
            name: str | None = None, plots: bool = True, echo: bool = True) -> list[Path]:
     """Build and write a report; with ``echo``, print its table and verdicts."""
+    from bnnbench.report.render import write_report
+
     report = build(dirs, table=table, name=name, command=command)
     written = write_report(report, out_dir, plots=plots)
     if echo:

@@ -18,12 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bnnbench.files import atomic_path  # noqa: E402
+from bnnbench.report.flips import FLIP_PREFIX, layer_order  # noqa: E402
 
 if TYPE_CHECKING:
     from bnnbench.report.render import Report
-
-FLIP_PREFIX = "flip_ratio/"
-
 
 def pareto_front(sizes: list[float], accuracies: list[float]) -> list[int]:
     """Indices of the points no other point beats: none is at most as large and at least as
@@ -111,22 +109,25 @@ def _by_setting(report: Report) -> dict[str, list[dict[str, list[float]]]]:
 
 
 def _seed_lines(ax: plt.Axes, runs: list[list[float]], color: tuple[float, ...],
-                label: str) -> None:
+                label: str, style: str = "-") -> None:
     """Each seed thin, their mean (over the epochs all seeds reached) thick."""
     for values in runs:
-        ax.plot(range(1, len(values) + 1), values, color=color, lw=0.7, alpha=0.55,
+        ax.plot(range(1, len(values) + 1), values, color=color, lw=0.7, alpha=0.55, ls=style,
                 marker="." if len(values) < 3 else None)
     common = min(len(v) for v in runs)
     if common:
         mean = np.nanmean(np.array([v[:common] for v in runs], dtype=float), axis=0)
-        ax.plot(range(1, common + 1), mean, color=color, lw=2.0, label=label,
+        ax.plot(range(1, common + 1), mean, color=color, lw=2.0, ls=style, label=label,
                 marker="o" if common < 3 else None)
 
 
 def _epoch_axis(ax: plt.Axes, epochs: int) -> None:
     ax.set_xlabel("epoch")
     ax.set_xlim(0.5, epochs + 0.5)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=min(epochs, 10)))
+    if epochs <= 10:  # every epoch ticked (MaxNLocator puts 0.6, 1.2 on a one-epoch axis)
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(range(1, epochs + 1))))
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=10))
 
 
 def _max_epochs(report: Report) -> int:
@@ -156,36 +157,76 @@ def training_curves(report: Report, path: Path) -> bool:
     return True
 
 
+def _flip_styles(report: Report) -> dict[str, tuple[tuple[float, ...], str]]:
+    """(colour, line style) per setting. A sweep of ``method`` x one other setting (Figure 2:
+    method x learning rate) gets one colour per value of the other setting and one line style per
+    method (solid for the first, dashed for the next, ...), so "BNN vs full precision at each lr"
+    reads at a glance; any other sweep keeps its report colours, solid."""
+    palette = _palette(report)
+    if len(report.keys) != 2 or "method" not in report.keys:
+        return {s: (c, "-") for s, c in palette.items()}
+    other = report.keys[1 - report.keys.index("method")]
+    settings = list(palette)
+    values = list(dict.fromkeys(report.long[other].astype(str)))
+    methods = list(dict.fromkeys(report.long["method"].astype(str)))
+    cmap = plt.get_cmap("tab10")
+    styles = ("-", "--", ":", "-.")
+    out = {}
+    for setting in settings:
+        parts = dict(p.partition("=")[::2] for p in setting.split(" "))
+        colour = cmap(values.index(parts[other]) % cmap.N) if parts.get(other) in values \
+            else palette[setting]
+        method = parts.get("method")
+        style = styles[methods.index(method) % len(styles)] if method in methods else "-"
+        out[setting] = (colour, style)
+    return out
+
+
+def _decades(ax: plt.Axes) -> float:
+    """How many orders of magnitude a log axis spans (under one: label the minor ticks too)."""
+    low, high = ax.get_ylim()
+    return math.log10(high / low) if low > 0 and high > 0 else math.inf
+
+
 def flip_ratio(report: Report, path: Path) -> bool:
+    """Tang et al. 2017 Figure 2 per epoch: one panel per weight layer (network order), the
+    percent of its latent weights whose sign flips per step, log axis as the paper's."""
     grouped = _by_setting(report)
-    layers = sorted({k[len(FLIP_PREFIX):] for runs in grouped.values() for c in runs for k in c
-                     if k.startswith(FLIP_PREFIX)})
+    layers = layer_order(k[len(FLIP_PREFIX):] for runs in grouped.values() for c in runs
+                         for k in c if k.startswith(FLIP_PREFIX))
     if not layers:
         return False
     cols = min(4, len(layers))
     rows = math.ceil(len(layers) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False,
-                             sharex=True)
-    palette = _palette(report)
+                             sharex=True, sharey=True)
+    styles = _flip_styles(report)
     for ax, layer in zip(axes.flat, layers):
         for setting, runs in grouped.items():
-            color = palette[setting]
-            series = [c[FLIP_PREFIX + layer] for c in runs if c.get(FLIP_PREFIX + layer)]
+            colour, style = styles[setting]
+            series = [[math.nan if v is None else 100 * v for v in c[FLIP_PREFIX + layer]]
+                      for c in runs if c.get(FLIP_PREFIX + layer)]
             if series:
-                _seed_lines(ax, series, color, _label(setting))
-        ax.set_title(layer, fontsize=9)
-        ax.grid(True, alpha=0.3)
+                _seed_lines(ax, series, colour, _label(setting), style)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_yscale("log", nonpositive="mask")  # an epoch without a flip is left out
+        ax.grid(True, which="both", alpha=0.3)
         _epoch_axis(ax, _max_epochs(report))
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _pos: f"{value:g}")  # 0.01, not 10^-2
+    for ax in axes.flat:  # one y axis (shared): label the minor ticks when it spans < 1 decade
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if _decades(ax) < 1 else
+                                     matplotlib.ticker.NullFormatter())
     for ax in axes[:, 0]:
-        ax.set_ylabel("share of signs flipped")
+        ax.set_ylabel("signs flipped per step (%)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)),
-               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 4)))
     fig.suptitle(f"{report.name}: latent-weight sign flips per layer per epoch "
                  "(Tang et al. 2017, Fig. 2)")
     fig.tight_layout()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(3, len(labels)),
+               bbox_to_anchor=(0.5, 0.0))
     _save(fig, path)
     return True
 

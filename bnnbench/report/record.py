@@ -1,4 +1,9 @@
-"""RunRecord: what one run leaves in ``<run_dir>/metrics.json``, and the callback that fills it."""
+"""RunRecord: what one run leaves in ``<run_dir>/metrics.json``.
+
+The report reads it, so this module imports nothing heavy (no torch, no Lightning: the report CLI
+starts in a fraction of a second); the Lightning callback that collects a run's curves is
+:class:`bnnbench.callbacks.EpochRecorder`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,9 @@ import hashlib
 import json
 import math
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 
 from bnnbench.errors import BnnbenchError, check_knobs, first_line
 from bnnbench.files import write_atomic
@@ -115,35 +118,3 @@ def git_commit(path: Path | None = None) -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-class EpochRecorder(pl.Callback):
-    """Collects per-epoch curves (train loss, val metrics, learning rate) and epoch wall times."""
-
-    KEYS = ("train/loss", "val/loss", "val/top1", "val/top5")
-
-    def __init__(self) -> None:
-        self.curves: dict[str, list[float]] = {k: [] for k in (*self.KEYS, "lr")}
-        self.epoch_time_s: list[float] = []
-        self._start = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        """Saved in each checkpoint: a resumed run's record holds every epoch's curves."""
-        return {"curves": self.curves, "epoch_time_s": self.epoch_time_s}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.curves = {k: list(v) for k, v in state["curves"].items()}
-        self.epoch_time_s = list(state["epoch_time_s"])
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.epoch_time_s.append(round(time.perf_counter() - self._start, 4))
-        metrics = trainer.callback_metrics
-        for key in self.KEYS:
-            value = metrics.get(key)
-            self.curves[key].append(float(value) if value is not None else float("nan"))
-        self.curves["lr"].append(float(trainer.optimizers[0].param_groups[0]["lr"]))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from bnnbench.files import write_atomic
 from bnnbench.report.collect import Published, Run, group_rows, row_key
+from bnnbench.report.flips import flip_table
 from bnnbench.report.verdicts import claim_lines
 
 DATA_DESCRIPTIONS = {
@@ -208,6 +209,9 @@ class Report:
     claims: list[str]
     #: (setting, seed, per-epoch curves) of every finished run, for the plots
     curves: list[tuple[str, int, dict[str, list[float]]]] = field(default_factory=list)
+    #: Tang et al.'s Figure 2 as numbers (setting x layer, % of signs flipped per step), when the
+    #: runs recorded flip curves
+    flips: pd.DataFrame | None = None
     plots: dict[str, str] = field(default_factory=dict)
 
     def summary_markdown(self) -> str:
@@ -236,11 +240,12 @@ def build_report(runs: list[Run], keys: list[str], *, name: str, title: str, com
     ours_label = (f"ours ({scale[0]}, {scale[1]}, {epochs} epoch{'' if epochs == '1' else 's'})"
                   if not done.empty else "ours")
     claims = claim_lines(claims_table, group_rows(runs, keys), published) if claims_table else []
+    curves = [(row_key({k: r.setting(k) for k in keys}, keys), r.record.seed, r.record.curves)
+              for r in runs if r.finished and r.record]
     return Report(name=name, title=title, command=command, sources=sources, keys=keys, long=long,
                   summary=summary_frame(long, published, ours_label), ours_label=ours_label,
-                  pivot=pivot_frame(long, keys), claims=claims,
-                  curves=[(row_key({k: r.setting(k) for k in keys}, keys), r.record.seed,
-                           r.record.curves) for r in runs if r.finished and r.record])
+                  pivot=pivot_frame(long, keys), claims=claims, curves=curves,
+                  flips=flip_table(curves))
 
 
 def markdown(report: Report) -> str:
@@ -265,20 +270,21 @@ def markdown(report: Report) -> str:
         text += [f"## Top-1 (%): {rows} (rows) x {cols} (columns)", "",
                  report.pivot.to_markdown(), ""]
     if report.claims:
-        text += ["## The paper's claims at this scale", "",
-                 "Ours: difference of mean test top-1 between the two rows, ± its standard "
-                 "error over seeds; reproduced / not reproduced when beyond 2 standard errors "
-                 "with the paper's sign / the opposite sign, inconclusive within or with fewer "
-                 "than 3 seeds (`bnnbench/report/verdicts.py`).", "", *report.claims, ""]
+        text += ["## The paper's claims at this scale", "", *report.claims, ""]
     if "curves" in report.plots:
         text += ["## Training curves", "",
                  "Train loss and validation top-1 per epoch; thin lines: one seed each, thick: "
                  "their mean.", "", f"![training curves]({report.plots['curves']})", ""]
-    if "flip_ratio" in report.plots:
+    if report.flips is not None:
         text += ["## Latent-weight sign flips (Tang et al. 2017, Figure 2)", "",
-                 "Share of each binary layer's latent weights whose sign flipped during the "
-                 "epoch (mean over seeds).", "",
-                 f"![flip ratio]({report.plots['flip_ratio']})", ""]
+                 "Per weight layer (binary or not), the share of its latent weights whose sign "
+                 "changed at an optimizer step, in percent: averaged over each epoch's steps "
+                 "(`callbacks=flip_ratio`, `bnnbench.callbacks.FlipRatio`), then over the run's "
+                 "epochs; mean ± std over the n seeds. Figure 2 of the paper plots these per "
+                 "layer on a log axis.", "", report.flips.to_markdown(index=False), ""]
+        if "flip_ratio" in report.plots:
+            text += ["Per epoch, per layer (log axis; thin: one seed, thick: their mean):", "",
+                     f"![flip ratio]({report.plots['flip_ratio']})", ""]
     rest = not_finished_frame(report.long)
     if not rest.empty:
         text += ["## Runs that did not finish", "",
