@@ -99,15 +99,24 @@ class Convention:
 
     def __post_init__(self) -> None:
         if self.full_precision is not None:
+            if not isinstance(self.full_precision, (list, tuple)):
+                raise BnnbenchError(f"size.full_precision={self.full_precision!r} is not valid: "
+                                    f"need a list of {', '.join(FP_RULES)} or null (read the "
+                                    "layers)")
             rules = tuple(self.full_precision)
             bad = [r for r in rules if r not in FP_RULES]
             if bad:
                 raise BnnbenchError(f"size.full_precision: unknown rule {bad[0]!r}; use a list "
                                     f"of {', '.join(FP_RULES)} or null (read the layers)")
             object.__setattr__(self, "full_precision", rules)
+        for key in ("count_bias", "count_bn", "count_buffers", "count_other"):
+            if not isinstance(getattr(self, key), bool):
+                raise BnnbenchError(f"size.{key}={getattr(self, key)!r} is not valid: need true "
+                                    "or false")
         for key in ("weight_bits", "floats_per_channel", "last_floats_per_channel"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 0
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0
                                       or (key == "weight_bits" and not 1 <= value <= 32)):
                 raise BnnbenchError(f"size.{key}={value!r} is out of range: need an integer "
                                     + ("in [1, 32]" if key == "weight_bits" else ">= 0"))
@@ -153,7 +162,8 @@ def get_convention(name: str, **overrides: Any) -> Convention:
     if "full_precision" in changes:
         fp = changes["full_precision"]
         changes["full_precision"] = (None if fp in ("layers", "model") else
-                                     (fp,) if isinstance(fp, str) else tuple(fp))
+                                     (fp,) if isinstance(fp, str) else
+                                     tuple(fp) if isinstance(fp, (list, tuple)) else fp)
     unknown = set(changes) - {f.name for f in dataclasses.fields(Convention)}
     if unknown:
         raise BnnbenchError(f"size: unknown convention field {sorted(unknown)[0]!r}")

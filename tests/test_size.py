@@ -199,7 +199,7 @@ def test_hydra_settings_of_a_run_are_not_sizes():
     run, size = composed["config"], composed["size"]
     assert run.callbacks.guard_run_dir._target_ == "bnnbench.rundir.GuardRunDir"
     assert set(run.callbacks) == {"sweep_outcome", "guard_run_dir", "render_report"}
-    assert run.run.dir.startswith("${paths.log_dir}/runs/") and run.output_subdir is None
+    assert "/runs/" in run.run.dir and run.output_subdir is None  # under paths.log_dir
     assert dict(size.callbacks) == {} and size.run.dir == "." and size.output_subdir is None
 
 
@@ -219,6 +219,40 @@ def test_cli_errors_are_one_line(capsys):
     assert err.count("\n") == 1 and "size.convention='nosuch'" in err
     with pytest.raises(KeyError):  # anything else is a bug: keep the traceback
         call_or_exit(lambda: {}["x"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("full_precision", 123, "size.full_precision=123 is not valid: need a list of first"),
+    ("count_bn", "maybe", "size.count_bn='maybe' is not valid: need true or false"),
+    ("weight_bits", True, "size.weight_bits=True is out of range"),
+    ("weight_bits", 99, "size.weight_bits=99 is out of range: need an integer in [1, 32]"),
+])
+def test_bad_convention_fields_are_one_line(capsys, field, value, message):
+    """``bnnbench size size.<field>=<value>``: what the command line can type, each one line
+    (size.full_precision=123 and size.count_bn=maybe were a TypeError and a silent true)."""
+    from bnnbench.errors import call_or_exit
+
+    with pytest.raises(SystemExit) as exc:
+        call_or_exit(get_convention, "deployed", **{field: value})
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """out= under a file (or a read-only hydra.run.dir): one line naming the path and the
+    reason, not a traceback; an OSError about no path at all stays a traceback (a bug)."""
+    from bnnbench.errors import call_or_exit
+    from bnnbench.size import output_path, write_json
+
+    (tmp_path / "a_file").write_text("")
+    size = account(small_net(), "deployed")
+    with pytest.raises(SystemExit) as exc:
+        call_or_exit(lambda: write_json(size, output_path(tmp_path / "a_file" / "sizes")))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'a_file' / 'sizes'}: Not a directory" in err
+    with pytest.raises(OSError, match="boom"):
+        call_or_exit(lambda: (_ for _ in ()).throw(OSError("boom")))
 
 
 # ---------------------------------------------------------------------------------- Tang
