@@ -203,9 +203,17 @@ def call_or_exit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``; a BnnbenchError (or another ``user_facing`` error, e.g. the
     kernels' KernelInputError) anywhere in the cause chain becomes one line on
     stderr and its exit status (2; 143 for a preempted run). The chain is searched because
-    hydra's ``instantiate`` wraps the errors its targets raise."""
+    hydra's ``instantiate`` wraps the errors its targets raise. An OSError about a file (a path
+    that cannot be created or written) is one line too, naming the path and the reason."""
     try:
         return fn(*args, **kwargs)
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        # out=/dev/null/x, a read-only hydra.run.dir, a full disk: the path and the reason
+        print(f"bnnbench: error: {err.filename}: {err.strerror or first_line(err)}; check the "
+              "path given (out=, hydra.run.dir=, paths.root_dir=, ...)", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as err:
         cause: BaseException | None = err
         while cause is not None and not getattr(cause, "user_facing", False):

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import PACKED_FILE, export_run, free_path, load_packed, read_packed
-from bnnbench.files import write_atomic
+from bnnbench.export import PACKED_FILE, export_run
+from bnnbench.files import free_path, write_atomic
+from bnnbench.packed.format import load_packed, read_packed
 from bnnbench.spec import (
     GEOMETRY_KEYS,
     Spec,

@@ -47,6 +47,16 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else ``stem-1.suffix``, ``stem-2.suffix``, ... (a result
+    never replaces one already written)."""
+    if not path.exists():
+        return path
+    i = 1
+    while (candidate := path.with_name(f"{path.stem}-{i}{path.suffix}")).exists():
+        i += 1
+    return candidate
+
 
 def _umask() -> int:
     mask = os.umask(0o022)

@@ -6,7 +6,7 @@
   then linked into place: ``link`` fails on an existing name, like ``O_CREAT | O_EXCL``): of two
   runs started together into one directory exactly one gets it. The lock lives as long as the run's
   process, so a marker whose lock is free belongs to a run that died.
-* :class:`GuardRunDir` is a Hydra callback (``hydra.callbacks`` in conf/config.yaml) that claims
+* :class:`GuardRunDir` is a Hydra callback (``callbacks`` in conf/hydra/default.yaml) that claims
   the job's directory in ``on_job_start`` and only then writes ``.hydra/`` (Hydra's own copy is
   switched off with ``hydra.output_subdir: null``): a refused relaunch rewrites nothing. In a
   multirun a refusal does not stop the sweep: it is kept for the point's task

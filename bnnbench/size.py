@@ -13,8 +13,8 @@ needs, i.e. every parameter and persistent buffer of the converted model, except
 
 So BatchNorm costs its affine pair *and* its running statistics (4 float32 per channel), PReLU
 slopes, Tang's scale layer, ABC-Net's activation shifts and betas, and biases all count. This is
-exactly what :mod:`bnnbench.export` writes, so the exported file's size on disk is this number
-plus the safetensors header.
+exactly what :mod:`bnnbench.packed.format` writes, so the exported file's size on disk is this
+number plus the safetensors header.
 
 Other conventions (``Convention``) reproduce how papers count, e.g. ``tang2017``: the first layer
 float32 (weights and bias), every other binary layer 1 bit per weight plus ``floats_per_channel``
@@ -30,10 +30,11 @@ layers whose weights *and* inputs are quantized (XNOR/popcount-able).
 
 CLI: ``python -m bnnbench.size [+method=<m>] [model=...] [data=...] [size.convention=...]
 [format=table|csv|latex] [out=<path>]`` composes the same config as a training run
-(``conf/size.yaml`` includes ``conf/config.yaml``), prints the per-layer table and writes
-``size.json`` into the Hydra run dir (``runs/<date>/<time>/size.json``) or to ``out`` (a file
-path, or a directory to put size.json in); ``format=csv`` / ``latex`` prints the table as CSV / a
-LaTeX ``tabular`` instead and writes it beside size.json as ``size.csv`` / ``size.tex``.
+(``conf/size.yaml`` includes ``conf/config.yaml``, but claims no run directory), prints the
+per-layer table and writes ``size.json`` to ``out`` (a file path, or a directory to put size.json
+in), else into ``hydra.run.dir`` (default: the current directory), never replacing a file already
+there (``size-1.json``, ...); ``format=csv`` / ``latex`` prints the table as CSV / a LaTeX
+``tabular`` instead and writes it beside size.json as ``size.csv`` / ``size.tex``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, check_range
+from bnnbench.files import free_path, write_atomic
 from bnnbench.nn.layers import _QuantMixin
 from bnnbench.nn.quantizers import Quantizer
 
@@ -97,15 +99,24 @@ class Convention:
 
     def __post_init__(self) -> None:
         if self.full_precision is not None:
+            if not isinstance(self.full_precision, (list, tuple)):
+                raise BnnbenchError(f"size.full_precision={self.full_precision!r} is not valid: "
+                                    f"need a list of {', '.join(FP_RULES)} or null (read the "
+                                    "layers)")
             rules = tuple(self.full_precision)
             bad = [r for r in rules if r not in FP_RULES]
             if bad:
                 raise BnnbenchError(f"size.full_precision: unknown rule {bad[0]!r}; use a list "
                                     f"of {', '.join(FP_RULES)} or null (read the layers)")
             object.__setattr__(self, "full_precision", rules)
+        for key in ("count_bias", "count_bn", "count_buffers", "count_other"):
+            if not isinstance(getattr(self, key), bool):
+                raise BnnbenchError(f"size.{key}={getattr(self, key)!r} is not valid: need true "
+                                    "or false")
         for key in ("weight_bits", "floats_per_channel", "last_floats_per_channel"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 0
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0
                                       or (key == "weight_bits" and not 1 <= value <= 32)):
                 raise BnnbenchError(f"size.{key}={value!r} is out of range: need an integer "
                                     + ("in [1, 32]" if key == "weight_bits" else ">= 0"))
@@ -151,7 +162,8 @@ def get_convention(name: str, **overrides: Any) -> Convention:
     if "full_precision" in changes:
         fp = changes["full_precision"]
         changes["full_precision"] = (None if fp in ("layers", "model") else
-                                     (fp,) if isinstance(fp, str) else tuple(fp))
+                                     (fp,) if isinstance(fp, str) else
+                                     tuple(fp) if isinstance(fp, (list, tuple)) else fp)
     unknown = set(changes) - {f.name for f in dataclasses.fields(Convention)}
     if unknown:
         raise BnnbenchError(f"size: unknown convention field {sorted(unknown)[0]!r}")
@@ -285,7 +297,7 @@ def deployed_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Te
         for key, tensor, is_buffer in _own_tensors(module):
             yield name, module, key, tensor, is_buffer
         if isinstance(module, _QuantMixin) and getattr(module, "weight", None) is None:
-            # a packed model (bnnbench.export.load_packed): the weight lives packed in its
+            # a packed model (bnnbench.packed.format.load_packed): the weight lives packed in its
             # weight quantizer; count it from its shape like any deployed weight
             shape = getattr(module.weight_quantizer, "meta", {}).get("shape")
             if shape is not None:
@@ -472,8 +484,9 @@ def format_bytes(n: float) -> str:
 
 TABLE_COLUMNS = ("layer", "type", "role", "values", "W bits", "A bits", "bytes", "MACs")
 TABLE_FORMATS = ("table", "csv", "latex")
-# the file each format of the per-layer table is written to, beside size.json
-TABLE_FILES = {"csv": "size.csv", "latex": "size.tex"}
+# the suffix of the file each format of the per-layer table is written to, beside size.json
+# (size.csv, size.tex: the json file's name with this suffix)
+TABLE_SUFFIXES = {"csv": ".csv", "latex": ".tex"}
 
 
 def table_rows(size: ModelSize) -> list[list[Any]]:
@@ -557,8 +570,6 @@ def write_json(size: ModelSize, path: Path, extra: dict[str, Any] | None = None)
     data = size.to_dict()
     if extra:
         data = {**extra, **data}
-    from bnnbench.files import write_atomic
-
     return write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
@@ -571,6 +582,12 @@ def _json_default(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- CLI
+def output_path(where: Path) -> Path:
+    """Where size.json goes: ``where`` when it names a .json file, else ``where/size.json``; a
+    taken name gets ``-1``, ``-2``, ... (nothing already written is replaced)."""
+    return free_path(where if where.suffix == ".json" else where / SIZE_FILE)
+
+
 def size_config(cfg: Any) -> ModelSize:
     """The Hydra app's job (conf/size.yaml): account the network the same overrides would
     train, print the table (``format``), write size.json (and size.csv / size.tex)."""
@@ -579,6 +596,7 @@ def size_config(cfg: Any) -> ModelSize:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from bnnbench.cli import output_of
     from bnnbench.spec import build_net, data_geometry, spec_from_config
 
     table_format = str(cfg.get("format", "table"))
@@ -588,6 +606,7 @@ def size_config(cfg: Any) -> ModelSize:
     geometry = data_geometry(spec)
     for key in ("in_chans", "num_classes", "img_size"):
         if cfg.size.get(key) is not None:
+            check_range(f"size.{key}", cfg.size[key], low=1, integer=True)
             geometry[key] = int(cfg.size[key])
     net = build_net(spec, geometry)
     opts = OmegaConf.to_container(cfg.size, resolve=True)
@@ -601,9 +620,7 @@ def size_config(cfg: Any) -> ModelSize:
     choices = HydraConfig.get().runtime.choices
     title = (f"{choices.get('method') or 'fp'} / {choices.get('model')} / "
              f"{choices.get('data')}: convention '{convention.name}'")
-    out = Path(cfg.out) if cfg.get("out") else Path(HydraConfig.get().runtime.output_dir)
-    if out.suffix != ".json":
-        out = out / SIZE_FILE
+    out = output_path(output_of(cfg) or Path.cwd())
     extra = {"method": choices.get("method") or "fp", "model": choices.get("model"),
              "data": choices.get("data"), "geometry": geometry}
     if table_format == "table":
@@ -611,9 +628,7 @@ def size_config(cfg: Any) -> ModelSize:
     else:  # the table alone on stdout (pipeable); the files written are named on stderr
         text = render_csv(size) if table_format == "csv" else render_latex(size, title)
         print(text, end="")
-        from bnnbench.files import write_atomic
-
-        table_file = write_atomic(out.with_name(TABLE_FILES[table_format]), text)
+        table_file = write_atomic(free_path(out.with_suffix(TABLE_SUFFIXES[table_format])), text)
         print(f"wrote {table_file}", file=sys.stderr)
     write_json(size, out, extra)
     print(f"wrote {out}", file=sys.stderr)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import CudaGraphed, capture_cuda_graph, load_packed
+from bnnbench.packed.cuda_graph import CudaGraphed, capture_cuda_graph
+from bnnbench.packed.format import load_packed
 
 
 def test_cuda_graph_on_cpu_is_refused_in_one_line(tmp_path):

@@ -17,25 +17,19 @@ from torch import nn
 
 from bnnbench.bench import trained_like_batchnorm
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import (
-    decode_weight,
-    encode_weight,
-    export_run,
-    load_packed,
-    load_trained,
-    pack_bits,
-    read_metadata,
-    save_packed,
-    unpack_bits,
-)
+from bnnbench.export import export_run
 from bnnbench.lit import predict
 from bnnbench.methods import list_methods
 from bnnbench.models import registry
 from bnnbench.nn.blocks import ConvBlock
 from bnnbench.nn.layers import is_quantized, quantized_layers
+from bnnbench.packed.encoding import decode_weight, encode_weight
+from bnnbench.packed.format import load_packed, read_metadata, save_packed
+from bnnbench.packed.packing import pack_bits, unpack_bits
 from bnnbench.size import account
 from bnnbench.spec import build_data, build_net, spec_from_config
 from bnnbench.train import run
+from bnnbench.trained import load_trained
 from tests.conftest import FAST
 
 GEOMETRY = {"in_chans": 3, "num_classes": 10, "img_size": 8}
@@ -172,7 +166,7 @@ def test_bnn_layers_run_on_the_packed_kernels(make_cfg, tmp_path):
     """With bnnbench.kernels importable, BinaryNet's sign x sign layers run as XNOR-popcount
     (integer dot products), bit-exact with the trained float forward."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import use_kernels
+    from bnnbench.packed.routes import use_kernels
 
     net, path = tiny_export(make_cfg, tmp_path, ["+method=bnn"])
     plain, fast = load_packed(path, kernels="never"), load_packed(path, kernels="never")
@@ -205,7 +199,7 @@ def test_kernel_routes_match_the_trained_forward(case, make_cfg, tmp_path):
     layer computes: bit for bit on BinaryNet's integer route, to float rounding on the scaled
     routes (XNOR-Net alpha and K, Tang's residual planes, binary weights x float inputs)."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import kernel_route
+    from bnnbench.packed.routes import kernel_route
 
     method = case.split("_")[0] if case.startswith(("xnor", "tang")) else case
     options, routes = ROUTES[case]

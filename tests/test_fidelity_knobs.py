@@ -209,7 +209,7 @@ def test_abcnet_grid_has_the_papers_weight_only_and_m2_rows():
 ])
 def test_new_knobs_round_trip_through_the_packed_export(overrides, make_cfg, tmp_path,
                                                        monkeypatch):
-    from bnnbench.export import load_packed
+    from bnnbench.packed.format import load_packed
     from bnnbench.models import registry
     from tests.test_export import tiny_convnet, tiny_export
 

@@ -330,7 +330,8 @@ def test_packed_model_runs_sign_x_sign_layers_on_the_kernels(method, tmp_path):
     """Every binary layer of the exported network takes the packed XNOR-popcount path and
     predicts what the trained network predicts."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import kernel_route, load_packed, save_packed
+    from bnnbench.packed.format import load_packed, save_packed
+    from bnnbench.packed.routes import kernel_route
 
     spec = {"model": {"name": "resnet18", "kwargs": {}},
             "method": {"name": method, "knobs": {}},

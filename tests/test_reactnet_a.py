@@ -219,7 +219,8 @@ def test_packed_export_runs_every_block_conv_on_the_kernels(method, tmp_path):
     """The exported ReActNet-A: each of the 26 binary convs on the packed XNOR-popcount path
     (sign x sign), predictions equal to the trained network's."""
     pytest.importorskip("bnnbench.kernels")
-    from bnnbench.export import kernel_route, load_packed, save_packed
+    from bnnbench.packed.format import load_packed, save_packed
+    from bnnbench.packed.routes import kernel_route
     from bnnbench.spec import build_net
 
     spec = {"model": {"name": "reactnet_a", "kwargs": {"width_multiplier": 0.0625}},

@@ -17,8 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.evaluate import evaluate_run
-from bnnbench.export import export_run, load_trained
+from bnnbench.export import export_run
 from bnnbench.train import run
+from bnnbench.trained import load_trained
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.export import load_trained
 from bnnbench.lit import eval_metrics
 from bnnbench.multirun import UNRECORDED_FAILURES, run_point
 from bnnbench.rundir import claim_run_dir, recipe_hash, release_run_dir
+from bnnbench.trained import load_trained
 from tests.conftest import CONF, FAST
 
 

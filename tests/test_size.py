@@ -168,6 +168,41 @@ def test_size_cli_format_writes_the_table(tmp_path, table_format, file_name):
     assert last.startswith("total") and str(total_bytes) in last.replace("{,}", "")
 
 
+def test_size_claims_no_run_directory(tmp_path):
+    """size composes a training run's config but trains nothing: no runs/, no .hydra/, no run
+    marker, no log; its files go to hydra.run.dir (default: the current directory), and a second
+    call's go beside the first's instead of replacing them."""
+    for table_format in ("csv", "table"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bnnbench.size", "model.hidden_features=32",
+             f"format={table_format}"], cwd=tmp_path, text=True, capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["size-1.json", "size.csv", "size.json"]
+    first, second = (json.loads((tmp_path / n).read_text()) for n in ("size.json", "size-1.json"))
+    assert first["total_bytes"] == second["total_bytes"] > 0
+
+
+def test_hydra_settings_of_a_run_are_not_sizes():
+    """conf/hydra/default.yaml (runs/ and the callbacks that claim a run directory) reaches a
+    training run's config; conf/size.yaml, which includes that config, replaces it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    composed = {}
+    for name in ("config", "size"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            composed[name] = compose(name, return_hydra_config=True).hydra
+    GlobalHydra.instance().clear()
+    run, size = composed["config"], composed["size"]
+    assert run.callbacks.guard_run_dir._target_ == "bnnbench.rundir.GuardRunDir"
+    assert set(run.callbacks) == {"sweep_outcome", "guard_run_dir", "render_report"}
+    assert "/runs/" in run.run.dir and run.output_subdir is None  # under paths.log_dir
+    assert dict(size.callbacks) == {} and size.run.dir == "." and size.output_subdir is None
+
+
 def test_cli_errors_are_one_line(capsys):
     from bnnbench.errors import call_or_exit
 
@@ -184,6 +219,40 @@ def test_cli_errors_are_one_line(capsys):
     assert err.count("\n") == 1 and "size.convention='nosuch'" in err
     with pytest.raises(KeyError):  # anything else is a bug: keep the traceback
         call_or_exit(lambda: {}["x"])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("full_precision", 123, "size.full_precision=123 is not valid: need a list of first"),
+    ("count_bn", "maybe", "size.count_bn='maybe' is not valid: need true or false"),
+    ("weight_bits", True, "size.weight_bits=True is out of range"),
+    ("weight_bits", 99, "size.weight_bits=99 is out of range: need an integer in [1, 32]"),
+])
+def test_bad_convention_fields_are_one_line(capsys, field, value, message):
+    """``bnnbench size size.<field>=<value>``: what the command line can type, each one line
+    (size.full_precision=123 and size.count_bn=maybe were a TypeError and a silent true)."""
+    from bnnbench.errors import call_or_exit
+
+    with pytest.raises(SystemExit) as exc:
+        call_or_exit(get_convention, "deployed", **{field: value})
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """out= under a file (or a read-only hydra.run.dir): one line naming the path and the
+    reason, not a traceback; an OSError about no path at all stays a traceback (a bug)."""
+    from bnnbench.errors import call_or_exit
+    from bnnbench.size import output_path, write_json
+
+    (tmp_path / "a_file").write_text("")
+    size = account(small_net(), "deployed")
+    with pytest.raises(SystemExit) as exc:
+        call_or_exit(lambda: write_json(size, output_path(tmp_path / "a_file" / "sizes")))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'a_file' / 'sizes'}: Not a directory" in err
+    with pytest.raises(OSError, match="boom"):
+        call_or_exit(lambda: (_ for _ in ()).throw(OSError("boom")))
 
 
 # ---------------------------------------------------------------------------------- Tang

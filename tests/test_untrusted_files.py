@@ -16,7 +16,8 @@ import torch
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.evaluate import evaluate_run
-from bnnbench.export import FORMAT, FORMAT_VERSION, export_run, load_packed
+from bnnbench.export import export_run
+from bnnbench.packed.format import FORMAT, FORMAT_VERSION, load_packed
 
 
 def marker_chain(marker: Path) -> dict:
@@ -144,7 +145,7 @@ def valid_export(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A real (tiny BinaryNet MLP) export and its metadata."""
     from safetensors import safe_open
 
-    from bnnbench.export import save_packed
+    from bnnbench.packed.format import save_packed
     from bnnbench.spec import build_net
 
     spec = {"model": {"name": "mlp", "kwargs": {"hidden_features": 16, "depth": 2}},
@@ -212,11 +213,13 @@ def test_a_huge_geometry_allocates_nothing(tmp_path, monkeypatch):
     path, _ = valid_export(tmp_path)
     bad = rewrite(path, tmp_path / "big.safetensors",
                   _json_edit("geometry", lambda g: g.update(img_size=4096, in_chans=1)))
-    from bnnbench import export, trained
+    from bnnbench import trained
+    from bnnbench.packed import format as packed_format
 
     built = []
-    real_build = export.build_net
-    for module in (export, trained):  # the shape check lives in trained, the loader in export
+    real_build = packed_format.build_net
+    # the shape check lives in trained, the loader in bnnbench.packed.format
+    for module in (packed_format, trained):
         monkeypatch.setattr(module, "build_net", lambda *a, **k: built.append(
             str(torch.empty(0).device)) or real_build(*a, **k))
     with pytest.raises(BnnbenchError, match="does not match the model"):

@@ -1,12 +1,12 @@
 """End-to-end packed inference vs the float model: ``python -m bnnbench.bench.packed_inference``.
 
 Builds BinaryNet (``+method=bnn``) networks, and XNOR-Net and Tang et al. MLPs, from the shipped
-configs, exports them with :func:`bnnbench.export.save_packed`, loads the packed inference model
-(:func:`bnnbench.export.load_packed`, whose binary layers run on ``bnnbench.kernels``) and times
-one forward of each against the float network of the same architecture (eval mode, same
-inputs), after checking that the packed model predicts the classes the trained one does. Writes
-``reports/packed_inference.md``. Speed does not depend on the trained values, so the networks
-keep their initial weights.
+configs, exports them with :func:`bnnbench.packed.format.save_packed`, loads the packed
+inference model (:func:`bnnbench.packed.format.load_packed`, whose binary layers run on
+``bnnbench.kernels``) and times one forward of each against the float network of the same
+architecture (eval mode, same inputs), after checking that the packed model predicts the classes
+the trained one does. Writes ``reports/packed_inference.md``. Speed does not depend on the
+trained values, so the networks keep their initial weights.
 
 CPU rows always run (embedded-digits geometry, fp32 reference). GPU rows run when CUDA is
 available: ResNet-18 and NIN at ImageNet geometry (3x224x224, 1000 classes), batch 1 and 256,
@@ -32,7 +32,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from bnnbench import CONFIG_DIR
-from bnnbench.export import build_net, load_packed, save_packed
+from bnnbench.packed.format import load_packed, save_packed
+from bnnbench.spec import build_net
 from bnnbench.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,9 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         "and Tang et al. (`tang`: 2 residual activation planes, one `multibit_xnor_gemm` per "
         "layer) on the embedded MNIST geometry (1x28x28, 10 classes) or ImageNet's (3x224x224, "
         "1000 classes; the GPU rows' networks), random inputs, exported with "
-        "`bnnbench.export.save_packed` and loaded with `load_packed` (binary layers on "
-        "`bnnbench.kernels`' CPU path, routes in `bnnbench.export.kernel_route`). Median of "
-        f"{args.repeats} forwards after a warm-up, eval mode. *fp32 network*: the same "
+        "`bnnbench.packed.format.save_packed` and loaded with `load_packed` (binary layers on "
+        "`bnnbench.kernels`' CPU path, routes in `bnnbench.packed.routes.kernel_route`). "
+        f"Median of {args.repeats} forwards after a warm-up, eval mode. *fp32 network*: the same "
         "architecture with no method (the float model a user would otherwise deploy); *as "
         "trained*: the Lightning-trained module, which re-binarizes its latent float weights "
         "every forward. Weights are untrained (speed does not depend on them); BatchNorm "

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import bnnbench.kernels as K
-    from bnnbench.export import load_packed, read_metadata
+    from bnnbench.packed.format import load_packed, read_metadata
     from bnnbench.spec import build_net, check_geometry, check_spec
 
     torch.set_grad_enabled(False)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from bnnbench.errors import BnnbenchError, check_range
 from bnnbench.models.registry import register_model
-from bnnbench.models.resnet import SMALL_INPUT
+from bnnbench.models.from_timm import SMALL_INPUT
 from bnnbench.nn.modern_layers import ReActNetABlock
 
 #: the authors' ``stage_out_channel`` in units of the stem's width (32 at width 1): the stem,

@@ -41,7 +41,7 @@ def create_model(name: str, *, in_chans: int, num_classes: int, img_size: int,
         model = _MODELS[name](in_chans=in_chans, num_classes=num_classes, img_size=img_size,
                               **kwargs)
     else:
-        from bnnbench.models.resnet import timm_model  # timm is imported only when needed
+        from bnnbench.models.from_timm import timm_model  # timm is imported only when needed
 
         try:
             model = timm_model(name, in_chans=in_chans, num_classes=num_classes,

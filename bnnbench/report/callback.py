@@ -1,5 +1,5 @@
 """The Hydra callback that ends every multirun with its report (``hydra.callbacks.render_report``
-in conf/config.yaml): the sweep's table, verdicts and unfinished runs on the terminal, and
+in conf/hydra/default.yaml): the sweep's table, verdicts and unfinished runs on the terminal, and
 ``<sweep dir>/report/<name>.{md,csv,tex}`` plus plots. Rerendering (``python -m bnnbench.report
 <sweep dir>``) replaces the same files with the same content.
 """

@@ -1,0 +1,245 @@
+"""The packed file: a trained network as one small safetensors file, and the model loaded back.
+
+File layout (safetensors: raw little-endian tensors + a JSON header; no pickle anywhere):
+
+* Every tensor the deployed model stores (:func:`bnnbench.size.deployed_tensors`: parameters and
+  persistent buffers, BatchNorm statistics, PReLU slopes, scale layers, activation-quantizer
+  parameters), under its state_dict key, as it is (float32 stays float32).
+* For each quantized layer ``L`` the deployed weight ``L.quantized_weight()`` (eval mode) instead of
+  the latent real weight, decomposed *from its values* and verified bit-exact (the float32 bit
+  patterns of the decoded weight equal those of ``quantized_weight()``; otherwise the export
+  fails):
+
+  - ``sign`` encoding, when every output channel holds values of one magnitude ``a_o``, i.e.
+    ``W_q = a_o * s`` with ``s`` in {-1, +1} (BinaryNet ``a = 1``, XNOR/BWN ``a_o = mean|W_o|``,
+    DoReFa 1-bit one ``a`` per tensor): ``L.weight.bits`` uint8 ``(1, ceil(n/8))``, the signs of
+    the flattened weight, 8 per byte, least-significant bit first, bit 1 = negative (the
+    convention of :mod:`bnnbench.kernels`); ``L.weight.scale`` float32 ``(O,)`` or ``(1,)``,
+    absent when every ``a = 1``.
+  - ``codebook`` encoding otherwise (ABC-Net ``sum_i alpha_i B_i``, DoReFa k-bit grid): the
+    ``u <= 2^k`` distinct values (``k`` = the quantizer's ``precision``) per tensor, or per output
+    channel when a tensor has more, in ``L.weight.codebook`` float32 ``(u,)`` or ``(O, u)``, and
+    the index of each weight in it as ``k`` bit planes ``L.weight.bits`` uint8
+    ``(k, ceil(n/8))``, same bit order. So ABC-Net's M bases cost M bit planes plus the ``u``
+    values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
+    M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's k-bit grid k
+    planes plus at most ``2^k`` values.
+  - ``quantizer`` encoding: a weight quantizer may define ``pack(w_q) -> dict[str, Tensor]`` and
+    ``unpack(tensors, shape) -> Tensor`` to store its own factorization; tensors go under
+    ``L.weight.<key>``. Used when present, verified the same way.
+
+* Metadata (safetensors ``__metadata__``, strings): ``format`` = ``bnnbench-packed``,
+  ``format_version`` (2), ``spec`` (JSON, :mod:`bnnbench.spec`: the model's registry name and
+  kwargs, the method's registry name and knobs, the data's name and arguments; plain values
+  only), the data ``geometry``, the per-layer ``layers`` encodings, ``source`` and the
+  accounting's ``deployed_bytes``.
+
+The file's size on disk is the ``deployed`` accounting of :mod:`bnnbench.size` plus the header
+(and, per quantized layer, under one byte of bit padding per plane and the codebook values beyond
+the quantizer's declared scales: one float for ABC-Net, ``<= 2^k`` for DoReFa k-bit).
+
+Loading (:func:`load_packed`) treats the file as data: it validates every metadata field (no
+``_target_`` anywhere, registered names, positive integer shapes that agree with the tensors,
+``planes <= 32``, a sane geometry), checks on the meta device that the network the spec builds
+holds exactly the file's tensors, and only then rebuilds it through the registries (model + the
+method's ``convert``; nothing the file names is ever instantiated or imported), puts a
+:class:`PackedWeight` in place of each quantized layer's weight quantizer
+(the latent weight is dropped; ``quantized_weight()`` returns the decoded weight), and loads the
+rest. Every layer's own ``forward`` runs unchanged, so predictions equal the trained model's. Where
+a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscaled sign weights)
+and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
+(bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.files import atomic_path
+from bnnbench.nn.layers import _QuantMixin
+from bnnbench.packed.cuda_graph import CudaGraphed
+from bnnbench.packed.encoding import PackedWeight, check_layer, encode_exact
+from bnnbench.packed.routes import use_kernels
+from bnnbench.size import account, deployed_tensors
+from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain, check_spec
+from bnnbench.trained import check_shapes
+
+FORMAT = "bnnbench-packed"
+# 2: the network is a run spec (registry names + plain arguments); 1 held a Hydra config
+FORMAT_VERSION = "2"
+REQUIRED_METADATA = ("spec", "geometry", "layers")
+
+
+def packed_tensors(net: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors to write, per-layer encodings) for a network; quantized weights verified exact."""
+    was_training = net.training
+    net.eval()
+    tensors: dict[str, Tensor] = {}
+    layers: dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            for name, module, key, tensor, _ in deployed_tensors(net):
+                full = f"{name}.{key}" if name else key
+                if isinstance(module, _QuantMixin) and key == "weight" and module.weight_bits < 32:
+                    q = module.weight_quantizer
+                    wq = module.quantized_weight().detach().to(torch.float32).cpu()
+                    meta, parts = encode_exact(name, wq, module.weight_bits, q)
+                    layers[name] = meta
+                    for suffix, t in parts.items():
+                        tensors[f"{full}.{suffix}"] = t
+                else:
+                    tensors[full] = tensor.detach().cpu().contiguous()
+    finally:
+        net.train(was_training)
+    return tensors, layers
+
+
+def save_packed(net: nn.Module, path: Path, spec: Spec, geometry: dict[str, int],
+                source: str = "") -> Path:
+    """Write ``net`` (a converted, trained network built from ``spec``, or from a composed
+    config: :func:`bnnbench.spec.as_spec`) packed to ``path`` (atomically); returns the path."""
+    from safetensors.torch import save_file
+
+    from bnnbench import __version__
+
+    spec = as_spec(spec)
+    tensors, layers = packed_tensors(net)
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bnnbench_version": __version__,
+        "spec": json.dumps(spec),
+        "geometry": json.dumps(check_geometry(geometry)),
+        "layers": json.dumps(layers),
+        "source": source,
+        "deployed_bytes": str(account(net, "deployed").total_bytes),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors metadata of a bnnbench export; BnnbenchError for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BnnbenchError(f"{path} does not exist (export a run with "
+                            "`python -m bnnbench.export run_dir=<dir>`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a bnnbench export (not a safetensors file: "
+                            f"{str(err).splitlines()[0][:80]})") from err
+    if meta.get("format") != FORMAT:
+        raise BnnbenchError(f"{path} is not a bnnbench export (a safetensors file without "
+                            f"format={FORMAT} metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BnnbenchError(f"{path} has format version {meta.get('format_version')}; this "
+                            f"bnnbench reads version {FORMAT_VERSION}")
+    return meta
+
+
+def load_packed(path: Path, device: str | torch.device = "cpu",
+                kernels: str = "auto", cuda_graph: bool = False) -> nn.Module:
+    """The packed inference model of an export (eval mode).
+
+    The file is data: its metadata is validated (:func:`read_packed`) and the network rebuilt
+    through the registries from the spec's names, after checking on the meta device that it holds
+    exactly the file's tensors; nothing the file names is instantiated.
+
+    ``kernels``: ``auto`` runs every layer :func:`kernel_route` accepts (BinaryNet bit-exact,
+    XNOR-Net, Tang's residual binarization, binary-weight linear layers) on
+    :mod:`bnnbench.kernels` when it is importable,
+    ``never`` keeps every layer's own forward on decoded weights.
+
+    ``cuda_graph``: wrap the model in :class:`~bnnbench.packed.cuda_graph.CudaGraphed`, which
+    captures its forward as one CUDA graph per input shape and replays it. CUDA only.
+    """
+    if kernels not in ("auto", "never"):
+        raise BnnbenchError(f"kernels={kernels!r} is not valid; choose auto or never")
+    if cuda_graph and torch.device(device).type != "cuda":
+        raise BnnbenchError(f"cuda_graph=True needs device='cuda' (CUDA graphs replay GPU work), "
+                            f"got device={str(device)!r}; load on a GPU or drop cuda_graph")
+    spec, geometry, layers, tensors = read_packed(path)
+    check_shapes(spec, geometry, {k: tuple(t.shape) for k, t in tensors.items()
+                                  if not _packed_key(k, layers)}, str(path),
+                 packed={name: tuple(meta["shape"]) for name, meta in layers.items()})
+    net = _build_empty(spec, geometry)
+    for name, lmeta in layers.items():
+        layer = net.get_submodule(name)
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        packed = PackedWeight(lmeta, parts, layer.weight_quantizer)
+        layer.weight_quantizer = packed
+        layer.weight = None  # the latent weight is gone; quantized_weight() decodes
+    net.load_state_dict(tensors, strict=False, assign=True)
+    left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:  # a tensor the file does not hold (an export always holds them all)
+        raise BnnbenchError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
+                            "re-export the run")
+    net = net.to(device).eval()
+    if kernels == "auto":
+        use_kernels(net)
+    return CudaGraphed(net) if cuda_graph else net
+
+
+def _build_empty(spec: Spec, geometry: dict[str, int]) -> nn.Module:
+    """The spec's network with every parameter and buffer on the meta device (no storage):
+    the file's tensors are assigned afterwards, so a packed model never holds a float copy of
+    its weights. A network whose construction needs real tensors is built normally."""
+    try:
+        with torch.device("meta"):
+            return build_net(spec, geometry)
+    except (NotImplementedError, RuntimeError):  # e.g. an init that reads tensor values
+        return build_net(spec, geometry)
+
+
+def _packed_key(key: str, layers: dict[str, Any]) -> bool:
+    name, _, _ = key.rpartition(".weight.")
+    return bool(name) and name in layers
+
+
+def read_packed(path: Path) -> tuple[Spec, dict[str, int], dict[str, Any], dict[str, Tensor]]:
+    """(spec, geometry, per-layer encodings, tensors) of an export, every field validated: one
+    BnnbenchError naming the field for anything a bnnbench export would not hold."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise BnnbenchError(f"{path} lacks the {missing[0]!r} metadata of a bnnbench export; "
+                            "re-export the run with `python -m bnnbench.export`")
+    fields = {}
+    for key in REQUIRED_METADATA:
+        try:
+            fields[key] = json.loads(meta[key])
+        except ValueError as err:
+            raise BnnbenchError(f"{path}: metadata {key!r} is not valid JSON") from err
+    spec = check_spec(fields["spec"], f"{path}: spec")
+    geometry = check_geometry(fields["geometry"], f"{path}: geometry")
+    layers = check_plain(fields["layers"], f"{path}: layers")
+    if not isinstance(layers, dict):
+        raise BnnbenchError(f"{path}: metadata 'layers' must map layer names to encodings")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise BnnbenchError(f"{path} is not a readable safetensors file "
+                            f"({str(err).splitlines()[0][:80]})") from err
+    for name, lmeta in layers.items():
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        check_layer(lmeta, parts, f"{path}: layer {name}")
+    return spec, geometry, layers, tensors
+
+
