@@ -402,3 +402,15 @@ def test_report_cli_imports_nothing_heavy():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: python -m bnnbench.report" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("setting, label", [
+    ("method=bnn", "bnn"),
+    ("+method=xnor", "xnor"),
+    ("method.activation_bits=1", "method.activation_bits=1"),
+    ("method=bnn optimizer.lr=0.01", "method=bnn optimizer.lr=0.01"),
+])
+def test_plot_legend_names_the_knob_unless_it_is_the_method(setting, label):
+    from bnnbench.report.plots import _label
+
+    assert _label(setting) == label

@@ -45,9 +45,10 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def _label(setting: str) -> str:
-    """'method=bnn' -> 'bnn'; 'a=1 b=2' stays (which value is which matters)."""
-    parts = setting.split(" ")
-    return parts[0].partition("=")[2] if len(parts) == 1 else setting
+    """'method=bnn' -> 'bnn' (a method's name says what it is); anything else stays whole:
+    'method.activation_bits=1' alone as '1' would not say which knob the legend means."""
+    key, _, value = setting.partition("=")
+    return value if key in ("method", "+method") and " " not in setting else setting
 
 
 def _palette(report: Report) -> dict[str, tuple[float, ...]]:
