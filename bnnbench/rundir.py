@@ -36,6 +36,8 @@ from bnnbench.report.record import METRICS_FILE
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config_resolved.yaml"
 CHECKPOINT_DIR = "checkpoints"
+#: rewritten at the end of every epoch (conf/callbacks/default.yaml): resume, test, evaluate/export
+LAST_CHECKPOINT = "last.ckpt"
 # A two-stage recipe's directory: its stages (stage1/, stage2/) are the runs, it holds them
 RECIPE_MARKER = "recipe.json"
 HYDRA_DIR = ".hydra"
@@ -128,7 +130,7 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
     if run_dir in _CLAIMS:
         return _CLAIMS[run_dir].resumed
     if is_ddp_worker():  # started by rank 0 before it writes any checkpoint: resume as it does
-        return (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
+        return (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
     marker = run_dir / RUN_MARKER
     if (run_dir / METRICS_FILE).exists() and not (recorded_status(run_dir) == FAILED
                                                    and marker.exists()):

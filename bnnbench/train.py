@@ -43,6 +43,7 @@ from bnnbench.report.record import RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    LAST_CHECKPOINT,
     RECIPE_MARKER,
     claim_run_dir,
     is_ddp_worker,
@@ -171,7 +172,7 @@ class StopOnDivergence(pl.Callback):
         finite = bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
-        last = self.checkpoint_dir / "last.ckpt"
+        last = self.checkpoint_dir / LAST_CHECKPOINT
         good = (f"last good checkpoint: {last} (continue from it into a new hydra.run.dir with "
                 "ckpt_path=<it>, e.g. at a lower optimizer.lr)" if last.is_file()
                 else "no checkpoint yet (it diverged in its first epoch)")
@@ -295,8 +296,8 @@ def resume_from(cfg: DictConfig, run_dir: Path, resumed: bool,
         if not path.is_file():
             raise BnnbenchError(f"ckpt_path={path} is not a file; pass a checkpoint to resume "
                                 "from (e.g. <run_dir>/checkpoints/last.ckpt)")
-    elif resumed and (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file():
-        path = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    elif resumed and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+        path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     else:
         return None
     state, trained = load_checkpoint(path)
@@ -369,7 +370,7 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         diverged = None
     # the final weights, as last.ckpt holds them: with ckpt_path=None inside a SLURM job,
     # Lightning would test its requeue checkpoint (hpc_ckpt_<n>.ckpt) from an earlier attempt
-    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     final = str(last) if last.is_file() else None
     test = {} if diverged else trainer.test(module, datamodule=datamodule, verbose=False,
                                             ckpt_path=final)[0]
