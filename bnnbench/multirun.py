@@ -35,7 +35,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bnnbench.errors import BnnbenchError, Preempted
-from bnnbench.report.record import METRICS_FILE, RunRecord, git_commit
+from bnnbench.record import METRICS_FILE, RunRecord, git_commit
 from bnnbench.rundir import (
     FAILED,
     REFUSED,

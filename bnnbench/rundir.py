@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, first_line
 from bnnbench.files import write_atomic
-from bnnbench.report.record import METRICS_FILE
+from bnnbench.record import METRICS_FILE
 
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config_resolved.yaml"
@@ -83,11 +83,11 @@ def _int_env(name: str) -> int:
 
 
 def recipe_hash(cfg: Any) -> str:
-    """:func:`~bnnbench.report.record.config_hash` of a run's resolved task config, leaving out
+    """:func:`~bnnbench.record.config_hash` of a run's resolved task config, leaving out
     :data:`RECIPE_IGNORED`: two runs with the same hash trained the same recipe."""
     from omegaconf import OmegaConf
 
-    from bnnbench.report.record import config_hash
+    from bnnbench.record import config_hash
 
     return config_hash(OmegaConf.to_yaml(OmegaConf.masked_copy(
         cfg, [k for k in cfg if k not in RECIPE_IGNORED and k != "hydra"]), resolve=True))
@@ -270,6 +270,35 @@ class GuardRunDir(_HydraCallback):  # type: ignore[misc,valid-type]
         run_dir = Path(config.hydra.runtime.output_dir)
         REFUSED.pop(run_dir.resolve(), None)
         release_run_dir(run_dir)
+
+
+class CreateOutputDir(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Create the run's (or the sweep's) directory before Hydra does, so a path that cannot be
+    created (read-only, under a file, /proc/...) is one line naming the key to change; Hydra's
+    own mkdir fails before any job code runs and prints its traceback instead. Hydra's ``now``
+    resolver is cached per config, so the directory made here is the one Hydra then uses."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        _make_or_exit(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        _make_or_exit(config, "hydra.sweep.dir")
+
+
+def _make_or_exit(config: Any, key: str) -> None:
+    from omegaconf import OmegaConf
+
+    try:
+        path = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
+    except Exception:  # interpolates something only a job resolves: Hydra's own check stands
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or first_line(err)
+        print(f"bnnbench: error: cannot create {key}={path} ({reason}); give a writable "
+              f"directory: {key}=<dir>", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _is_multirun(config: Any) -> bool:

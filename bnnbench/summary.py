@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from bnnbench.report.record import METRICS_FILE, RunRecord
+from bnnbench.record import METRICS_FILE, RunRecord
 
 MIB = 2**20
 

@@ -39,7 +39,7 @@ from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.optimizers import binary_weights, takes_binary_groups
 from bnnbench.recipes import STAGES, TWO_STAGE, load_teacher, stage_config, warm_start
-from bnnbench.report.record import RunRecord, git_commit
+from bnnbench.record import RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,

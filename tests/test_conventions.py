@@ -20,7 +20,7 @@ from omegaconf import open_dict, read_write
 
 from bnnbench.callbacks import FlipRatio
 from bnnbench.errors import BnnbenchError
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from bnnbench.summary import summary_lines
 from bnnbench.train import optional_callbacks, report_dir, run, tags_of
 from tests.conftest import CONF, FAST

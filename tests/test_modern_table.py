@@ -12,7 +12,7 @@ import pytest
 
 from bnnbench.report.__main__ import PUBLISHED, main, sweep_keys, sweep_title
 from bnnbench.report.collect import load_published
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from tests.test_report import _run_dir
 
 # test top-1 of three fake seeds per method

@@ -17,7 +17,7 @@ from bnnbench.data import create_data
 from bnnbench.errors import BnnbenchError, check_knobs, check_range
 from bnnbench.methods import create_method
 from bnnbench.models import create_model
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from bnnbench.train import run
 from tests.conftest import FAST
 
@@ -109,6 +109,37 @@ def test_cli_refuses_a_non_finite_lr_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["bnnbench: error: optimizer.lr=inf is not a "
                                                 "finite number"]
+
+
+@pytest.mark.parametrize("command, key", [
+    ("bnnbench", "hydra.run.dir"), ("bnnbench.evaluate", "hydra.run.dir"),
+    ("bnnbench.export", "hydra.run.dir"), ("bnnbench.size", "hydra.run.dir"),
+    ("bnnbench", "hydra.sweep.dir")])
+def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path, command, key):
+    """Hydra makes the run (sweep) directory before any job code runs and printed its traceback
+    when it could not: a directory under a regular file cannot be made on any system."""
+    (tmp_path / "a_file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", command, f"{key}={tmp_path}/a_file/run",
+                           *(["-m", "seed=0,1"] if key == "hydra.sweep.dir" else [])],
+                          cwd=tmp_path, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bnnbench: error: cannot create {key}="), lines
+    assert "Not a directory" in lines[0] and f"{key}=<dir>" in lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nosuch"], "'nosuch' is neither a directory nor a table"),
+    (["{runs}", "--out", "{file}/out"], "a_file/out: Not a directory; check the path")])
+def test_report_errors_are_one_line_like_every_command(tmp_path, argv, message):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "runs").mkdir()
+    argv = [a.format(runs=tmp_path / "runs", file=tmp_path / "a_file") for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "bnnbench.report", *argv], cwd=tmp_path,
+                          text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bnnbench: error: ") and message in lines[0]
 
 
 # --- divergence ---------------------------------------------------------------------------------

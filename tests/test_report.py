@@ -18,7 +18,7 @@ from bnnbench.report.collect import load_run, load_runs, normalize_value, parse_
     row_key, swept_keys
 from bnnbench.report.plots import pareto_front
 from bnnbench.report.render import pivot_frame, runs_frame
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from tests.conftest import CONF, FAST, ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -145,3 +145,12 @@ def test_kernels_import_nothing_from_bnnbench(module):
     above = {m: line for m, line in import_graph()[module].items()
              if not m.startswith(KERNELS)}
     assert not above, f"{module} imports {above} (line numbers); kernels/ imports no bnnbench"
+
+
+def test_training_side_imports_nothing_from_the_report():
+    """The report sits on top: it reads what runs wrote (bnnbench.record, metrics.json); the
+    run side (train, rundir, multirun, summary, ...) never imports the report package."""
+    report = "bnnbench.report"
+    above = {m: {n: line for n, line in edges.items() if n.startswith(report)}
+             for m, edges in import_graph().items() if not m.startswith(report)}
+    assert not {m: e for m, e in above.items() if e}, "move the shared code below the report"

@@ -12,7 +12,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 
 from bnnbench.errors import BnnbenchError
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from bnnbench.train import run
 from tests.conftest import FAST
 

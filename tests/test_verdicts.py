@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bnnbench.report.collect import Published, Row
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from bnnbench.report.verdicts import claim_lines, close_verdict, difference, rank_correlation, \
     spearman, verdict
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from bnnbench.bench import cpu_model
 from bnnbench.files import write_atomic
-from bnnbench.report.record import git_commit
+from bnnbench.record import git_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -242,7 +242,7 @@ def counts_by_file(mutants: dict[str, dict[str, Any]]) -> dict[str, Counter]:
 
 def render(mutants: dict[str, dict[str, Any]], before: dict[str, int] | None,
            config: dict[str, Any], run_notes: list[str], scope: str | None = None) -> str:
-    from bnnbench.report.record import git_commit
+    from bnnbench.record import git_commit
 
     table = counts_by_file(mutants)
     used = [s for s in STATUSES if any(c[s] for c in table.values())]

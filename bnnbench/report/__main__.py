@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from bnnbench import CONFIG_DIR
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, call_or_exit
 from bnnbench.report.collect import (
     Run,
     load_published,
@@ -161,32 +161,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv[:split])
     args.overrides = argv[split + 1:]
     try:
-        targets = list_tables() if args.targets == ["all"] else args.targets
-        dirs = [Path(t) for t in targets if t not in list_tables() and Path(t).is_dir()]
-        tables = [t for t in targets if t in list_tables()]
-        unknown = [t for t in targets if t not in tables and Path(t) not in dirs]
-        if unknown:
-            raise BnnbenchError(f"{unknown[0]!r} is neither a directory nor a table; valid "
-                                f"tables: {', '.join(list_tables())}, all")
-        if dirs:
-            if args.run:
-                raise BnnbenchError("--run launches a named table's sweep; directories are "
-                                    "rendered as they are (drop --run)")
-            command = " ".join(["python -m bnnbench.report", *map(str, dirs),
-                                *(["--out", str(args.out)] if args.out else [])])
-            render(dirs, args.out or dirs[0] / "report", command=command, name=args.name,
-                   plots=not args.no_plots)
-        for table in tables:
-            runs_dir = args.runs or (launch(table, args.overrides, args.runs_root) if args.run
-                                     else newest_runs(table, args.runs_root))
-            how = ["--runs", str(args.runs)] if args.runs else ["--run"]  # what really ran
-            command = " ".join(["python -m bnnbench.report", table, *how,
-                                *(["--", *args.overrides] if args.overrides else [])])
-            render([runs_dir], args.out or ROOT / "reports", command=command, table=table,
-                   plots=not args.no_plots)
-    except (BnnbenchError, subprocess.CalledProcessError) as err:
-        print(f"bnnbench.report: error: {err}", file=sys.stderr)
+        call_or_exit(_report, args)
+    except subprocess.CalledProcessError as err:  # a table's sweep failed: its own output says why
+        print(f"bnnbench: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _report(args: argparse.Namespace) -> None:
+    """Render the directories and tables ``args`` names (a bad target: BnnbenchError)."""
+    targets = list_tables() if args.targets == ["all"] else args.targets
+    dirs = [Path(t) for t in targets if t not in list_tables() and Path(t).is_dir()]
+    tables = [t for t in targets if t in list_tables()]
+    unknown = [t for t in targets if t not in tables and Path(t) not in dirs]
+    if unknown:
+        raise BnnbenchError(f"{unknown[0]!r} is neither a directory nor a table; valid "
+                            f"tables: {', '.join(list_tables())}, all")
+    if dirs:
+        if args.run:
+            raise BnnbenchError("--run launches a named table's sweep; directories are "
+                                "rendered as they are (drop --run)")
+        command = " ".join(["python -m bnnbench.report", *map(str, dirs),
+                            *(["--out", str(args.out)] if args.out else [])])
+        render(dirs, args.out or dirs[0] / "report", command=command, name=args.name,
+               plots=not args.no_plots)
+    for table in tables:
+        runs_dir = args.runs or (launch(table, args.overrides, args.runs_root) if args.run
+                                 else newest_runs(table, args.runs_root))
+        how = ["--runs", str(args.runs)] if args.runs else ["--run"]  # what really ran
+        command = " ".join(["python -m bnnbench.report", table, *how,
+                            *(["--", *args.overrides] if args.overrides else [])])
+        render([runs_dir], args.out or ROOT / "reports", command=command, table=table,
+               plots=not args.no_plots)
 
 
 if __name__ == "__main__":

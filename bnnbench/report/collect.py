@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bnnbench.report.record import METRICS_FILE, RunRecord
+from bnnbench.record import METRICS_FILE, RunRecord
 from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RECIPE_MARKER, RUN_MARKER, marker_is_locked
 
 #: config groups whose *choice* (``model=nin``) is a setting, ``method`` first: it usually
