@@ -9,7 +9,7 @@ import pytest
 from bnnbench.report.collect import Published, Row
 from bnnbench.record import RunRecord
 from bnnbench.report.verdicts import claim_lines, close_verdict, difference, rank_correlation, \
-    spearman, verdict
+    size_vs_paper, spearman, verdict
 
 
 def _row(key: str, top1s: list[float]) -> Row:
@@ -41,6 +41,21 @@ def test_verdict_rule(ours, se, paper, expected):
     assert verdict(ours, se, paper) == expected
 
 
+@pytest.mark.parametrize("ours,se,paper,expected", [
+    (5.0, 1.0, 4.8, "matches (paper within 2 s.e.)"),
+    (5.0, 1.0, 7.0, "matches (paper within 2 s.e.)"),      # |5 - 7| = 2 s.e. exactly
+    (5.0, 1.0, 7.1, "smaller: 0.7x the paper's"),
+    (0.26, 0.01, 3.0, "smaller: 0.087x the paper's"),     # Fig. 2: 0.26 vs ~3 decades
+    (-12.0, 1.0, -4.0, "larger: 3x the paper's"),
+    (-5.0, 1.0, 4.8, "opposite sign"),
+    (5.0, 1.0, None, "-"),                                # no printed number
+    (5.0, math.nan, 4.8, "-"),
+])
+def test_size_vs_paper_rule(ours, se, paper, expected):
+    assert size_vs_paper(ours, se, paper) == expected
+    assert size_vs_paper(ours, se, paper, n=2) == "-"
+
+
 def test_two_seeds_give_no_verdict():
     assert verdict(50.0, 1.0, 4.8, n=2) == "inconclusive (fewer than 3 seeds)"
     assert verdict(50.0, 1.0, 4.8, n=3) == "reproduced"
@@ -60,13 +75,14 @@ def test_claim_table_for_tang_table5():
                  "method.activation_bits=2": Published(45.8, 70.4, "seed", "x")}
     lines = claim_lines("tang_table5", rows, published)
     assert lines[0].startswith("Ours: difference of mean test top-1")
+    # paper +6.5 lies outside 10.00 ± 2 x 0.82: larger, 10 / 6.5 = 1.5x
     assert lines[4] == ("| m = 2 > m = 1 residual binarizations | +10.00 ± 0.82 (n = 3) | +6.5 | "
-                        "reproduced |")
+                        "larger: 1.5x the paper's | reproduced |")
 
 
 def test_missing_rows_are_said_not_silently_dropped():
     lines = claim_lines("tang_table5", [_row("method.activation_bits=1", [60.0, 61.0])], {})
-    assert lines[4].endswith("| rows not in these runs | - | not tested |")
+    assert lines[4].endswith("| rows not in these runs | - | - | not tested |")
 
 
 def test_methods_rank_correlation_leaves_out_non_imagenet_numbers():
@@ -209,6 +225,8 @@ def test_flip_claim_statistic_by_hand():
     line = next(line for line in lines if line.startswith("| at lr 1e-2"))
     assert f"| {diff:+.2f} ± {se:.2f} (n = 3) ({10 ** diff:.3g}x as many) |" in line
     assert "nearly 3 orders of magnitude" in line
+    # the paper's ~3 decades lie within ours ± 2 s.e. (+3.20 ± 0.20)
+    assert abs(diff - 3) <= 2 * se and "| matches (paper within 2 s.e.) | reproduced |" in line
 
 
 def test_flip_claims_without_flip_curves_are_not_tested():
@@ -216,7 +234,7 @@ def test_flip_claims_without_flip_curves_are_not_tested():
     lines = claim_lines("tang_fig2", rows, {})
     assert "callbacks=flip_ratio" in next(line for line in lines if line.startswith("| at lr"))
     assert lines[-1].endswith("| rows not in these runs | ≈ 0 (\"only when the learning rate of "
-                              "BNN is lowered to 0.0001, the two results become close\") | "
+                              "BNN is lowered to 0.0001, the two results become close\") | - | "
                               "not tested |")
 
 

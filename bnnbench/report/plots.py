@@ -141,8 +141,8 @@ def training_curves(report: Report, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     palette = _palette(report)
-    for setting, runs in grouped.items():
-        color = palette[setting]
+    for setting in sorted(grouped, key=list(palette).index):  # the legend in the table's order
+        runs, color = grouped[setting], palette[setting]
         for ax, key in zip(axes, ("train/loss", "val/top1")):
             series = [c[key] for c in runs if c.get(key)]
             if series:
@@ -152,7 +152,8 @@ def training_curves(report: Report, path: Path) -> bool:
     for ax in axes:
         _epoch_axis(ax, _max_epochs(report))
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=8, loc="best")
+    # beside the axes, as in the size plot: inside, a grid's 16 settings hid the curves
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{report.name}: training curves (thin: one seed, thick: mean)")
     _save(fig, path)
     return True

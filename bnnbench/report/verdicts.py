@@ -9,6 +9,11 @@ seeds, the paper's is the difference of the published numbers. The verdict:
 * **inconclusive**: within two standard errors (noise at this scale), or fewer than 3 seeds a
   row (two samples give no usable standard deviation).
 
+The verdict judges the direction only. Where the paper prints a number, a second column says
+whether the *size* agrees (:func:`size_vs_paper`): "matches" when the paper's difference lies
+within our ±2 standard errors, else smaller / larger with the ratio ours / paper, so a claim
+whose direction is reproduced at a tenth of the paper's size says so.
+
 The methods table also gets Spearman's rank correlation between our ordering of the methods
 and the paper's (top-1, methods with a published number).
 
@@ -143,10 +148,25 @@ def verdict(ours: float, se: float, paper: float | None, n: int = MIN_SEEDS) -> 
     return "reproduced" if ours * sign > 0 else "not reproduced"
 
 
+def size_vs_paper(ours: float, se: float, paper: float | None, n: int = MIN_SEEDS) -> str:
+    """Our difference's size against the paper's printed one (the verdict judges the sign):
+    "matches" when ``paper`` lies within ``ours`` ± 2 s.e., else smaller / larger and the ratio;
+    "-" without a printed number or a usable standard error, "opposite sign" when the signs
+    differ (the verdict says the rest)."""
+    if paper is None or math.isnan(se) or n < MIN_SEEDS:
+        return "-"
+    if abs(ours - paper) <= 2 * se:
+        return "matches (paper within 2 s.e.)"
+    if ours * paper <= 0:
+        return "opposite sign"
+    return f"{'smaller' if abs(ours) < abs(paper) else 'larger'}: {ours / paper:.2g}x the paper's"
+
+
 TOP1_INTRO = ("Ours: difference of mean test top-1 between the two rows, ± its standard error "
               "over seeds; reproduced / not reproduced when beyond 2 standard errors with the "
               "paper's sign / the opposite sign, inconclusive within or with fewer than "
-              f"{MIN_SEEDS} seeds (`bnnbench/report/verdicts.py`).")
+              f"{MIN_SEEDS} seeds; size vs paper: the paper's difference within our ±2 s.e. "
+              "(matches), else ours / paper (`bnnbench/report/verdicts.py`).")
 
 
 def claim_lines(table: str, rows: list[Row], published: dict[str, Published]) -> list[str]:
@@ -162,21 +182,23 @@ def claim_lines(table: str, rows: list[Row], published: dict[str, Published]) ->
                  else None)
         paper_txt = "-" if paper is None else f"{paper:+.1f}"
         if a is None or b is None:
-            out.append(f"| {claim.text} | rows not in these runs | {paper_txt} | not tested |")
+            out.append(f"| {claim.text} | rows not in these runs | {paper_txt} | - | "
+                       "not tested |")
             continue
         diff, se, n = difference(a, b)
         out.append(f"| {claim.text} | {_pm(diff, se, n)} | {paper_txt} | "
-                   f"{verdict(diff, se, paper, n)} |")
+                   f"{size_vs_paper(diff, se, paper, n)} | {verdict(diff, se, paper, n)} |")
     if table == "methods":
         rho, n = rank_correlation(rows, published)
         if n >= 3:
             out.append(f"| ordering of the {n} methods with a published top-1 | Spearman rho = "
-                       f"{rho:+.2f} between our and the paper's ordering | 1.00 | "
+                       f"{rho:+.2f} between our and the paper's ordering | 1.00 | - | "
                        f"{'same direction' if rho > 0 else 'different'} (rank correlation) |")
     sections = []
     if out:
         sections += [TOP1_INTRO, "", "| claim (paper) | ours: top-1 difference ± s.e. (seeds) | "
-                     "paper: difference | verdict |", "|---|---|---|---|", *out]
+                     "paper: difference | size vs paper | verdict |", "|---|---|---|---|---|",
+                     *out]
     for lines in (trend_lines(table, rows, published), flip_lines(table, rows)):
         if lines:
             sections += ["", *lines] if sections else lines
@@ -328,6 +350,8 @@ class FlipClaim:
     less: tuple[tuple[str, str], ...]
     paper: str
     close: bool = False
+    #: the paper's difference in orders of magnitude where it states one ("nearly 3 orders")
+    paper_decades: float | None = None
 
 
 def _setting(method: str, lr: str) -> tuple[tuple[str, str], ...]:
@@ -340,7 +364,7 @@ FLIP_CLAIMS: dict[str, tuple[FlipClaim, ...]] = {
     "tang_fig2": (
         FlipClaim("at lr 1e-2, BNN flips far more signs than full precision",
                   _setting("tang", "0.01"), _setting("fp", "0.01"),
-                  "≈ +3 (\"nearly 3 orders of magnitude larger\")"),
+                  "≈ +3 (\"nearly 3 orders of magnitude larger\")", paper_decades=3.0),
         FlipClaim("BNN flips fewer signs at lr 1e-4 than at lr 1e-2",
                   _setting("tang", "0.01"), _setting("tang", "0.0001"),
                   "> 0 (\"a lower learning rate ... to avoid frequent sign changes\")"),
@@ -358,7 +382,8 @@ FLIP_INTRO = (
     "seeds. Flips more: reproduced / not reproduced beyond 2 s.e. with / against the claim, "
     f"inconclusive within or below {MIN_SEEDS} seeds. Close: reproduced when the whole "
     f"±2 s.e. interval lies within ±{CLOSE_DECADES:g} order of magnitude, not reproduced when it "
-    "lies wholly outside, inconclusive otherwise.")
+    "lies wholly outside, inconclusive otherwise. Size vs paper (where the paper gives a number "
+    "of decades): the paper's within our ±2 s.e. (matches), else ours / paper.")
 
 
 def close_verdict(ours: float, se: float, n: int, margin: float = CLOSE_DECADES) -> str:
@@ -385,25 +410,27 @@ def flip_lines(table: str, rows: list[Row]) -> list[str]:
     for claim in claims:
         a, b = find(claim.more), find(claim.less)
         if a is None or b is None:
-            out.append(f"| {claim.text} | rows not in these runs | {claim.paper} | not tested |")
+            out.append(f"| {claim.text} | rows not in these runs | {claim.paper} | - | "
+                       "not tested |")
             continue
         xs = [log10_share(r.curves) for r in a.records]
         ys = [log10_share(r.curves) for r in b.records]
         if None in xs or None in ys:
             out.append(f"| {claim.text} | runs without flip curves (run with "
-                       f"callbacks=flip_ratio) | {claim.paper} | not tested |")
+                       f"callbacks=flip_ratio) | {claim.paper} | - | not tested |")
             continue
         if not all(math.isfinite(v) for v in [*xs, *ys]):
-            out.append(f"| {claim.text} | a run flipped no sign (log10 of 0) | {claim.paper} | "
+            out.append(f"| {claim.text} | a run flipped no sign (log10 of 0) | {claim.paper} | - | "
                        "inconclusive (no flip to compare) |")
             continue
         diff, se, n = difference_of_means(xs, ys)  # type: ignore[arg-type]
         said = (close_verdict(diff, se, n) if claim.close else verdict(diff, se, None, n))
+        size = size_vs_paper(diff, se, claim.paper_decades, n)
         out.append(f"| {claim.text} | {_pm(diff, se, n)} ({_times(diff)}) | {claim.paper} | "
-                   f"{said} |")
+                   f"{size} | {said} |")
     return [FLIP_INTRO, "",
             "| claim (Tang et al. 2017, Fig. 2) | ours: log10 flip-share difference ± s.e. "
-            "(seeds) | paper | verdict |", "|---|---|---|---|", *out]
+            "(seeds) | paper | size vs paper | verdict |", "|---|---|---|---|---|", *out]
 
 
 def _times(decades: float) -> str:
