@@ -220,6 +220,22 @@ def test_shift_batchnorm_equals_batchnorm_where_every_ap2_is_exact():
     torch.testing.assert_close(shift(probe), expected)
 
 
+def test_shift_batchnorm_momentum_none_is_the_cumulative_average():
+    """momentum=None (torch: the cumulative average of all batches, as from_batchnorm copies it):
+    after batches with per-channel means m1, m2, m3 the running mean is their plain average, as in
+    torch's BatchNorm (the +-2 batches keep AP2 exact, so the running variance agrees too)."""
+    from bnnbench.nn.shift import ShiftBatchNorm
+
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(2, 1)  # (4, 2), mean 0, var 1
+    shift, bn = ShiftBatchNorm(2, momentum=None), nn.BatchNorm1d(2, momentum=None)
+    means = [torch.tensor([1.0, -3.0]), torch.tensor([5.0, 1.0]), torch.tensor([0.0, 8.0])]
+    for m in means:
+        shift(2 * signs + m), bn(2 * signs + m)
+    torch.testing.assert_close(shift.running_mean, torch.tensor([2.0, 2.0]))  # by hand
+    torch.testing.assert_close(shift.running_mean, bn.running_mean)
+    torch.testing.assert_close(shift.running_var, bn.running_var)  # 4 * 4 / 3, every batch
+
+
 def test_shift_batchnorm_rounds_gamma_and_the_inverse_std_to_powers_of_two():
     """y = AP2(gamma) (C(x) AP2(1 / sqrt(var + eps))) + beta, var = mean(C(x) AP2(C(x)))."""
     from bnnbench.nn.shift import ShiftBatchNorm

@@ -47,7 +47,8 @@ class ShiftBatchNorm(nn.modules.batchnorm._BatchNorm):
     Training, per channel over the batch (and space):
         ``C(x) = x - mean(x)``;  ``var ~ mean(C(x) * AP2(C(x)))``;
         ``x^ = C(x) * AP2(1 / sqrt(var + eps))``;  ``y = AP2(gamma) * x^ + beta``.
-    Evaluation uses the running mean and the running approximate variance. Gradients pass
+    Evaluation uses the running mean and the running approximate variance, averaged as torch's
+    BatchNorm does (``momentum``; ``None``: the cumulative average of every batch). Gradients pass
     straight through every AP2 (identity), elsewhere ordinary autograd.
     """
 
@@ -73,11 +74,13 @@ class ShiftBatchNorm(nn.modules.batchnorm._BatchNorm):
             var = (centred * ap2_ste(centred)).mean(dim=dims)
             if self.training and self.track_running_stats and self.running_mean is not None:
                 n = x.numel() / x.shape[1]
-                momentum = 0.1 if self.momentum is None else self.momentum
                 with torch.no_grad():
+                    self.num_batches_tracked += 1
+                    # torch's convention, which from_batchnorm copies: None = cumulative average
+                    momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                                else self.momentum)
                     self.running_mean.mul_(1 - momentum).add_(momentum * mean)
                     self.running_var.mul_(1 - momentum).add_(momentum * var * n / max(n - 1, 1))
-                    self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var
             centred = x - mean.view(shape)
