@@ -4,6 +4,7 @@ unfinished runs listed, plots written; checked against the runs' own metrics.jso
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -136,6 +137,23 @@ def test_report_of_synthetic_runs_lists_every_run(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 5 and {r["status"] for r in rows} == {"finished", "failed"}
     assert "\\begin{tabular}" in (tmp_path / "out" / "report.tex").read_text()
+
+
+def test_seconds_per_epoch_is_each_runs_median_then_the_seeds_mean(tmp_path):
+    """A run's first epoch pays one-off warm-ups (9 s here): its median epoch time (2 s) is the
+    run's s / epoch, not the mean (4 s); the table then averages the seeds: (2 + 3) / 2."""
+    for seed, times in enumerate([[9.0, 1.0, 2.0], [3.0, 3.0, 3.0]]):
+        record = dataclasses.replace(_record("bnn", seed, 90.0), epoch_time_s=times, epochs=3)
+        _run_dir(tmp_path / "runs", f"bnn{seed}", f"seed: {seed}\n", record)
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-plots"])
+    with open(tmp_path / "out" / "report.csv") as handle:
+        assert sorted(float(r["s_per_epoch"]) for r in csv.DictReader(handle)) == [2.0, 3.0]
+    header, _, line = (ln for ln in (tmp_path / "out" / "report.md").read_text().splitlines()
+                       if ln.startswith("| setting") or ln.startswith("|:") or
+                       ln.startswith("| method=bnn "))
+    cells = dict(zip((c.strip() for c in header.strip("|").split("|")),
+                     (c.strip() for c in line.strip("|").split("|"))))
+    assert cells["s / epoch"] == "2.5"
 
 
 def test_unknown_target_is_one_line(capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
             "size_bytes": size.get("total_bytes"), "fp32_bytes": size.get("fp32_bytes"),
             "compression": size.get("compression"),
             "wall_time_s": rec.wall_time_s if rec else None,
-            "s_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
+            # median: the first epoch of a process's first run pays one-off warm-ups (imports,
+            # numba, allocator), which made the first method of a sweep look 2-3x slower
+            "s_per_epoch": statistics.median(epoch_s) if epoch_s else None,
             "config_hash": rec.config_hash if rec else None,
             "git_commit": rec.git_commit if rec else None,
             "device": rec.device if rec else None, "run_dir": str(run.path),
@@ -259,6 +262,8 @@ def markdown(report: Report) -> str:
         "seeds. Paper columns are the published numbers (reports/reference/published.csv) on "
         "the row they were printed for, at the paper's own data and network (the column group "
         "names them), far larger than ours: compare the ordering and the gaps, not the values. "
+        "s / epoch: each run's median epoch time (the first epoch carries one-off warm-ups), "
+        "mean over seeds. "
         f"Every run, one row each: `{report.name}.csv`; this table in LaTeX: "
         f"`{report.name}.tex`.", "",
         report.summary_markdown(), "",
