@@ -69,8 +69,8 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
             "size_bytes": size.get("total_bytes"), "fp32_bytes": size.get("fp32_bytes"),
             "compression": size.get("compression"),
             "wall_time_s": rec.wall_time_s if rec else None,
-            # median: the first epoch of a process's first run pays one-off warm-ups (imports,
-            # numba, allocator), which made the first method of a sweep look 2-3x slower
+            # median: a run's first epoch pays one-off warm-ups (first kernel calls, allocator,
+            # progress bar), and one epoch slowed by another job should not set the figure
             "s_per_epoch": statistics.median(epoch_s) if epoch_s else None,
             "config_hash": rec.config_hash if rec else None,
             "git_commit": rec.git_commit if rec else None,
