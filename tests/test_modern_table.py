@@ -76,7 +76,12 @@ def test_modern_table_renders_from_fake_runs(tmp_path):
               "XNOR-Net > BNN": ("xnor", "bnn", "+9.0")}
     for claim, (better, worse, paper) in claims.items():
         ours, want = verdict(better, worse)
-        assert row(text, claim)[1:] == [ours, paper, want]
+        cells = row(text, claim)
+        assert [cells[1], cells[2], cells[4]] == [ours, paper, want]
+        diff = statistics.fmean(TOP1[better]) - statistics.fmean(TOP1[worse])
+        size = "smaller" if abs(diff) < abs(float(paper)) else "larger"  # MNIST gaps vs ImageNet
+        assert cells[3] in ("opposite sign", f"{size}: {diff / float(paper):.2g}x the paper's"), \
+            cells[3]
 
 
 def test_modern_table_over_the_papers_hosts_shows_their_resnet_rows(tmp_path):
