@@ -17,7 +17,7 @@ epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
 cache already holds them (:func:`timm_teacher`; nothing is downloaded).
 
 Recipes in stages (``+recipe=<name>``, conf/recipe/), each stage a run directory of its own,
-stage 2 using stage 1's run through ``init=`` or ``teacher=`` (the recipe's ``link``):
+stage 2 using stage 1's run through ``init=`` or ``teacher=`` (:data:`STAGE1_LINK`):
 
 * ``two_stage`` (ReActNet's and Real-to-Binary's): stage 1 trains binary activations with real
   weights (``method.binary_weights=false``), stage 2 binary weights too, initialised from stage
@@ -308,10 +308,10 @@ def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
 def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) -> DictConfig:
     """The config of one stage of a recipe: the run's config with the recipe's ``stage<n>``
     settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network)
-    and, for stage 2, ``<link>=<stage1_dir>`` (:data:`STAGE1_LINK`: ``init`` or ``teacher``); Bop becomes Adam in a
-    stage without binary weights (:func:`stage_optimizer`). The stage records ``recipe: {name,
-    stage}``. A setting the run's config lacks (a method without ``binary_weights``) is refused
-    with one line."""
+    and, for stage 2, ``<link>=<stage1_dir>`` (:data:`STAGE1_LINK`: ``init`` or ``teacher``);
+    Bop becomes Adam in a stage without binary weights (:func:`stage_optimizer`). The stage
+    records ``recipe: {name, stage}``. A setting the run's config lacks (a method without
+    ``binary_weights``) is refused with one line."""
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
     name = recipe.get("name")
     patch = recipe.get(f"stage{stage}") or {}
@@ -343,4 +343,3 @@ def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) ->
                 raise ValueError("stage 2 starts from stage 1's run directory")
             out[link] = str(stage1_dir)
     return out
-

@@ -51,7 +51,8 @@ def test_each_point_composes_to_its_recipe(make_cfg, point):
 def _record(method: str, seed: int, top1: float) -> RunRecord:
     return RunRecord(method=method, model="mlp", data="mnist5k", seed=seed, test_top1=top1,
                      test_top5=99.0, best_val_top1=top1, num_params=1000, epochs=10,
-                     wall_time_s=1.0, epoch_time_s=[0.1] * 10, curves={}, config_hash="h",
+                     wall_time_s=1.0, epoch_time_s=[0.1] * 10, config_hash="h",
+                     curves={"train/loss": [1.0] * 10, "val/top1": [top1] * 10},
                      git_commit="c", device="cpu",
                      extra={"size": {"total_bytes": 100, "fp32_bytes": 3200,
                                      "compression": 32.0}})
@@ -94,8 +95,11 @@ def fake_recipe_runs(make_cfg, root: Path) -> None:
             for stage in (1, 2):
                 stage_cfg = stage_config(cfg, stage, point_dir / "stage1")
                 method = "fp" if stage_cfg.get("method") is None else "reactnet"
-                _write_run(point_dir / f"stage{stage}", stage_cfg,
-                           _record(method, seed, TOP1[point, stage][seed]))
+                record = _record(method, seed, TOP1[point, stage][seed])
+                if stage_cfg.get("teacher"):  # the distilling stage logs both terms
+                    record.curves = {**record.curves, "train/kd": [0.5] * 10,
+                                     "train/task": [1.0] * 10}
+                _write_run(point_dir / f"stage{stage}", stage_cfg, record)
 
 
 def test_recipes_table_renders_from_the_stages_runs(make_cfg, tmp_path):
@@ -129,3 +133,21 @@ def test_recipes_table_renders_from_the_stages_runs(make_cfg, tmp_path):
     assert init[1:] == [ours("fp_init")[0], "-", "reproduced"]
     two = row(text, "two-stage > plain (ReActNet, Real-to-Binary)")
     assert two[1:] == [ours("two_stage")[0], "-", "not reproduced"]  # -2 ± 0.82
+
+
+def test_kd_terms_get_a_panel_of_their_own(make_cfg, tmp_path):
+    """The curves plot gains a third panel (train/kd and train/task) when a run distilled."""
+    from PIL import Image
+
+    runs = tmp_path / "runs"
+    fake_recipe_runs(make_cfg, runs)
+    main(["recipes", "--runs", str(runs), "--out", str(tmp_path / "kd")])
+    for stage in runs.glob("*_fp_teacher"):  # the same runs without a teacher's curves
+        record = RunRecord.read(stage / "stage2")
+        record.curves = {k: v for k, v in record.curves.items()
+                         if k not in ("train/kd", "train/task")}
+        record.write(stage / "stage2")
+    main(["recipes", "--runs", str(runs), "--out", str(tmp_path / "plain")])
+    with Image.open(tmp_path / "kd" / "recipes_curves.png") as kd, \
+            Image.open(tmp_path / "plain" / "recipes_curves.png") as plain:
+        assert kd.size[0] > 1.3 * plain.size[0]  # 16.5 in wide instead of 11
