@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from bnnbench.recipes import stage_config
 from bnnbench.report.__main__ import PUBLISHED, main, sweep_keys, sweep_title
 from bnnbench.report.collect import load_published
-from bnnbench.report.record import RunRecord
+from bnnbench.record import RunRecord
 from tests.test_modern_table import row
 
 POINTS = ("plain", "fp_init", "fp_teacher", "two_stage")
