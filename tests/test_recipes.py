@@ -246,7 +246,7 @@ def test_two_stage_recipe_runs_both_stages_and_resumes(make_cfg, monkeypatch):
 
     # a rerun into the same directory: stage 1 finished (skipped), stage 2 too (refused)
     stamp = (stage1 / "metrics.json").stat().st_mtime_ns
-    with pytest.raises(BnnbenchError, match="finished two-stage run"):
+    with pytest.raises(BnnbenchError, match="finished two_stage run"):
         run(cfg)
     # a killed stage 2 (its metrics.json gone): the rerun skips stage 1 and trains stage 2
     (stage2 / "metrics.json").unlink()
