@@ -161,8 +161,10 @@ def training_curves(report: Report, path: Path) -> bool:
     for ax in axes:
         _epoch_axis(ax, _max_epochs(report))
         ax.grid(True, alpha=0.3)
-    # beside the axes, as in the size plot: inside, a grid's 16 settings hid the curves
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # beside the axes, as in the size plot: inside, a grid's 16 settings hid the curves; beside
+    # the last panel (the KD panel's lines are the same settings, its y label says which term)
+    handles, labels = axes[1].get_legend_handles_labels()
+    axes[-1].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{report.name}: training curves (thin: one seed, thick: mean)")
     _save(fig, path)
     return True
