@@ -113,9 +113,15 @@ class FlipRatio(pl.Callback):
 
 
 class EpochRecorder(pl.Callback):
-    """Collects per-epoch curves (train loss, val metrics, learning rate) and epoch wall times."""
+    """Collects per-epoch curves (train loss, val metrics, learning rate) and epoch wall times.
+
+    The terms of a composite training loss get curves of their own when the run logs them:
+    ``train/task`` (the method's loss) and ``train/kd`` (the distillation term) with a teacher,
+    ``train/regularizer`` with a method's regularizer.
+    """
 
     KEYS = ("train/loss", "val/loss", "val/top1", "val/top5")
+    TERMS = ("train/task", "train/kd", "train/regularizer")
 
     def __init__(self) -> None:
         self.curves: dict[str, list[float]] = {k: [] for k in (*self.KEYS, "lr")}
@@ -141,4 +147,7 @@ class EpochRecorder(pl.Callback):
         for key in self.KEYS:
             value = metrics.get(key)
             self.curves[key].append(float(value) if value is not None else float("nan"))
+        for key in self.TERMS:  # logged every epoch or never (a teacher is set for the run)
+            if metrics.get(key) is not None:
+                self.curves.setdefault(key, []).append(float(metrics[key]))
         self.curves["lr"].append(float(trainer.optimizers[0].param_groups[0]["lr"]))

@@ -34,7 +34,8 @@ class BNNModule(pl.LightningModule):
 
     With a ``teacher`` (a frozen network), the task loss is ``(1 - kd_weight) * method loss +
     kd_weight * distillation_loss(logits, teacher(x), kd_temperature)``.
-    Logged: ``train/loss`` (task loss + regularizer), ``train/kd`` (with a teacher), ``val/top1``,
+    Logged: ``train/loss`` (task loss + regularizer), with a teacher ``train/task`` (the method
+    loss) and ``train/kd`` (the distillation term), both before weighting, ``val/top1``,
     ``val/top5``, ``val/loss``, ``test/top1``, ``test/top5``, ``test/loss`` (accuracies in percent).
     Validation and test metrics are torchmetrics states (correct and seen counts, loss sum and
     weight) summed over every batch and, under DDP, over every rank before the division, so the
@@ -89,7 +90,11 @@ class BNNModule(pl.LightningModule):
             with torch.no_grad():
                 target = self.teacher[0](x)
             kd = distillation_loss(logits, target, self.kd_temperature)
-            self.log("train/kd", kd, on_step=False, on_epoch=True, batch_size=len(y))
+            # both terms, unweighted, so a report can plot what each contributes
+            self.log("train/task", loss, on_step=False, on_epoch=True, batch_size=len(y),
+                     sync_dist=True)
+            self.log("train/kd", kd, on_step=False, on_epoch=True, batch_size=len(y),
+                     sync_dist=True)
             loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
         reg = self.method.regularizer(self.net)
         if reg is not None:

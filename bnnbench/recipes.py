@@ -16,10 +16,24 @@ epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
 ``teacher_weights=<file>`` or, without it, timm's pretrained weights where the timm/Hugging Face
 cache already holds them (:func:`timm_teacher`; nothing is downloaded).
 
-Two-stage training (``+recipe=two_stage``, ReActNet's and Real-to-Binary's): stage 1 trains
-binary activations with real weights, stage 2 binary weights too, initialised from stage 1's
-``last.ckpt`` by :func:`warm_start`; :func:`stage_config` derives each stage's config, the run
-loop is :func:`bnnbench.train.run_two_stage`.
+Recipes in stages (``+recipe=<name>``, conf/recipe/), each stage a run directory of its own,
+stage 2 using stage 1's run through ``init=`` or ``teacher=`` (:data:`STAGE1_LINK`):
+
+* ``two_stage`` (ReActNet's and Real-to-Binary's): stage 1 trains binary activations with real
+  weights (``method.binary_weights=false``), stage 2 binary weights too, initialised from stage
+  1's ``last.ckpt`` by :func:`warm_start`;
+* ``fp_init`` (Bi-Real Net's and DoReFa's): stage 1 trains the full-precision network of the same
+  host (no method), stage 2 the method warm-started from it;
+* ``fp_teacher``: stage 1 the same full-precision network, stage 2 the method distilling from it
+  (``teacher=``, ReActNet's distributional loss at the defaults ``kd.weight=1 kd.temperature=1``).
+
+A stage without binary weights (the full-precision stage, ``binary_weights=false``) has nothing
+for Bop to flip: with ``optimizer=bop`` it trains with Adam at Bop's ``lr``, ``betas``, ``eps``
+and ``weight_decay`` (the optimizer Bop applies to every real parameter anyway), and the stage
+with binary weights with Bop (:func:`stage_optimizer`). That is ReActNet's and Real-to-Binary's
+stage 1 (Adam on real weights) followed by Helwegen et al.'s Bop on the binary network, so one
+``optimizer=bop`` means "Bop where there are binary weights". :func:`stage_config` derives each
+stage's config, the run loop is :func:`bnnbench.train.run_stages`.
 """
 
 from __future__ import annotations
@@ -241,9 +255,16 @@ def cached_pretrained(net: nn.Module) -> Path | None:
     return None
 
 
-# ------------------------------------------------------------------------------- two stages
+# ---------------------------------------------------------------------------------- stages
 TWO_STAGE = "two_stage"
+#: the recipes in stages (conf/recipe/<name>.yaml), each with the key through which stage 2
+#: uses stage 1's run: a warm start or a teacher
+STAGE1_LINK = {TWO_STAGE: "init", "fp_init": "init", "fp_teacher": "teacher"}
+RECIPES = tuple(STAGE1_LINK)
 STAGES = (1, 2)
+ADAM = "torch.optim.Adam"
+#: Bop's knobs that are its Adam's (bnnbench.optimizers.Bop); threshold and gamma are its flips'
+ADAM_KNOBS = ("lr", "betas", "eps", "weight_decay")
 
 
 def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
@@ -257,36 +278,68 @@ def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+def has_binary_weights(cfg: DictConfig) -> bool:
+    """Whether a run's config binarizes weights: it has a method, and not one with
+    ``binary_weights=false`` (the full-precision reference has none)."""
+    method = cfg.get("method")
+    return method is not None and method.get("binary_weights", True) is not False
+
+
+def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
+    """Adam in place of Bop for a stage without binary weights (see the module docstring),
+    with Bop's Adam knobs; None when the stage keeps its optimizer."""
+    from hydra.utils import get_object
+
+    from bnnbench.optimizers import takes_binary_groups
+
+    node = cfg.get("optimizer")
+    if node is None or has_binary_weights(cfg):
+        return None
+    try:
+        target = get_object(str(node.get("_target_")))
+    except Exception:  # noqa: BLE001 - validate() names a bad _target_
+        return None
+    if not takes_binary_groups(target):
+        return None
+    return OmegaConf.create({"_target_": ADAM, "_partial_": True,
+                             **{k: node[k] for k in ADAM_KNOBS if k in node}})
+
+
 def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) -> DictConfig:
-    """The config of one stage of ``+recipe=two_stage``: the run's config with the recipe's
-    ``stage<n>`` settings merged in (conf/recipe/two_stage.yaml: stage 1 ``method.binary_weights
-    =false``, weight decay 1e-5; stage 2 ``true``, 0) and, for stage 2, ``init=<stage1_dir>``.
-    The stage records ``recipe: {name: two_stage, stage: n}``. A setting the run's config lacks
-    (a method without ``binary_weights``) is refused with one line."""
+    """The config of one stage of a recipe: the run's config with the recipe's ``stage<n>``
+    settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network)
+    and, for stage 2, ``<link>=<stage1_dir>`` (:data:`STAGE1_LINK`: ``init`` or ``teacher``);
+    Bop becomes Adam in a stage without binary weights (:func:`stage_optimizer`). The stage
+    records ``recipe: {name, stage}``. A setting the run's config lacks (a method without
+    ``binary_weights``) is refused with one line."""
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
+    name = recipe.get("name")
     patch = recipe.get(f"stage{stage}") or {}
     if not isinstance(patch, dict):
         raise BnnbenchError(f"recipe.stage{stage} must be a mapping of settings, e.g. "
                             f"recipe.stage{stage}.optimizer.weight_decay=0")
-    method = cfg.get("method")
-    if method is None:
-        raise BnnbenchError("recipe=two_stage binarizes in two stages and needs a method with "
-                            "a real-weight stage 1: add +method=reactnet")
+    link = STAGE1_LINK[name]
+    if cfg.get("method") is None:
+        raise BnnbenchError(f"recipe={name} trains a binary network in its last stage and this "
+                            "run has no method: add one, e.g. +method=reactnet")
     for key in _leaves(patch):
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             hint = ("stage 1 trains real weights with binary activations, which needs "
-                    "method.binary_weights (+method=reactnet)"
+                    "method.binary_weights (+method=reactnet or +method=bireal)"
                     if key == "method.binary_weights" else
                     f"add it to the run's config, or drop recipe.stage{stage}.{key}")
-            raise BnnbenchError(f"recipe=two_stage sets {key} in stage {stage}, and this run has "
+            raise BnnbenchError(f"recipe={name} sets {key} in stage {stage}, and this run has "
                                 f"no {key}: {hint}")
     out = copy.deepcopy(cfg)
     with open_dict(out):
         del out["recipe"]
         out.merge_with(patch)
-        out.recipe = {"name": TWO_STAGE, "stage": stage}
+        out.recipe = {"name": name, "stage": stage}
+        optimizer = stage_optimizer(out)
+        if optimizer is not None:
+            out.optimizer = optimizer
         if stage == 2:
             if stage1_dir is None:
                 raise ValueError("stage 2 starts from stage 1's run directory")
-            out.init = str(stage1_dir)
+            out[link] = str(stage1_dir)
     return out

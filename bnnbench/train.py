@@ -38,7 +38,14 @@ from bnnbench.trained import check_shapes, load_checkpoint
 from bnnbench.files import atomic_path, write_atomic
 from bnnbench.lit import BNNModule, count_parameters
 from bnnbench.optimizers import binary_weights, takes_binary_groups
-from bnnbench.recipes import STAGES, TWO_STAGE, load_teacher, stage_config, warm_start
+from bnnbench.recipes import (
+    RECIPES,
+    STAGE1_LINK,
+    STAGES,
+    load_teacher,
+    stage_config,
+    warm_start,
+)
 from bnnbench.record import RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
@@ -97,9 +104,9 @@ def validate(cfg: DictConfig) -> None:
                             "teacher=timm:<name>; name the timm model, or drop teacher_weights")
     recipe = cfg.get("recipe")
     if recipe is not None and (not isinstance(recipe, DictConfig)
-                               or recipe.get("name") != TWO_STAGE):
-        raise BnnbenchError(f"recipe={recipe} is not a recipe; the one there is: "
-                            f"+recipe={TWO_STAGE}")
+                               or recipe.get("name") not in RECIPES):
+        raise BnnbenchError(f"recipe={recipe} is not a recipe; choose one of: "
+                            + ", ".join(f"+recipe={name}" for name in RECIPES))
     if cfg.get("teacher"):
         kd = cfg.get("kd") or {}
         check_range("kd.temperature", kd.get("temperature", 1.0), low=0, low_inclusive=False)
@@ -224,7 +231,7 @@ def run(cfg: DictConfig) -> RunRecord:
     resumed = claim_run_dir(run_dir, OmegaConf.to_container(cfg, resolve=True))
     try:
         if cfg.get("recipe") is not None:
-            return run_two_stage(cfg, run_dir)
+            return run_stages(cfg, run_dir)
         return train_claimed(cfg, run_dir, resumed)
     finally:
         release_run_dir(run_dir)
@@ -233,31 +240,33 @@ def run(cfg: DictConfig) -> RunRecord:
 STAGE_DIR = "stage{}"
 
 
-def run_two_stage(cfg: DictConfig, run_dir: Path) -> RunRecord:
-    """``+recipe=two_stage``: stage 1 into ``<run_dir>/stage1``, stage 2 into ``<run_dir>/stage2``
-    from stage 1's ``last.ckpt`` (:func:`bnnbench.recipes.stage_config`); returns stage 2's
-    record. Each stage is a whole run (config, checkpoints, metrics.json) under the same rules:
-    rerun into the same ``run_dir``, a finished stage 1 is skipped and a killed stage resumes."""
+def run_stages(cfg: DictConfig, run_dir: Path) -> RunRecord:
+    """A recipe in stages (``+recipe=two_stage|fp_init|fp_teacher``, :mod:`bnnbench.recipes`):
+    stage 1 into ``<run_dir>/stage1``, stage 2 into ``<run_dir>/stage2`` using stage 1's run
+    (:func:`bnnbench.recipes.stage_config`); returns stage 2's record. Each stage is a whole run
+    (config, checkpoints, metrics.json) under the same rules: rerun into the same ``run_dir``, a
+    finished stage 1 is skipped and a killed stage resumes."""
+    name = str(cfg.recipe.name)
     if cfg.get("ckpt_path"):
-        raise BnnbenchError("ckpt_path= resumes one run; a two-stage run resumes by rerunning "
+        raise BnnbenchError(f"ckpt_path= resumes one run; a {name} run resumes by rerunning "
                             "its command into the same hydra.run.dir: drop ckpt_path")
     if not is_ddp_worker():
         write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         write_atomic(run_dir / RECIPE_MARKER, json.dumps(
-            {"recipe": TWO_STAGE, "stages": [STAGE_DIR.format(s) for s in STAGES]}) + "\n")
+            {"recipe": name, "stages": [STAGE_DIR.format(s) for s in STAGES]}) + "\n")
     dirs = {stage: run_dir / STAGE_DIR.format(stage) for stage in STAGES}
     if recorded_status(dirs[2]) == "finished":
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a rerun sweep keeps a finished point
-            print(f"bnnbench: {run_dir} finished before (two stages): skipped")
+            print(f"bnnbench: {run_dir} finished before ({name}): skipped")
             return RunRecord.read(dirs[2])
-        raise BnnbenchError(f"{run_dir} already holds a finished two-stage run "
+        raise BnnbenchError(f"{run_dir} already holds a finished {name} run "
                             f"({STAGE_DIR.format(2)}/metrics.json); choose a new hydra.run.dir")
     configs = {1: stage_config(cfg, 1), 2: stage_config(cfg, 2, dirs[1])}
     for stage in STAGES:  # both checked before stage 1 trains
         with hydra_output_dir(dirs[stage]):
             validate(configs[stage])
     if recorded_status(dirs[1]) == "finished":
-        print(f"two_stage: stage 1 finished in {dirs[1]}; skipping to stage 2")
+        print(f"{name}: stage 1 finished in {dirs[1]}; skipping to stage 2")
     else:
         train_stage(configs[1], dirs[1])
     return train_stage(configs[2], dirs[2])
@@ -405,11 +414,11 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
 
 
 def recipe_record(cfg: DictConfig) -> dict[str, Any]:
-    """What metrics.json says of a two-stage recipe's stage: its number and, for stage 2, the
-    run directory of stage 1 it started from."""
+    """What metrics.json says of a recipe's stage: its number and, for stage 2, the run
+    directory of stage 1 it started from (``init=``) or distils from (``teacher=``)."""
     record: dict[str, Any] = {"name": str(cfg.recipe.name), "stage": int(cfg.recipe.stage)}
     if int(cfg.recipe.stage) == 2:
-        record["stage1_run_dir"] = str(cfg.init)
+        record["stage1_run_dir"] = str(cfg[STAGE1_LINK[str(cfg.recipe.name)]])
     return record
 
 

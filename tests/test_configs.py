@@ -47,7 +47,7 @@ def test_config_file_composes_and_instantiates(make_cfg, group, option):
                           img_size=data.img_size)
         assert instantiate(cfg.method).convert(net) is not None
         return
-    if group == "recipe":  # runs of runs (bnnbench.train.run_two_stage; tests/test_recipes.py)
+    if group == "recipe":  # runs of runs (bnnbench.train.run_stages; tests/test_recipes.py)
         assert cfg.recipe.name == option
         return
     if group == "debug":  # global: it changes the trainer (tests/test_conventions.py checks how)

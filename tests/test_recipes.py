@@ -12,6 +12,7 @@ from bnnbench.errors import BnnbenchError
 from bnnbench.methods import create_method
 from bnnbench.models import create_model
 from bnnbench.recipes import source_names, warm_start
+from bnnbench.record import RunRecord
 from bnnbench.train import run
 from bnnbench.trained import load_checkpoint
 from tests.conftest import FAST
@@ -87,10 +88,25 @@ def test_distillation_loss_is_reactnets_distributional_loss_up_to_a_constant():
 def test_binary_student_distils_from_a_teacher_run(make_cfg, tmp_path):
     run(make_cfg([*FAST, *MLP]))
     teacher_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = run(make_cfg([*FAST, *MLP, "+method=reactnet", f"teacher={teacher_dir}",
-                           "kd.weight=0.5", "kd.temperature=2"]))
+    cfg = make_cfg([*FAST, *MLP, "+method=reactnet", f"teacher={teacher_dir}",
+                    "kd.weight=0.5", "kd.temperature=2"])
+    student_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run(cfg)
     assert len(record.curves["train/loss"]) == 1
     assert all(v == v for v in record.curves["train/loss"])  # finite, not NaN
+    # the two terms have curves of their own, and the loss is their weighted sum every epoch
+    task, kd = record.curves["train/task"], record.curves["train/kd"]
+    assert len(task) == len(kd) == 1 and kd[0] > 0 and task[0] > 0
+    assert record.curves["train/loss"][0] == pytest.approx(0.5 * task[0] + 0.5 * kd[0],
+                                                           rel=1e-5)
+    # ... and reach the logger
+    import csv
+
+    with open(student_dir / "csv" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [r for r in rows if r.get("train/kd")]
+    assert logged and float(logged[-1]["train/kd"]) == pytest.approx(kd[0], rel=1e-5)
+    assert float(logged[-1]["train/task"]) == pytest.approx(task[0], rel=1e-5)
 
 
 def test_bad_teacher_is_one_line(make_cfg, tmp_path):
@@ -230,7 +246,7 @@ def test_two_stage_recipe_runs_both_stages_and_resumes(make_cfg, monkeypatch):
 
     # a rerun into the same directory: stage 1 finished (skipped), stage 2 too (refused)
     stamp = (stage1 / "metrics.json").stat().st_mtime_ns
-    with pytest.raises(BnnbenchError, match="finished two-stage run"):
+    with pytest.raises(BnnbenchError, match="finished two_stage run"):
         run(cfg)
     # a killed stage 2 (its metrics.json gone): the rerun skips stage 1 and trains stage 2
     (stage2 / "metrics.json").unlink()
@@ -240,9 +256,124 @@ def test_two_stage_recipe_runs_both_stages_and_resumes(make_cfg, monkeypatch):
 
 
 def test_two_stage_needs_a_method_with_a_real_weight_stage(make_cfg):
-    with pytest.raises(BnnbenchError, match="needs a method") as info:
+    with pytest.raises(BnnbenchError, match="has no method: add one") as info:
         run(make_cfg([*FAST, *MLP, "+recipe=two_stage"]))
     assert "\n" not in str(info.value)
     with pytest.raises(BnnbenchError, match="method.binary_weights") as info:
         run(make_cfg([*FAST, *MLP, "+method=bnn", "+recipe=two_stage"]))
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------- stage 1 of two stages: real weights
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("method", ["bireal", "reactnet"])
+def test_binary_weights_false_is_real_weights_and_sign_activations(method, training):
+    """``method.binary_weights=false`` (stage 1, Bi-Real's and ReActNet's units): every binary
+    layer computes ``sign(x) W^T`` with its latent real weights (no alpha, no sign) and gets the
+    plain gradient ``dL/dW = g^T sign(x)``, in training and in evaluation; ``true`` binarizes
+    the same layers' weights."""
+    from bnnbench.nn.layers import quantized_layers
+
+    torch.manual_seed(0)
+    host = create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32)
+    net = create_method(method, binary_weights=False).convert(host)
+    for module in net.modules():  # the host's Dropout (moved after the sign) would mask inputs
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    net.train(training)
+    layers = dict(quantized_layers(net))
+    assert len(layers) == 2
+    seen = {}
+    for name, layer in layers.items():
+        def keep(module, args, out, name=name):
+            out.retain_grad()
+            seen[name] = (args[0].detach(), out)
+        layer.register_forward_hook(keep)
+    net(torch.randn(8, 1, 28, 28)).square().sum().backward()
+    for name, layer in layers.items():
+        assert layer.weight_bits == 32 and layer.input_bits == 1
+        x, out = seen[name]
+        signs = torch.where(x >= 0, 1.0, -1.0)
+        w = layer.weight.detach()
+        assert w.abs().unique().numel() > 100  # real values, not one magnitude per row
+        torch.testing.assert_close(out.detach(), signs @ w.T)
+        torch.testing.assert_close(layer.weight.grad, out.grad.T @ signs)
+    binary = create_method(method, binary_weights=True).convert(
+        create_model("mlp", in_chans=1, num_classes=10, img_size=28, hidden_features=32))
+    assert [layer.weight_bits for _, layer in quantized_layers(binary)] == [1, 1]
+
+
+# --------------------------------------------------------------- optimizers of the stages
+@pytest.mark.parametrize("recipe", ["two_stage", "fp_init", "fp_teacher"])
+def test_bop_flips_only_in_the_stage_with_binary_weights(make_cfg, recipe, tmp_path):
+    """optimizer=bop with a recipe: the stage without binary weights (real weights, or the
+    full-precision network) trains with Adam at Bop's lr/betas/eps/weight_decay, the binary
+    stage with Bop (gamma and threshold kept)."""
+    from bnnbench.recipes import stage_config
+
+    cfg = make_cfg([*MLP, "+method=bireal", "method.weight_gradient=code", f"+recipe={recipe}",
+                    "optimizer=bop", "optimizer.lr=0.002", "optimizer.gamma=0.001",
+                    "+optimizer.eps=1e-6"])
+    stage1 = stage_config(cfg, 1)
+    stage2 = stage_config(cfg, 2, tmp_path / "stage1")
+    assert dict(stage1.optimizer) == {
+        "_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.002, "eps": 1e-6,
+        "weight_decay": 1e-5 if recipe == "two_stage" else 0.0}
+    assert stage2.optimizer._target_ == "bnnbench.optimizers.Bop"
+    assert (stage2.optimizer.gamma, stage2.optimizer.lr) == (0.001, 0.002)
+    # the stage's network: real weights (two_stage), no method (the fp recipes)
+    if recipe == "two_stage":
+        assert stage1.method.binary_weights is False and stage2.init == str(tmp_path / "stage1")
+    else:
+        assert stage1.method is None
+        link = "init" if recipe == "fp_init" else "teacher"
+        assert stage2[link] == str(tmp_path / "stage1") and stage2.method.binary_weights
+        assert stage2.get("teacher" if link == "init" else "init") is None
+    # without Bop every stage keeps the run's optimizer
+    plain = make_cfg([*MLP, "+method=bireal", f"+recipe={recipe}"])
+    assert stage_config(plain, 1).optimizer._target_ == "torch.optim.Adam"
+    assert "gamma" not in stage_config(plain, 1).optimizer
+
+
+@pytest.mark.slow
+def test_bireal_two_stage_with_bop_runs(make_cfg):
+    """+method=bireal +recipe=two_stage optimizer=bop: stage 1 (Bi-Real units, real weights)
+    trains with Adam, stage 2 flips ±1 weights with Bop from stage 1's weights."""
+    from bnnbench.trained import load_trained
+
+    cfg = make_cfg([*FAST, *MLP, "+method=bireal", "method.weight_gradient=code",
+                    "+recipe=two_stage", "optimizer=bop"])
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run(cfg)
+    assert "_target_: torch.optim.Adam" in (run_dir / "stage1/config_resolved.yaml").read_text()
+    assert "_target_: bnnbench.optimizers.Bop" in \
+        (run_dir / "stage2/config_resolved.yaml").read_text()
+    net1, _, _ = load_trained(run_dir / "stage1")
+    assert net1.get_submodule("6.layer").weight_bits == 32
+    net2, _, _ = load_trained(run_dir / "stage2")
+    weights = net2.get_submodule("6.layer").weight.detach()
+    assert set(weights.unique().tolist()) == {-1.0, 1.0}  # Bop's weights
+    assert record.extra["recipe"]["stage1_run_dir"] == str(run_dir / "stage1")
+
+
+@pytest.mark.slow
+def test_fp_recipes_train_the_full_precision_host_first(make_cfg):
+    """+recipe=fp_init / fp_teacher: stage 1 is the host without a method; stage 2 the method,
+    warm-started from stage 1 (fp_init) or distilling from it (fp_teacher: KD curves)."""
+    from bnnbench.trained import load_trained
+
+    for recipe in ("fp_init", "fp_teacher"):
+        cfg = make_cfg([*FAST, *MLP, "+method=reactnet", f"+recipe={recipe}"])
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        record = run(cfg)
+        stage1 = RunRecord.read(run_dir / "stage1")
+        assert stage1.method == "fp" and record.method == "reactnet"
+        net1, _, _ = load_trained(run_dir / "stage1")
+        assert not any(hasattr(m, "weight_quantizer") for m in net1.modules())
+        assert record.extra["recipe"] == {"name": recipe, "stage": 2,
+                                          "stage1_run_dir": str(run_dir / "stage1")}
+        if recipe == "fp_init":
+            assert record.extra["init"]["source"] == str(run_dir / "stage1/checkpoints/last.ckpt")
+            assert "train/kd" not in record.curves
+        else:
+            assert "init" not in record.extra and len(record.curves["train/kd"]) == 1

@@ -317,8 +317,8 @@ def _sweep_points(table: str) -> list[tuple[str | None, dict[str, str], int]]:
         method = setting.pop("method", fixed)
         for key in [k for k in setting if k.startswith("sweep/")]:  # a nested group's option
             option = OmegaConf.load(CONF / key / f"{setting.pop(key)}.yaml")
-            method = next(v for d in option.defaults if not isinstance(d, str)
-                          for k, v in d.items() if k == "/method")
+            method = next((v for d in option.get("defaults", []) if not isinstance(d, str)
+                           for k, v in d.items() if k == "/method"), method)
         points += [(method, setting, seed) for seed in seeds]
     return points
 

@@ -205,13 +205,14 @@ def sign_layer(layer: nn.Module, *, reads_image: bool, weight_gradient: str,
 
 
 class _UnitMethod(BinarizationMethod):
-    """Shared knobs of Bi-Real Net and ReActNet."""
+    """Shared knobs of Bi-Real Net and ReActNet, ``binary_weights`` among them: ``False`` is
+    stage 1 of the two-stage recipe (binary activations, real weights)."""
 
     default_gradient = "paper"
 
     def __init__(self, weight_gradient: str | None = None, avgpool_downsample: bool = True,
                  latent_clip: float | None = None, fp_shortcut: bool = True,
-                 **kwargs: Any) -> None:
+                 binary_weights: bool = True, **kwargs: Any) -> None:
         super().__init__(fp_shortcut=fp_shortcut, **kwargs)
         weight_gradient = weight_gradient or self.default_gradient
         check_choice("method.weight_gradient", weight_gradient, WEIGHT_GRADIENTS)
@@ -220,16 +221,17 @@ class _UnitMethod(BinarizationMethod):
         self.weight_gradient = weight_gradient
         self.avgpool_downsample = avgpool_downsample
         self.latent_clip = latent_clip
+        self.binary_weights = binary_weights
 
-    def _convert(self, model: nn.Module, make_shift: ModuleFactory, make_act: ModuleFactory,
-                 binary_weights: bool = True) -> nn.Module:
+    def _convert(self, model: nn.Module, make_shift: ModuleFactory,
+                 make_act: ModuleFactory) -> nn.Module:
         first, _ = first_and_last(model)
         names = layers_to_binarize(model, self.fp_first, self.fp_last, self.fp_shortcut)
         return convert_to_units(
             model, names, first,
             lambda name, layer: sign_layer(layer, reads_image=name == first,
                                            weight_gradient=self.weight_gradient,
-                                           binary_weights=binary_weights,
+                                           binary_weights=self.binary_weights,
                                            latent_clip=self.latent_clip),
             make_shift, make_act, self.avgpool_downsample)
 
@@ -256,7 +258,15 @@ class BiRealNet(_UnitMethod):
     (:func:`bnnbench.nn.modern_layers.magnitude_sign`). No latent clip (the authors' code has
     none; ``latent_clip`` adds one). First and last layers real.
     Paper's recipe: initialise from a real-valued net trained with clip(-1, 1) in place of ReLU
-    (the ``init`` recipe, not part of this method); Adam, lr 1e-3 (authors' code), batch 512.
+    (the ``init`` recipe, not part of this method; ``+recipe=fp_init`` trains both in one
+    command); Adam, lr 1e-3 (authors' code), batch 512.
+    ``binary_weights=false`` is stage 1 of the two-stage recipe (``+recipe=two_stage``): the
+    same units with real weights, ``y = BN(conv(sign(x), W)) + x`` with ApproxSign's gradient
+    for the activations and the plain gradient ``dL/dW`` for ``W`` (no ``alpha``, no mask):
+    Real-to-Binary's stage 1 ("binary activations, real weights", Martinez et al. 2020, the
+    two-stage training of its strong baseline) and ReActNet's step 1 (Sec. 4.1) on Bi-Real's
+    units. Stage 2 (``true``) starts from stage 1's weights (``init=``). Bi-Real's own paper
+    starts from a real network with real activations instead, the ``fp_init`` recipe.
     Reproduces: Bi-Real-18 56.4 / 79.5, Bi-Real-34 62.2 / 83.9 ImageNet top-1/top-5 (Table 4).
     """
 

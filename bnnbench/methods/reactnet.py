@@ -56,12 +56,8 @@ class ReActNet(_UnitMethod):
     binarizes = "weights (sign x per-filter mean|W|) and activations (RSign, learned shifts)"
     default_gradient = "code"
 
-    def __init__(self, binary_weights: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.binary_weights = binary_weights
-
     def convert(self, model: nn.Module) -> nn.Module:
-        return self._convert(model, LearnableShift, RPReLU, self.binary_weights)
+        return self._convert(model, LearnableShift, RPReLU)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}

@@ -1,11 +1,14 @@
 """Find runs under directories, read their resolved configs and outcomes, infer what was swept.
 
 A run directory is one holding ``metrics.json`` (its outcome), ``run.json`` (the claim marker that
-``bnnbench.rundir`` writes before training) or ``.hydra/config.yaml``; a two-stage recipe's
-directory (``recipe.json``) is not one, its ``stage1/`` and ``stage2/`` are. The settings a sweep varied
-are read from the runs' *resolved* configs (``config_resolved.yaml``, else ``.hydra/config.yaml``)
-and compared as values: ``optimizer.lr=1e-2`` and ``optimizer.lr=0.01`` are one setting. Seeds are
-never a setting: they are what a row aggregates.
+``bnnbench.rundir`` writes before training) or ``.hydra/config.yaml``; a staged recipe's
+directory (``recipe.json``, ``+recipe=two_stage|fp_init|fp_teacher``) is not one, its ``stage1/``
+and ``stage2/`` are, with the recipe directory's group choices (``model=``, ``optimizer=``) and
+their own method. The settings a sweep varied are read from the runs' *resolved* configs
+(``config_resolved.yaml``, else ``.hydra/config.yaml``) and compared as values:
+``optimizer.lr=1e-2`` and ``optimizer.lr=0.01`` are one setting. Seeds are never a setting: they
+are what a row aggregates, and neither are the run directories a run starts from or distils
+from (``init=``, ``teacher=``: one per seed; a recipe's ``recipe.name`` says what they were).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RECIPE_MARKER, RUN_MARKER, m
 #: determines the rest (its optimizer, schedule and knobs)
 GROUPS = ("method", "model", "data", "trainer", "optimizer", "scheduler")
 #: keys that never distinguish two settings: where a run logs, reads data from, resumes from
-IGNORED_KEYS = {"seed", "ckpt_path", "data.root", "data.num_workers", "trainer.default_root_dir"}
+IGNORED_KEYS = {"seed", "ckpt_path", "data.root", "data.num_workers", "trainer.default_root_dir",
+                "init", "teacher", "teacher_weights"}
 # where a run writes and how it is labelled are not settings of the recipe
 IGNORED_PREFIXES = ("logger", "hydra", "callbacks", "paths", "tags", "debug")
 #: how a run ended; "unfinished": claimed (run.json / .hydra) but no metrics.json
@@ -160,6 +164,10 @@ def load_run(run_dir: Path) -> Run | None:
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
     choices, overrides = _read_hydra(run_dir)
+    stage = not (run_dir / HYDRA_DIR).is_dir() and (run_dir.parent / RECIPE_MARKER).is_file()
+    if stage:  # a recipe's stage: the command's choices, its own method (fp in stage 1 or not)
+        choices, overrides = _read_hydra(run_dir.parent)
+        choices.pop("method", None)
     metrics = run_dir / METRICS_FILE
     record = None
     if metrics.is_file():

@@ -139,7 +139,10 @@ def training_curves(report: Report, path: Path) -> bool:
     grouped = _by_setting(report)
     if not any(c.get("train/loss") for runs in grouped.values() for c in runs):
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # runs with a teacher: a third panel, the distillation term (solid) and the method's loss
+    # (dashed) that train/loss weighs together (bnnbench.lit.BNNModule)
+    distilled = any(c.get("train/kd") for runs in grouped.values() for c in runs)
+    fig, axes = plt.subplots(1, 3 if distilled else 2, figsize=(16.5 if distilled else 11, 4.2))
     palette = _palette(report)
     for setting in sorted(grouped, key=list(palette).index):  # the legend in the table's order
         runs, color = grouped[setting], palette[setting]
@@ -147,13 +150,21 @@ def training_curves(report: Report, path: Path) -> bool:
             series = [c[key] for c in runs if c.get(key)]
             if series:
                 _seed_lines(ax, series, color, _label(setting))
+        for key, style in (("train/kd", "-"), ("train/task", "--")) if distilled else ():
+            series = [c[key] for c in runs if c.get(key)]
+            if series:
+                _seed_lines(axes[2], series, color, f"{_label(setting)} {key}", style)
     axes[0].set_ylabel("train loss (epoch mean)")
     axes[1].set_ylabel("validation top-1 (%)")
+    if distilled:
+        axes[2].set_ylabel("KD term (solid), method loss (dashed)")
     for ax in axes:
         _epoch_axis(ax, _max_epochs(report))
         ax.grid(True, alpha=0.3)
-    # beside the axes, as in the size plot: inside, a grid's 16 settings hid the curves
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # beside the axes, as in the size plot: inside, a grid's 16 settings hid the curves; beside
+    # the last panel (the KD panel's lines are the same settings, its y label says which term)
+    handles, labels = axes[1].get_legend_handles_labels()
+    axes[-1].legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"{report.name}: training curves (thin: one seed, thick: mean)")
     _save(fig, path)
     return True

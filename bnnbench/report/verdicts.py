@@ -59,6 +59,9 @@ class Claim:
     worse: str
 
 
+#: the recipes table's rows of ReActNet's binary networks, up to the recipe's name
+RECIPE_ROW = "method=reactnet method.binary_weights=true recipe.name"
+
 #: the published claims each table can test, keyed by table name
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "tang_table2": (
@@ -88,6 +91,16 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
         Claim("Bi-Real Net > XNOR-Net", "method=bireal", "method=xnor"),
         Claim("XNOR-Net++ > XNOR-Net", "method=xnorpp", "method=xnor"),
         Claim("XNOR-Net > BNN", "method=xnor", "method=bnn"),
+    ),
+    # recipe ablation (conf/sweep/recipes.yaml): ReActNet trained plain vs with each recipe;
+    # the rows are the recipes' binary stages (stage 1 rows stand beside them)
+    "recipes": (
+        Claim("+ KD > plain (ReActNet's distributional loss)",
+              f"{RECIPE_ROW}=fp_teacher", f"{RECIPE_ROW}=-"),
+        Claim("+ FP init > plain (Bi-Real Net's initialisation)",
+              f"{RECIPE_ROW}=fp_init", f"{RECIPE_ROW}=-"),
+        Claim("two-stage > plain (ReActNet, Real-to-Binary)",
+              f"{RECIPE_ROW}=two_stage", f"{RECIPE_ROW}=-"),
     ),
     "abcnet_grid": (
         Claim("more weight bases: M = 5 > M = 1 (N = 1)",
