@@ -36,9 +36,8 @@ ROWS = {("plain", None): f"{REACT}-", ("fp_init", 2): f"{REACT}fp_init",
 def test_recipes_sweep_is_a_table_over_the_recipe_points():
     assert sweep_keys("recipes") == ["method", "sweep/recipes_point"]
     assert "plain, + FP init" in sweep_title("recipes")
-    published = load_published(PUBLISHED, "recipes")
-    assert set(published) == {f"{REACT}-", f"{REACT}fp_teacher"}
-    assert all(p.tag == "check" and "ReActNet-A" in p.setting for p in published.values())
+    # no ablation number re-read from the papers yet: none typed in from memory
+    assert load_published(PUBLISHED, "recipes") == {}
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -114,9 +113,6 @@ def test_recipes_table_renders_from_the_stages_runs(make_cfg, tmp_path):
         cells = dict(zip(columns, row(text, key)))
         mean, std = statistics.fmean(values), statistics.stdev(values)
         assert cells["top-1 (%)"] == f"{mean:.2f} ± {std:.2f}" and cells["n"] == "3", key
-    paper = "paper (ImageNet, ReActNet-A) top-1"
-    assert dict(zip(columns, row(text, f"{REACT}-")))[paper] == "61.1"
-    assert dict(zip(columns, row(text, f"{REACT}fp_teacher")))[paper] == "62.5"
 
     def ours(point: str) -> str:
         a, b = TOP1[point, 2], TOP1["plain", None]
@@ -128,8 +124,7 @@ def test_recipes_table_renders_from_the_stages_runs(make_cfg, tmp_path):
 
     # columns: claim, ours, paper's difference, size vs paper, verdict
     kd = row(text, "+ KD > plain (ReActNet's distributional loss)")
-    assert kd[1:] == [ours("fp_teacher")[0], "+1.4", "matches (paper within 2 s.e.)",
-                      ours("fp_teacher")[1]]
+    assert kd[1:] == [ours("fp_teacher")[0], "-", "-", ours("fp_teacher")[1]]
     assert kd[4] == "inconclusive (within 2 standard errors)"  # +1 ± 0.82: within 2 s.e.
     init = row(text, "+ FP init > plain (Bi-Real Net's initialisation)")
     assert init[1:] == [ours("fp_init")[0], "-", "-", "reproduced"]
