@@ -38,7 +38,7 @@ def _launch_xnor(cfg, ap, wp, k, use_dot: bool):
         cfg.pre_hook({"c_ptr": c})
     grid = (T._gemm_grid(m, n)(kwargs)[0], kwargs["SPLIT_K"])
     T._xnor_gemm_kernel[grid](ap, wp, c, m, n, kw, k, ap.stride(0), ap.stride(1), wp.stride(0),
-                              wp.stride(1), c.stride(0), c.stride(1), USE_DOT=use_dot,
+                              wp.stride(1), c.stride(0), c.stride(1), c, c, USE_DOT=use_dot,
                               HW_POPC=T._hw_popc(ap.device), num_warps=cfg.num_warps,
                               num_stages=cfg.num_stages, **kwargs)
     return c
@@ -101,7 +101,7 @@ def test_split_k_output_is_zeroed_on_every_launch():
     for _ in range(2):
         cfg.pre_hook({"c_ptr": c})
         T._xnor_gemm_kernel[grid](ap, wp, c, 1, 5, wp.shape[1], k, ap.stride(0), ap.stride(1),
-                                  wp.stride(0), wp.stride(1), c.stride(0), c.stride(1),
+                                  wp.stride(0), wp.stride(1), c.stride(0), c.stride(1), c, c,
                                   USE_DOT=False, HW_POPC=T._hw_popc(ap.device),
                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                   **cfg.kwargs)
