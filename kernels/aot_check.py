@@ -115,11 +115,14 @@ def cases(every_config: bool = False):
     for dt in ("bf16", "fp16", "fp32"):
         ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                 "y_ptr": f"*{dt}"}
-        for cfg in pick(T._bw_gemv_configs()):
-            out.append((f"binary_weight_gemv {dt} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
-                        T._binary_weight_gemv_kernel, ptrs,
-                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True}, cfg.num_warps,
-                        cfg.num_stages))
+        for layout, kernel, cfgs in (
+                ("lanes", T._binary_weight_gemv_kernel, T._bw_gemv_configs()),
+                ("words", T._binary_weight_gemv_words_kernel, T._bw_gemv_word_configs())):
+            for cfg in pick(cfgs):
+                out.append((f"binary_weight_gemv {layout} {dt} {cfg.kwargs} "
+                            f"w{cfg.num_warps}s{cfg.num_stages}", kernel, ptrs,
+                            {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True},
+                            cfg.num_warps, cfg.num_stages))
     conv_ptrs = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                  "y_ptr": "*bf16", "t_ptr": "*i32", "f_ptr": "*i32"}
     for use_dot in (False, True):

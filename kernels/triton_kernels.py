@@ -177,6 +177,20 @@ def _bw_gemv_configs() -> list[triton.Config]:
             for bm, bn, bkw, w, st in shapes]
 
 
+def _bw_gemv_word_configs() -> list[triton.Config]:
+    """Tiles of the words-per-thread GEMV (:func:`_binary_weight_gemv_words_kernel`): its
+    (BLOCK_M, BLOCK_N, BLOCK_KW) fp32 accumulator has no bit axis, so a K step can cover 32x
+    more words than the lane layout's for the same registers (4-16 accumulators a thread)."""
+    shapes = [  # (BM, BN, BKW, warps, K stages)
+        (1, 32, 32, 4, 3), (1, 16, 64, 4, 3), (1, 64, 32, 8, 3), (1, 32, 64, 8, 3),
+        (1, 128, 16, 8, 3), (1, 64, 64, 8, 3),
+        (4, 16, 16, 4, 3), (4, 32, 8, 4, 3), (4, 8, 32, 4, 3),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 1,
+                           "KSTAGES": st}, num_warps=w, num_stages=st)
+            for bm, bn, bkw, w, st in shapes]
+
+
 # Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
 # --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
 def _gemm_cfgs(shapes) -> list[triton.Config]:
@@ -275,6 +289,12 @@ def _prune_xnor_signs(configs, named_args, **kwargs):
 
 
 def _prune_bw_gemv(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
+    return _rows_block(configs, named_args["M"])
+
+
+def _prune_bw_gemv_words(configs, named_args, **kwargs):
     if INTERPRET:
         return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
     return _rows_block(configs, named_args["M"])
@@ -728,6 +748,75 @@ def _binary_weight_gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
 
 
 @triton.jit
+def _binary_weight_gemv_words_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
+                                     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym,
+                                     stride_yn,
+                                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr,
+                                     KSTAGES: tl.constexpr):
+    """The sign-flip GEMV of :func:`_binary_weight_gemv_kernel` with whole words per thread.
+
+    Same math (``x * s`` = x with its sign bit xor-ed with the weight bit, fp32 sums), other
+    layout: the (BLOCK_M, BLOCK_N, BLOCK_KW) accumulator has no bit axis. Each thread keeps
+    its weight words in registers and walks their 32 bits in an unrolled loop, extracting bit
+    b with a constant shift (``(w << (31 - b)) & 0x80000000``); for bit b it reads the
+    activations ``x[m, 32 kw + b]`` straight from global memory (cached: every bit of a word
+    hits the same 64-byte line). In the lane layout a word's 32 bits sat across the lanes of a
+    warp, so every product fetched its word through shared memory; here the K step's inner loop
+    has no shared-memory traffic: per weight bit one shift, one and-xor (LOP3) and one FADD per
+    activation row.
+
+    sm_90 SASS of one K step (``python -m bnnbench.kernels.aot_check --arch 90 --all --counts
+    --only binary_weight_gemv``, bf16 x; products = multiply-adds per thread per K step):
+
+    ========================  =========  ========  =====  ================  =============
+    layout, tile (M N KW) w   products   instrs    LDS    instrs/product    LDS/product
+    ========================  =========  ========  =====  ================  =============
+    lanes, 1x16x8 w4          32         175       37     5.5               1.16
+    words, 1x32x32 w4         256        1041      3      4.1               0.012
+    lanes, 4x16x4 w4          64         213       11     3.3               0.17
+    words, 4x16x16 w4         256        1602      3      6.3               0.012
+    words, 4x8x32 w4          256        1036      3      4.0 (+64 BAR)     0.012
+    ========================  =========  ========  =====  ================  =============
+
+    One row (M = 1): the LDS per product are gone and the K step is 26% shorter per product
+    (256 LOP3 + 256 FADD, one each per product; 109 SHF + 175 IMAD for the constant shifts;
+    32 LDG + 32 PRMT, one activation load and bf16 -> fp32 conversion per bit, shared by the
+    thread's weight rows). Four rows: each thread loads and converts its own activations per
+    bit (128 LDG + 128 PRMT), so the lanes layout, whose one LDS serves all four rows, has
+    fewer instructions per product: ``binary_weight_gemm(gemv_layout="auto")`` takes words for
+    M = 1 and lanes for 2-4 rows until the GPU bench says otherwise. fp16 x gives the same
+    picture; fp32 x is copied through shared memory by the pipeliner (cp.async), 3 LDS per step
+    at M = 1, 35 at M = 4. Every kept tile compiles without spills.
+    """
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_w = tl.arange(0, BLOCK_KW)
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+    for kw0 in tl.range(0, KW, BLOCK_KW, num_stages=KSTAGES):
+        kk = kw0 + offs_w
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
+                    mask=n_mask[:, None] & (kk[None, :] < KW), other=0,
+                    eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # (BN, BKW)
+        x_row = x_ptr + offs_m[:, None] * stride_xm + (kk * 32)[None, :] * stride_xk
+        for b in tl.static_range(32):
+            x = tl.load(x_row + b * stride_xk,
+                        mask=m_mask[:, None] & ((kk * 32 + b)[None, :] < K), other=0.0,
+                        eviction_policy="evict_last")                           # (BM, BKW)
+            xb = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            flip = (w << (31 - b)) & 0x80000000                                 # (BN, BKW)
+            acc += (xb[:, None, :] ^ flip[None, :, :]).to(tl.float32, bitcast=True)
+    y = tl.sum(acc, axis=2)
+    y = _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _pack_conv_input_kernel(x_ptr, out_ptr, R, H, W, G, Cg, CW,
                             stride_xn, stride_xc, stride_xh, stride_xw,
                             BLOCK_R: tl.constexpr, BLOCK_CW: tl.constexpr):
@@ -863,6 +952,10 @@ _binary_weight_gemm = triton.autotune(_bw_configs(), key=["M", "N", "KW"],
 _binary_weight_gemv = triton.autotune(_bw_gemv_configs(), key=["M", "N", "KW"],
                                       prune_configs_by={"early_config_prune": _prune_bw_gemv}
                                       )(_binary_weight_gemv_kernel)
+_binary_weight_gemv_words = triton.autotune(_bw_gemv_word_configs(), key=["M", "N", "KW"],
+                                            prune_configs_by={"early_config_prune":
+                                                              _prune_bw_gemv_words}
+                                            )(_binary_weight_gemv_words_kernel)
 _conv_popcount = triton.autotune(_conv_configs(False), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
                                  prune_configs_by={"early_config_prune": _prune_conv}
                                  )(_binary_conv2d_kernel)
@@ -1042,11 +1135,17 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 
 
 def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
-                       bias: Tensor | None = None) -> Tensor:
+                       bias: Tensor | None = None, *, gemv_layout: str = "auto") -> Tensor:
     """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32.
 
     Up to :data:`BW_GEMV_MAX_M` rows the sign-flip GEMV (fp32 sums on CUDA cores), above it
-    the tensor-core kernel on +-1 halves built from the bits."""
+    the tensor-core kernel on +-1 halves built from the bits. ``gemv_layout``: ``"words"``
+    (each thread walks the bits of its own weight words,
+    :func:`_binary_weight_gemv_words_kernel`), ``"lanes"`` (a word's bits across a warp's
+    lanes, :func:`_binary_weight_gemv_kernel`) or ``"auto"``: words for one row, lanes for
+    2-4 rows, where the lanes layout's shared-memory fetch of a word serves every row and its
+    K step has fewer instructions per product (the SASS counts in the words kernel's
+    docstring; the GPU bench times both layouts at M = 1 and 4)."""
     op = "binary_weight_gemm"
     dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
     check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
@@ -1059,11 +1158,14 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
     grid = _gemm_grid(m, n)
+    check(gemv_layout in ("auto", "words", "lanes"), op,
+          f"gemv_layout={gemv_layout!r} must be 'auto', 'words' or 'lanes'")
     if m <= BW_GEMV_MAX_M:
-        _binary_weight_gemv[grid](x, w_packed, sc, bi, y, m, n, k, kw, x.stride(0), x.stride(1),
-                                  w_packed.stride(0), w_packed.stride(1), y.stride(0),
-                                  y.stride(1), HAS_SCALE=scale is not None,
-                                  HAS_BIAS=bias is not None)
+        words = gemv_layout == "words" or (gemv_layout == "auto" and m == 1)
+        gemv = _binary_weight_gemv_words if words else _binary_weight_gemv
+        gemv[grid](x, w_packed, sc, bi, y, m, n, k, kw, x.stride(0), x.stride(1),
+                   w_packed.stride(0), w_packed.stride(1), y.stride(0), y.stride(1),
+                   HAS_SCALE=scale is not None, HAS_BIAS=bias is not None)
         return y
     _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
