@@ -76,8 +76,9 @@ def test_random_batchnorms_fold_exactly_in_any_chunking(chunk, monkeypatch):
     c, k = 50, 77
     gamma = torch.randn(c, generator=g)
     gamma[::7] = 0.0
-    bn = _bn(nn.BatchNorm1d, gamma.tolist(), (torch.randn(c, generator=g) * 3).tolist(),
-             (torch.randn(c, generator=g) * 10).tolist(), (torch.rand(c, generator=g) * 40).tolist(),
+    beta, mean = torch.randn(c, generator=g) * 3, torch.randn(c, generator=g) * 10
+    var = torch.rand(c, generator=g) * 40
+    bn = _bn(nn.BatchNorm1d, gamma.tolist(), beta.tolist(), mean.tolist(), var.tolist(),
              eps=1e-5)
     t, f = sign_thresholds([bn, nn.Hardtanh()], k, c, torch.float32, "cpu", False)
     d, neg = _brute([bn], k, c, torch.float32, False)
@@ -170,7 +171,6 @@ def test_only_exactly_foldable_compositions_are_found():
     """A residual use of the BN output, a scale layer or a pooling in between, a biased
     producer: no chain."""
     from bnnbench.nn.layers import QuantLinear
-    from bnnbench.packed.fusion import _LeafTracer  # noqa: F401 - the tracer used
     from bnnbench.nn.quantizers import SignQuantizer
     from bnnbench.packed.encoding import PackedWeight, encode_weight
     from bnnbench.packed.routes import use_kernels

@@ -153,7 +153,8 @@ def test_every_signs_conv_config(use_dot):
 def test_bad_thresholds_and_packed_inputs_are_one_line_errors():
     ap, wp = K.pack_signs(torch.randn(2, 40)), K.pack_signs(torch.randn(5, 40))
     t = torch.zeros(5, dtype=torch.int32)
-    with pytest.raises(KernelInputError, match=r"threshold must be an int32 tensor of shape \(5,\)"):
+    with pytest.raises(KernelInputError,
+                       match=r"threshold must be an int32 tensor of shape \(5,\)"):
         K.xnor_gemm_signs(ap, wp, 40, t.float(), t)
     with pytest.raises(KernelInputError, match="flip must be"):
         K.xnor_gemm_signs(ap, wp, 40, t, t[:4])
