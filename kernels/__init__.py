@@ -14,6 +14,11 @@ Public API::
     residual_binarize(x, num_planes)                   (planes, alpha) for the above
     pack_conv_weight(w)                                (OC, C/g, KH, KW) -> (OC, KH, KW, words)
     binary_conv2d(x, w_packed, scale, bias, stride, padding, dilation=1, groups=1)
+                                                       x float NCHW, or packed NHWC int32
+                                                       signs with in_channels=C
+    xnor_gemm_signs(a_packed, w_packed, k, t, f)       fused BatchNorm -> sign epilogue: the
+    binary_conv2d_signs(x, w_packed, t, f, ...)        next layer's packed input, bit =
+                                                       (dot < t) XOR f
 
 The ops are ``torch.library`` custom ops (``torch.ops.bnnbench.*``) with fake impls, so
 ``torch.compile`` works; pure-torch references are in :mod:`bnnbench.kernels.reference`.
@@ -28,6 +33,7 @@ from __future__ import annotations
 from ._common import KernelInputError
 from .ops import (
     binary_conv2d,
+    binary_conv2d_signs,
     binary_weight_gemm,
     multibit_xnor_gemm,
     pack_conv_weight,
@@ -35,11 +41,13 @@ from .ops import (
     residual_binarize,
     unpack_signs,
     xnor_gemm,
+    xnor_gemm_signs,
 )
 
 __all__ = [
     "KernelInputError",
     "binary_conv2d",
+    "binary_conv2d_signs",
     "binary_weight_gemm",
     "multibit_xnor_gemm",
     "pack_conv_weight",
@@ -47,4 +55,5 @@ __all__ = [
     "residual_binarize",
     "unpack_signs",
     "xnor_gemm",
+    "xnor_gemm_signs",
 ]

@@ -168,16 +168,46 @@ def validate_multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tenso
                              bias=bias)
 
 
-def validate_binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None,
-                           bias: Tensor | None, stride, padding, dilation, groups: int,
-                           op: str) -> tuple[tuple[int, int], tuple[int, int], torch.device]:
-    """x (N, C, H, W) float, w (OC, KH, KW, ceil(C/groups/32)) int32; returns the normalized
-    ``(stride, padding, device)``; ``padding`` may be an int, a pair, 'valid' or 'same'."""
+def validate_sign_threshold(threshold: Tensor, flip: Tensor, n: int, op: str) -> None:
+    """The folded BatchNorm -> sign of ``n`` channels: int32 (n,) thresholds and flips (0/1)."""
+    for name, t in (("threshold", threshold), ("flip", flip)):
+        check(isinstance(t, Tensor) and t.dtype == torch.int32 and t.dim() == 1
+              and t.shape[0] == n, op, f"{name} must be an int32 tensor of shape ({n},), got "
+              f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}; "
+              "fold it with bnnbench.packed.fusion.sign_thresholds")
+
+
+def conv_input_dims(x: Tensor, in_channels: int | None, groups: int,
+                    op: str) -> tuple[int, int, int, int]:
+    """(N, C, H, W) of a conv input: float NCHW, or packed signs (N, H, W, ceil(C/32)) int32
+    (the output of ``binary_conv2d_signs``) whose channel count ``in_channels`` names."""
+    check(isinstance(x, Tensor), op, f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.int32:
+        check(x.dim() == 4, op, f"packed x must be (N, H, W, ceil(C/32)) int32, got "
+              f"{tuple(x.shape)}")
+        check(isinstance(in_channels, int) and in_channels >= 1, op,
+              "packed int32 x needs in_channels=C (its words do not say how many channels)")
+        check(x.shape[3] == num_words(in_channels), op, f"packed x has {x.shape[3]} words per "
+              f"pixel but in_channels={in_channels} needs {num_words(in_channels)}")
+        check(groups == 1, op, f"packed int32 x needs groups=1, got groups={groups}")
+        return x.shape[0], in_channels, x.shape[1], x.shape[2]
     check_float(x, "x", op)
     check(x.dim() == 4, op, f"x must be (N, C, H, W), got {tuple(x.shape)}")
-    check_packed(w_packed, "w_packed", op, 4)
+    check(in_channels is None or in_channels == x.shape[1], op,
+          f"in_channels={in_channels} but x has {x.shape[1]} channels; drop in_channels")
+    return tuple(x.shape)  # type: ignore[return-value]
+
+
+def validate_binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+                           bias: Tensor | None, stride, padding, dilation, groups: int,
+                           op: str, in_channels: int | None = None
+                           ) -> tuple[tuple[int, int], tuple[int, int], torch.device]:
+    """x (N, C, H, W) float or packed (N, H, W, ceil(C/32)) int32 with ``in_channels``,
+    w (OC, KH, KW, ceil(C/groups/32)) int32; returns the normalized ``(stride, padding,
+    device)``; ``padding`` may be an int, a pair, 'valid' or 'same'."""
     check(isinstance(groups, int) and groups >= 1, op, f"groups must be >= 1, got {groups!r}")
-    _, c, h, w = x.shape
+    _, c, h, w = conv_input_dims(x, in_channels, groups, op)
+    check_packed(w_packed, "w_packed", op, 4)
     oc, kh, kw, cw = w_packed.shape
     check(c % groups == 0 and oc % groups == 0, op,
           f"groups={groups} must divide in_channels={c} and out_channels={oc}")

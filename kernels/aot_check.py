@@ -78,14 +78,22 @@ def cases(every_config: bool = False):
         return cfgs if every_config else [cfgs[0], cfgs[-1]]
 
     out = []
-    gemm_ptrs = _ptr("a_ptr", "w_ptr", "c_ptr")
+    gemm_ptrs = _ptr("a_ptr", "w_ptr", "c_ptr", "t_ptr", "f_ptr")
     for use_dot, cfgs in ((False, T._xnor_gemv_configs()), (True, T._dot_configs())):
         path = "int8-dot" if use_dot else "popcount"
         for cfg in pick(cfgs):
             out.append((f"xnor_gemm {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
                         T._xnor_gemm_kernel, gemm_ptrs,
-                        {"SPLIT_K": 1, **cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True},
-                        cfg.num_warps, cfg.num_stages))
+                        {"SPLIT_K": 1, **cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True,
+                         "SIGNS_OUT": False}, cfg.num_warps, cfg.num_stages))
+    # the fused BatchNorm-threshold + sign + pack epilogue (unsplit tiles only)
+    for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._dot_configs())):
+        path = "int8-dot" if use_dot else "popcount"
+        for cfg in pick(cfgs):
+            out.append((f"xnor_gemm_signs {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                        T._xnor_gemm_kernel, gemm_ptrs,
+                        {**cfg.kwargs, "SPLIT_K": 1, "USE_DOT": use_dot, "HW_POPC": True,
+                         "SIGNS_OUT": True}, cfg.num_warps, cfg.num_stages))
     mb_ptrs = {**_ptr("a_ptr", "w_ptr"), **_ptr("alpha_ptr", "scale_ptr", "bias_ptr", "y_ptr",
                                                  ty="*fp32")}
     for use_dot, cfgs in ((False, T._popcount_configs()), (True, T._multibit_dot_configs())):
@@ -107,20 +115,27 @@ def cases(every_config: bool = False):
     for dt in ("bf16", "fp16", "fp32"):
         ptrs = {"x_ptr": f"*{dt}", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
                 "y_ptr": f"*{dt}"}
-        for cfg in pick(T._bw_gemv_configs()):
-            out.append((f"binary_weight_gemv {dt} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
-                        T._binary_weight_gemv_kernel, ptrs,
-                        {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True}, cfg.num_warps,
-                        cfg.num_stages))
+        for layout, kernel, cfgs in (
+                ("lanes", T._binary_weight_gemv_kernel, T._bw_gemv_configs()),
+                ("words", T._binary_weight_gemv_words_kernel, T._bw_gemv_word_configs())):
+            for cfg in pick(cfgs):
+                out.append((f"binary_weight_gemv {layout} {dt} {cfg.kwargs} "
+                            f"w{cfg.num_warps}s{cfg.num_stages}", kernel, ptrs,
+                            {**cfg.kwargs, "HAS_SCALE": True, "HAS_BIAS": True},
+                            cfg.num_warps, cfg.num_stages))
     conv_ptrs = {"x_ptr": "*i32", "w_ptr": "*i32", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
-                 "y_ptr": "*bf16"}
+                 "y_ptr": "*bf16", "t_ptr": "*i32", "f_ptr": "*i32"}
     for use_dot in (False, True):
         path = "int8-dot" if use_dot else "popcount"
-        for cfg in pick(T._conv_configs(use_dot)):
-            out.append((f"binary_conv2d {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
-                        T._binary_conv2d_kernel, conv_ptrs,
-                        {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True, "HAS_SCALE": True,
-                         "HAS_BIAS": True}, cfg.num_warps, cfg.num_stages))
+        for signs in (False, True):
+            name = "binary_conv2d_signs" if signs else "binary_conv2d"
+            ptrs = {**conv_ptrs, "y_ptr": "*i32"} if signs else conv_ptrs
+            for cfg in pick(T._conv_configs(use_dot)):
+                out.append((f"{name} {path} {cfg.kwargs} w{cfg.num_warps}s{cfg.num_stages}",
+                            T._binary_conv2d_kernel, ptrs,
+                            {**cfg.kwargs, "USE_DOT": use_dot, "HW_POPC": True,
+                             "HAS_SCALE": not signs, "HAS_BIAS": not signs,
+                             "SIGNS_OUT": signs}, cfg.num_warps, cfg.num_stages))
     out.append(("pack_signs", T._pack_signs_kernel, {"x_ptr": "*bf16", "out_ptr": "*i32"},
                 {"BLOCK_R": 16, "BLOCK_W": 4}, 4, 1))
     for out_ty in ("*fp16", "*i8"):

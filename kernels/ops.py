@@ -27,6 +27,7 @@ from ._common import (
     FLOAT_DTYPES,
     check,
     check_float,
+    check_same_device,
     check_packed,
     check_words,
     conv_out_hw,
@@ -35,6 +36,7 @@ from ._common import (
     validate_binary_conv2d,
     validate_binary_weight_gemm,
     validate_multibit_xnor_gemm,
+    validate_sign_threshold,
     validate_xnor_gemm,
 )
 
@@ -47,8 +49,12 @@ _REFERENCE = SimpleNamespace(
     xnor_gemm=ref.xnor_gemm_ref,
     binary_weight_gemm=ref.binary_weight_gemm_ref,
     multibit_xnor_gemm=ref.multibit_xnor_gemm_ref,
-    binary_conv2d=lambda x, w, scale, bias, stride, padding, groups: ref.binary_conv2d_ref(
-        x, w, scale, bias, stride, padding, groups),
+    binary_conv2d=lambda x, w, scale, bias, stride, padding, groups, in_channels=None: (
+        ref.binary_conv2d_ref(ref.conv_input_ref(x, in_channels), w, scale, bias, stride,
+                              padding, groups).to(torch.float32 if x.dtype == torch.int32
+                                                  else x.dtype)),
+    xnor_gemm_signs=ref.xnor_gemm_signs_ref,
+    binary_conv2d_signs=ref.binary_conv2d_signs_ref,
 )
 
 
@@ -119,21 +125,55 @@ def _(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int, scale: Optional
     return a_planes.new_empty((a_planes.shape[1], w_packed.shape[0]), dtype=torch.float32)
 
 
+def _input_hw(x: Tensor) -> tuple[int, int]:
+    """(H, W) of a conv input: NCHW floats or packed NHWC int32 signs."""
+    return (x.shape[1], x.shape[2]) if x.dtype == torch.int32 else (x.shape[2], x.shape[3])
+
+
 @torch.library.custom_op("bnnbench::binary_conv2d", mutates_args=())
 def _binary_conv2d_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
                       bias: Optional[Tensor], stride: list[int], padding: list[int],
-                      groups: int, backend: str) -> Tensor:
+                      groups: int, in_channels: int, backend: str) -> Tensor:
     return _impl(backend).binary_conv2d(x, w_packed, scale, bias, tuple(stride), tuple(padding),
-                                        groups).contiguous()
+                                        groups, in_channels or None).contiguous()
 
 
 @_binary_conv2d_op.register_fake
 def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
-      stride: list[int], padding: list[int], groups: int, backend: str) -> Tensor:
-    oh, ow = conv_out_hw(x.shape[2], x.shape[3], w_packed.shape[1], w_packed.shape[2],
-                          stride, padding)
+      stride: list[int], padding: list[int], groups: int, in_channels: int,
+      backend: str) -> Tensor:
+    oh, ow = conv_out_hw(*_input_hw(x), w_packed.shape[1], w_packed.shape[2], stride, padding)
     odt = x.dtype if x.is_floating_point() else torch.float32
     return x.new_empty((x.shape[0], w_packed.shape[0], oh, ow), dtype=odt)
+
+
+@torch.library.custom_op("bnnbench::xnor_gemm_signs", mutates_args=())
+def _xnor_gemm_signs_op(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+                        flip: Tensor, backend: str) -> Tensor:
+    return _impl(backend).xnor_gemm_signs(a_packed, w_packed, k, threshold, flip).contiguous()
+
+
+@_xnor_gemm_signs_op.register_fake
+def _(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor, flip: Tensor,
+      backend: str) -> Tensor:
+    return a_packed.new_empty((a_packed.shape[0], num_words(w_packed.shape[0])),
+                              dtype=torch.int32)
+
+
+@torch.library.custom_op("bnnbench::binary_conv2d_signs", mutates_args=())
+def _binary_conv2d_signs_op(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+                            stride: list[int], padding: list[int], groups: int,
+                            in_channels: int, backend: str) -> Tensor:
+    return _impl(backend).binary_conv2d_signs(x, w_packed, threshold, flip, tuple(stride),
+                                              tuple(padding), groups,
+                                              in_channels or None).contiguous()
+
+
+@_binary_conv2d_signs_op.register_fake
+def _(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor, stride: list[int],
+      padding: list[int], groups: int, in_channels: int, backend: str) -> Tensor:
+    oh, ow = conv_out_hw(*_input_hw(x), w_packed.shape[1], w_packed.shape[2], stride, padding)
+    return x.new_empty((x.shape[0], oh, ow, num_words(w_packed.shape[0])), dtype=torch.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,19 +269,67 @@ def pack_conv_weight(w: Tensor, *, backend: str = "auto") -> Tensor:
 def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                   bias: Tensor | None = None, stride: int | Sequence[int] = 1,
                   padding: int | Sequence[int] | str = 0, dilation: int | Sequence[int] = 1,
-                  groups: int = 1, *, backend: str = "auto") -> Tensor:
+                  groups: int = 1, *, in_channels: int | None = None,
+                  backend: str = "auto") -> Tensor:
     """Packed binary conv2d with exact ZERO padding: ``conv2d(sign(x), sign(w))*scale + bias``.
 
-    x (N, C, H, W) float (signs taken inside, sign(0) = +1); w_packed from
-    :func:`pack_conv_weight`. Padded taps contribute 0 (the function a BNN trained with zero
-    padding on +-1 inputs computes), not -1 or +1: ``dot = sum over valid taps only``.
-    Returns (N, OC, OH, OW) in x.dtype. dilation must be 1.
+    x (N, C, H, W) float (signs taken inside, sign(0) = +1), or already packed signs
+    (N, H, W, ceil(C/32)) int32 (:func:`binary_conv2d_signs`'s output, or
+    ``pack_signs(x.permute(0, 2, 3, 1))``) with ``in_channels = C`` and groups 1, which skips
+    the pack step; w_packed from :func:`pack_conv_weight`. Padded taps contribute 0 (the
+    function a BNN trained with zero padding on +-1 inputs computes), not -1 or +1:
+    ``dot = sum over valid taps only``. Returns (N, OC, OH, OW) in x.dtype (float32 for packed
+    x). dilation must be 1.
     """
     op = "binary_conv2d"
     st, pd, dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding, dilation,
-                                         groups, op)
+                                         groups, op, in_channels)
     be = resolve_backend(backend, dev, op)
-    return _binary_conv2d_op(x, w_packed, scale, bias, list(st), list(pd), groups, be)
+    return _binary_conv2d_op(x, w_packed, scale, bias, list(st), list(pd), groups,
+                             in_channels or 0, be)
+
+
+def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+                    flip: Tensor, *, backend: str = "auto") -> Tensor:
+    """A binary layer fused with the BatchNorm -> sign after it: the next layer's packed input.
+
+    ``out[..., :]`` packs, for every output channel n, the bit
+    ``(dot[..., n] < threshold[n]) XOR flip[n]`` (bit 1 = -1), dot the exact
+    :func:`xnor_gemm`; (..., ceil(N/32)) int32, pad bits 0, ready for the next
+    :func:`xnor_gemm` (no pack kernel, no float output). threshold and flip are int32 (N,)
+    from :func:`bnnbench.packed.fusion.sign_thresholds`, which folds a BatchNorm -> sign:
+    ``sign(gamma (y - mu) / sqrt(var + eps) + beta) = -1`` iff ``y < t`` (gamma > 0), iff
+    ``y >= t`` (gamma < 0: flip 1), never or always (gamma = 0).
+    """
+    op = "xnor_gemm_signs"
+    dev = validate_xnor_gemm(a_packed, w_packed, k, op)
+    n = w_packed.shape[0]
+    validate_sign_threshold(threshold, flip, n, op)
+    check_same_device(op, a_packed=a_packed, threshold=threshold, flip=flip)
+    be = resolve_backend(backend, dev, op)
+    lead = a_packed.shape[:-1]
+    out = _xnor_gemm_signs_op(a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k, threshold,
+                              flip, be)
+    return out.reshape(*lead, num_words(n))
+
+
+def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+                        stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
+                        dilation: int | Sequence[int] = 1, groups: int = 1, *,
+                        in_channels: int | None = None, backend: str = "auto") -> Tensor:
+    """:func:`binary_conv2d` fused with the BatchNorm -> sign after it (groups 1): the next
+    conv's packed input (N, OH, OW, ceil(OC/32)) int32, bit o = ``(dot < threshold[o]) XOR
+    flip[o]`` for the exact zero-padded conv dot (see :func:`xnor_gemm_signs`). x as for
+    :func:`binary_conv2d` (float NCHW, or packed with ``in_channels``)."""
+    op = "binary_conv2d_signs"
+    st, pd, dev = validate_binary_conv2d(x, w_packed, None, None, stride, padding, dilation,
+                                         groups, op, in_channels)
+    check(groups == 1, op, f"groups={groups}: the fused signs output needs groups=1")
+    validate_sign_threshold(threshold, flip, w_packed.shape[0], op)
+    check_same_device(op, x=x, threshold=threshold, flip=flip)
+    be = resolve_backend(backend, dev, op)
+    return _binary_conv2d_signs_op(x, w_packed, threshold, flip, list(st), list(pd), groups,
+                                   in_channels or 0, be)
 
 
 def residual_binarize(x: Tensor, num_planes: int, per_row: bool = True, *,

@@ -114,6 +114,35 @@ def binary_conv2d_ref(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     return y.to(x.dtype if x.is_floating_point() else torch.float32)
 
 
+def threshold_signs_ref(dots: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
+    """A folded BatchNorm -> sign on exact dots, packed: (..., N) -> (..., ceil(N/32)) int32,
+    bit n = ``(dots[..., n] < threshold[n]) XOR flip[n]`` (bit 1 = -1)."""
+    neg = (dots.to(torch.int64) < threshold.to(torch.int64)) ^ (flip.to(torch.int64) & 1).bool()
+    return pack_signs_ref(torch.where(neg, -1.0, 1.0).to(torch.float64))
+
+
+def conv_input_ref(x: Tensor, in_channels: int | None = None) -> Tensor:
+    """A conv input as float: NCHW floats as they are, packed NHWC signs (N, H, W, ceil(C/32))
+    int32 unpacked to +-1 float64 NCHW."""
+    if x.dtype != torch.int32:
+        return x
+    return unpack_signs_ref(x, int(in_channels), -1, torch.float64).permute(0, 3, 1, 2)
+
+
+def xnor_gemm_signs_ref(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+                        flip: Tensor) -> Tensor:
+    return threshold_signs_ref(xnor_gemm_ref(a_packed, w_packed, k), threshold, flip)
+
+
+def binary_conv2d_signs_ref(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+                            stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                            groups: int = 1, in_channels: int | None = None) -> Tensor:
+    """(N, OH, OW, ceil(OC/32)) packed signs of the thresholded exact conv dots."""
+    y = binary_conv2d_ref(conv_input_ref(x, in_channels).to(torch.float64), w_packed,
+                          stride=stride, padding=padding, groups=groups)
+    return threshold_signs_ref(y.round().to(torch.int64).permute(0, 2, 3, 1), threshold, flip)
+
+
 def residual_binarize_ref(x: Tensor, num_planes: int,
                           per_row: bool = True) -> tuple[Tensor, Tensor]:
     """Tang et al. (2017) residual binarization: x ~ sum_i alpha_i H_i, H_i = sign(r_i).

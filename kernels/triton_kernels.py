@@ -47,6 +47,7 @@ from ._common import (
     validate_binary_conv2d,
     validate_binary_weight_gemm,
     validate_multibit_xnor_gemm,
+    validate_sign_threshold,
     validate_xnor_gemm,
 )
 
@@ -176,6 +177,20 @@ def _bw_gemv_configs() -> list[triton.Config]:
             for bm, bn, bkw, w, st in shapes]
 
 
+def _bw_gemv_word_configs() -> list[triton.Config]:
+    """Tiles of the words-per-thread GEMV (:func:`_binary_weight_gemv_words_kernel`): its
+    (BLOCK_M, BLOCK_N, BLOCK_KW) fp32 accumulator has no bit axis, so a K step can cover 32x
+    more words than the lane layout's for the same registers (4-16 accumulators a thread)."""
+    shapes = [  # (BM, BN, BKW, warps, K stages)
+        (1, 32, 32, 4, 3), (1, 16, 64, 4, 3), (1, 64, 32, 8, 3), (1, 32, 64, 8, 3),
+        (1, 128, 16, 8, 3), (1, 64, 64, 8, 3),
+        (4, 16, 16, 4, 3), (4, 32, 8, 4, 3), (4, 8, 32, 4, 3),
+    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_KW": bkw, "GROUP_M": 1,
+                           "KSTAGES": st}, num_warps=w, num_stages=st)
+            for bm, bn, bkw, w, st in shapes]
+
+
 # Tile lists below were checked for register spills with ``python -m bnnbench.kernels.aot_check
 # --all --arch 90`` (ptxas, no GPU needed); configs that spilled were dropped.
 def _gemm_cfgs(shapes) -> list[triton.Config]:
@@ -266,7 +281,20 @@ def _prune_xnor_gemv(configs, named_args, **kwargs):
     return unsplit or keep
 
 
+def _prune_xnor_signs(configs, named_args, **kwargs):
+    """:func:`_prune_popcount` for the signs-out GEMV, whose configs carry ``SPLIT_K = 1``."""
+    if INTERPRET:
+        return _interp(BLOCK_M=16, BLOCK_N=16, BLOCK_KW=8, GROUP_M=1, KSTAGES=1, SPLIT_K=1)
+    return _prune_popcount(configs, named_args)
+
+
 def _prune_bw_gemv(configs, named_args, **kwargs):
+    if INTERPRET:
+        return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
+    return _rows_block(configs, named_args["M"])
+
+
+def _prune_bw_gemv_words(configs, named_args, **kwargs):
     if INTERPRET:
         return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
     return _rows_block(configs, named_args["M"])
@@ -476,6 +504,32 @@ def _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask,
 
 
 @triton.jit
+def _store_signs(out_ptr, dot, row_off, row_mask, offs_n, n0, N, t_ptr, f_ptr, stride_ow,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Fused BatchNorm-threshold + sign + pack epilogue: the next binary layer's input words.
+
+    For output channel n the folded BatchNorm -> sign is ``bit = (dot < t[n]) XOR f[n]``
+    (bit 1 = -1, the packing convention; ``t``/``f`` from the fold in bnnbench.packed.fusion),
+    so the tile's exact int32 dots become bits, packed 32 channels per int32 word, LSB first,
+    channels past N zero. A tile of ``BLOCK_N`` channels starting at ``n0`` (a multiple of
+    BLOCK_N) fills ``max(1, BLOCK_N / 32)`` words; tiles narrower than a word share it, so the
+    words are OR-ed atomically into the zeroed output (exact: the bits are disjoint, and OR-ing
+    the same bits again, as autotuner re-runs do, changes nothing).
+    """
+    n_mask = offs_n < N
+    t = tl.load(t_ptr + offs_n, mask=n_mask, other=0)
+    f = tl.load(f_ptr + offs_n, mask=n_mask, other=0) & 1
+    bits = ((dot < t[None, :]).to(tl.int32) ^ f[None, :]) & n_mask[None, :].to(tl.int32)
+    shifted = bits << (offs_n % 32)[None, :]
+    WPT: tl.constexpr = (BLOCK_N + 31) // 32  # words per tile (BLOCK_N is a power of two)
+    # distinct bits: their int32 sum is their OR (bit 31 wraps to the sign bit)
+    words = tl.sum(tl.reshape(shifted, (BLOCK_M, WPT, BLOCK_N // WPT)), axis=2)
+    widx = n0 // 32 + tl.arange(0, WPT)
+    tl.atomic_or(out_ptr + row_off[:, None] + widx[None, :] * stride_ow, words,
+                 mask=row_mask[:, None] & (widx[None, :] < tl.cdiv(N, 32)), sem="relaxed")
+
+
+@triton.jit
 def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Grouped (L2-friendly) program ordering from Triton tutorial 03."""
     pid = tl.program_id(axis=0)
@@ -534,10 +588,16 @@ def _unpack_signs_kernel(p_ptr, out_ptr, R, n, KW, stride_pr, stride_or,
 @triton.jit
 def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
                       stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
+                      t_ptr, f_ptr,
                       USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-                      GROUP_M: tl.constexpr, KSTAGES: tl.constexpr, SPLIT_K: tl.constexpr):
+                      GROUP_M: tl.constexpr, KSTAGES: tl.constexpr, SPLIT_K: tl.constexpr,
+                      SIGNS_OUT: tl.constexpr = False):
     """c[m, n] = sum_k a_pm[m, k] * w_pm[n, k]  (int32, exact).
+
+    ``SIGNS_OUT`` (``SPLIT_K = 1`` only: the threshold needs the whole dot): c is instead the
+    next layer's packed input, (M, ceil(N/32)) int32 words, zeroed, bit n of row m =
+    ``(dot[m, n] < t[n]) XOR f[n]`` (:func:`_store_signs`, the folded BatchNorm -> sign).
 
     ``SPLIT_K > 1`` (popcount path only; launched on a (tiles, SPLIT_K) grid into a zeroed
     ``c``): program s covers the words [s * chunk, (s + 1) * chunk), chunk a whole number of
@@ -554,9 +614,14 @@ def _xnor_gemm_kernel(a_ptr, w_ptr, c_ptr, M, N, KW, k,
         dot = _xnor_tile(a_ptr, w_ptr, offs_m, offs_n, M, N, KW, k, stride_am, stride_ak,
                          stride_wn, stride_wk, USE_DOT, HW_POPC, BLOCK_M, BLOCK_N, BLOCK_KW,
                          KSTAGES)
-        tl.store(c_ptrs, dot, mask=mask)
+        if SIGNS_OUT:
+            _store_signs(c_ptr, dot, offs_m * stride_cm, offs_m < M, offs_n, pid_n * BLOCK_N,
+                         N, t_ptr, f_ptr, stride_cn, BLOCK_M, BLOCK_N)
+        else:
+            tl.store(c_ptrs, dot, mask=mask)
     else:
         tl.static_assert(not USE_DOT, "split-K is a popcount-path option")
+        tl.static_assert(not SIGNS_OUT, "the signs epilogue needs whole dots (SPLIT_K = 1)")
         chunk = tl.cdiv(tl.cdiv(KW, SPLIT_K), BLOCK_KW) * BLOCK_KW
         start = tl.program_id(axis=1) * chunk
         end = tl.minimum(start + chunk, KW)
@@ -683,6 +748,75 @@ def _binary_weight_gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K
 
 
 @triton.jit
+def _binary_weight_gemv_words_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, KW,
+                                     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym,
+                                     stride_yn,
+                                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     BLOCK_KW: tl.constexpr, GROUP_M: tl.constexpr,
+                                     KSTAGES: tl.constexpr):
+    """The sign-flip GEMV of :func:`_binary_weight_gemv_kernel` with whole words per thread.
+
+    Same math (``x * s`` = x with its sign bit xor-ed with the weight bit, fp32 sums), other
+    layout: the (BLOCK_M, BLOCK_N, BLOCK_KW) accumulator has no bit axis. Each thread keeps
+    its weight words in registers and walks their 32 bits in an unrolled loop, extracting bit
+    b with a constant shift (``(w << (31 - b)) & 0x80000000``); for bit b it reads the
+    activations ``x[m, 32 kw + b]`` straight from global memory (cached: every bit of a word
+    hits the same 64-byte line). In the lane layout a word's 32 bits sat across the lanes of a
+    warp, so every product fetched its word through shared memory; here the K step's inner loop
+    has no shared-memory traffic: per weight bit one shift, one and-xor (LOP3) and one FADD per
+    activation row.
+
+    sm_90 SASS of one K step (``python -m bnnbench.kernels.aot_check --arch 90 --all --counts
+    --only binary_weight_gemv``, bf16 x; products = multiply-adds per thread per K step):
+
+    ========================  =========  ========  =====  ================  =============
+    layout, tile (M N KW) w   products   instrs    LDS    instrs/product    LDS/product
+    ========================  =========  ========  =====  ================  =============
+    lanes, 1x16x8 w4          32         175       37     5.5               1.16
+    words, 1x32x32 w4         256        1041      3      4.1               0.012
+    lanes, 4x16x4 w4          64         213       11     3.3               0.17
+    words, 4x16x16 w4         256        1602      3      6.3               0.012
+    words, 4x8x32 w4          256        1036      3      4.0 (+64 BAR)     0.012
+    ========================  =========  ========  =====  ================  =============
+
+    One row (M = 1): the LDS per product are gone and the K step is 26% shorter per product
+    (256 LOP3 + 256 FADD, one each per product; 109 SHF + 175 IMAD for the constant shifts;
+    32 LDG + 32 PRMT, one activation load and bf16 -> fp32 conversion per bit, shared by the
+    thread's weight rows). Four rows: each thread loads and converts its own activations per
+    bit (128 LDG + 128 PRMT), so the lanes layout, whose one LDS serves all four rows, has
+    fewer instructions per product: ``binary_weight_gemm(gemv_layout="auto")`` takes words for
+    M = 1 and lanes for 2-4 rows until the GPU bench says otherwise. fp16 x gives the same
+    picture; fp32 x is copied through shared memory by the pipeliner (cp.async), 3 LDS per step
+    at M = 1, 35 at M = 4. Every kept tile compiles without spills.
+    """
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    offs_w = tl.arange(0, BLOCK_KW)
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+    for kw0 in tl.range(0, KW, BLOCK_KW, num_stages=KSTAGES):
+        kk = kw0 + offs_w
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :] * stride_wk,
+                    mask=n_mask[:, None] & (kk[None, :] < KW), other=0,
+                    eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # (BN, BKW)
+        x_row = x_ptr + offs_m[:, None] * stride_xm + (kk * 32)[None, :] * stride_xk
+        for b in tl.static_range(32):
+            x = tl.load(x_row + b * stride_xk,
+                        mask=m_mask[:, None] & ((kk * 32 + b)[None, :] < K), other=0.0,
+                        eviction_policy="evict_last")                           # (BM, BKW)
+            xb = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            flip = (w << (31 - b)) & 0x80000000                                 # (BN, BKW)
+            acc += (xb[:, None, :] ^ flip[None, :, :]).to(tl.float32, bitcast=True)
+    y = tl.sum(acc, axis=2)
+    y = _scale_bias(y, scale_ptr, bias_ptr, offs_n, n_mask, HAS_SCALE, HAS_BIAS)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def _pack_conv_input_kernel(x_ptr, out_ptr, R, H, W, G, Cg, CW,
                             stride_xn, stride_xc, stride_xh, stride_xw,
                             BLOCK_R: tl.constexpr, BLOCK_CW: tl.constexpr):
@@ -710,16 +844,19 @@ def _binary_conv2d_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr,
                           NB, H, W, OH, OW, CW, Cg, OCg, KH, KWD,
                           stride_h, stride_w, pad_h, pad_w,
                           sx_n, sx_h, sx_w, sx_g, sx_c, sw_o, sw_r, sw_s, sw_c,
-                          sy_n, sy_c, sy_h, sy_w,
+                          sy_n, sy_c, sy_h, sy_w, t_ptr, f_ptr,
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                           USE_DOT: tl.constexpr, HW_POPC: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_OC: tl.constexpr,
-                          BLOCK_CW: tl.constexpr):
+                          BLOCK_CW: tl.constexpr, SIGNS_OUT: tl.constexpr = False):
     """Implicit-GEMM conv of channel-packed signs, exact ZERO padding.
 
     popcount path: dot[p, o] = sum_{valid taps} (Cg - 2 popcount(x_tap ^ w_tap)), i.e.
     n_valid(p) * Cg - 2 * popcount over valid taps only (padded taps contribute 0).
     int8 path: expanded x is 0 at padded taps and pad channels, +-1 elsewhere.
+    ``SIGNS_OUT`` (groups = 1): y is the next conv's packed input, (N, OH, OW, ceil(OC/32))
+    int32 words (``sy_c`` the word stride), from the folded BatchNorm -> sign
+    (:func:`_store_signs`) instead of float outputs.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -771,11 +908,15 @@ def _binary_conv2d_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr,
         dot = acc
     else:
         dot = nvalid[:, None] * Cg - 2 * acc
-    y = dot.to(tl.float32)
-    y = _scale_bias(y, scale_ptr, bias_ptr, offs_oc, oc_mask, HAS_SCALE, HAS_BIAS)
     y_off = n * sy_n + oh * sy_h + ow * sy_w
-    tl.store(y_ptr + y_off[:, None] + offs_oc[None, :] * sy_c, y.to(y_ptr.dtype.element_ty),
-             mask=p_mask[:, None] & oc_mask[None, :])
+    if SIGNS_OUT:
+        _store_signs(y_ptr, dot, y_off, p_mask, offs_oc, pid_c * BLOCK_OC, OCg, t_ptr, f_ptr,
+                     sy_c, BLOCK_P, BLOCK_OC)
+    else:
+        y = dot.to(tl.float32)
+        y = _scale_bias(y, scale_ptr, bias_ptr, offs_oc, oc_mask, HAS_SCALE, HAS_BIAS)
+        tl.store(y_ptr + y_off[:, None] + offs_oc[None, :] * sy_c, y.to(y_ptr.dtype.element_ty),
+                 mask=p_mask[:, None] & oc_mask[None, :])
 
 
 # autotuned entry points (one jit body, two config sets where there are two paths)
@@ -787,6 +928,18 @@ _xnor_gemm_dot = triton.autotune([triton.Config({**c.kwargs, "SPLIT_K": 1},
                                   for c in _dot_configs()], key=["M", "N", "KW"],
                                  prune_configs_by={"early_config_prune": _prune_xnor_dot}
                                  )(_xnor_gemm_kernel)
+# the fused BatchNorm-threshold + sign + pack epilogue: whole dots only (no split-K)
+_xnor_signs_popcount = triton.autotune([triton.Config({**c.kwargs, "SPLIT_K": 1},
+                                                      num_warps=c.num_warps,
+                                                      num_stages=c.num_stages)
+                                        for c in _popcount_configs()], key=["M", "N", "KW"],
+                                       prune_configs_by={"early_config_prune": _prune_xnor_signs}
+                                       )(_xnor_gemm_kernel)
+_xnor_signs_dot = triton.autotune([triton.Config({**c.kwargs, "SPLIT_K": 1},
+                                                 num_warps=c.num_warps, num_stages=c.num_stages)
+                                   for c in _dot_configs()], key=["M", "N", "KW"],
+                                  prune_configs_by={"early_config_prune": _prune_xnor_dot}
+                                  )(_xnor_gemm_kernel)
 _multibit_popcount = triton.autotune(_popcount_configs(), key=["P", "M", "N", "KW"],
                                      prune_configs_by={"early_config_prune": _prune_popcount}
                                      )(_multibit_gemm_kernel)
@@ -799,6 +952,10 @@ _binary_weight_gemm = triton.autotune(_bw_configs(), key=["M", "N", "KW"],
 _binary_weight_gemv = triton.autotune(_bw_gemv_configs(), key=["M", "N", "KW"],
                                       prune_configs_by={"early_config_prune": _prune_bw_gemv}
                                       )(_binary_weight_gemv_kernel)
+_binary_weight_gemv_words = triton.autotune(_bw_gemv_word_configs(), key=["M", "N", "KW"],
+                                            prune_configs_by={"early_config_prune":
+                                                              _prune_bw_gemv_words}
+                                            )(_binary_weight_gemv_words_kernel)
 _conv_popcount = triton.autotune(_conv_configs(False), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
                                  prune_configs_by={"early_config_prune": _prune_conv}
                                  )(_binary_conv2d_kernel)
@@ -905,8 +1062,37 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, path: str = "auto")
                     meta["SPLIT_K"])
     kern[grid](a_packed, w_packed, c, m, n, kw, k,
                a_packed.stride(0), a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
-               c.stride(0), c.stride(1), USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
+               c.stride(0), c.stride(1), c, c, USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
     return c
+
+
+def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+                    flip: Tensor, *, path: str = "auto") -> Tensor:
+    """The next binary layer's packed input, (M, ceil(N/32)) int32: bit n of row m is
+    ``(dot[m, n] < threshold[n]) XOR flip[n]``, dot the exact ``xnor_gemm`` (a folded
+    BatchNorm -> sign), computed in the GEMM's epilogue; no int32 or float output is written.
+
+    ``path``: ``"popcount"``, ``"dot"`` (int8 tensor cores) or ``"auto"`` (popcount below
+    :data:`DOT_MIN_M` rows); never split-K or cuBLASLt (the threshold needs the whole dot).
+    """
+    op = "xnor_gemm_signs"
+    dev = validate_xnor_gemm(a_packed, w_packed, k, op)
+    check(a_packed.dim() == 2, op, f"a_packed must be (M, KW), got {tuple(a_packed.shape)}")
+    n = w_packed.shape[0]
+    validate_sign_threshold(threshold, flip, n, op)
+    _check_launchable(op, dev)
+    m, kw = a_packed.shape
+    out = torch.zeros((m, num_words(n)), dtype=torch.int32, device=dev)  # OR-ed into
+    if m == 0:
+        return out
+    use_dot = _use_dot(path, m, DOT_MIN_M, op)
+    kern = _xnor_signs_dot if use_dot else _xnor_signs_popcount
+    kern[_gemm_grid(m, n)](a_packed, w_packed, out, m, n, kw, k, a_packed.stride(0),
+                           a_packed.stride(1), w_packed.stride(0), w_packed.stride(1),
+                           out.stride(0), out.stride(1), threshold.contiguous(),
+                           flip.contiguous(), USE_DOT=use_dot, HW_POPC=_hw_popc(dev),
+                           SIGNS_OUT=True)
+    return out
 
 
 def _xnor_gemm_int_mm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
@@ -949,11 +1135,17 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 
 
 def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
-                       bias: Tensor | None = None) -> Tensor:
+                       bias: Tensor | None = None, *, gemv_layout: str = "auto") -> Tensor:
     """y (M, N) in x.dtype = scale[n] * (x @ w_pm.T) + bias[n]; x (M, K) fp16/bf16/fp32.
 
     Up to :data:`BW_GEMV_MAX_M` rows the sign-flip GEMV (fp32 sums on CUDA cores), above it
-    the tensor-core kernel on +-1 halves built from the bits."""
+    the tensor-core kernel on +-1 halves built from the bits. ``gemv_layout``: ``"words"``
+    (each thread walks the bits of its own weight words,
+    :func:`_binary_weight_gemv_words_kernel`), ``"lanes"`` (a word's bits across a warp's
+    lanes, :func:`_binary_weight_gemv_kernel`) or ``"auto"``: words for one row, lanes for
+    2-4 rows, where the lanes layout's shared-memory fetch of a word serves every row and its
+    K step has fewer instructions per product (the SASS counts in the words kernel's
+    docstring; the GPU bench times both layouts at M = 1 and 4)."""
     op = "binary_weight_gemm"
     dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
     check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
@@ -966,11 +1158,14 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
     grid = _gemm_grid(m, n)
+    check(gemv_layout in ("auto", "words", "lanes"), op,
+          f"gemv_layout={gemv_layout!r} must be 'auto', 'words' or 'lanes'")
     if m <= BW_GEMV_MAX_M:
-        _binary_weight_gemv[grid](x, w_packed, sc, bi, y, m, n, k, kw, x.stride(0), x.stride(1),
-                                  w_packed.stride(0), w_packed.stride(1), y.stride(0),
-                                  y.stride(1), HAS_SCALE=scale is not None,
-                                  HAS_BIAS=bias is not None)
+        words = gemv_layout == "words" or (gemv_layout == "auto" and m == 1)
+        gemv = _binary_weight_gemv_words if words else _binary_weight_gemv
+        gemv[grid](x, w_packed, sc, bi, y, m, n, k, kw, x.stride(0), x.stride(1),
+                   w_packed.stride(0), w_packed.stride(1), y.stride(0), y.stride(1),
+                   HAS_SCALE=scale is not None, HAS_BIAS=bias is not None)
         return y
     _binary_weight_gemm[grid](x, w_packed, sc, bi, y, m, n, k, kw,
                               x.stride(0), x.stride(1), w_packed.stride(0), w_packed.stride(1),
@@ -998,37 +1193,75 @@ def pack_conv_input(x: Tensor, groups: int) -> Tensor:
 
 def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
                   bias: Tensor | None = None, stride: tuple[int, int] = (1, 1),
-                  padding: tuple[int, int] = (0, 0), groups: int = 1, *,
-                  path: str = "auto") -> Tensor:
-    """conv2d(sign(x), w_sign) with zero padding, per-channel scale and bias; x.dtype out.
+                  padding: tuple[int, int] = (0, 0), groups: int = 1,
+                  in_channels: int | None = None, *, path: str = "auto") -> Tensor:
+    """conv2d(sign(x), w_sign) with zero padding, per-channel scale and bias.
 
-    x (N, C, H, W) float; w_packed (OC, KH, KW, ceil(C/groups/32)) from ``pack_conv_weight``.
+    x (N, C, H, W) float (x.dtype out), or packed signs (N, H, W, ceil(C/32)) int32 with
+    ``in_channels = C`` and groups 1 (float32 out): the output of :func:`binary_conv2d_signs`,
+    which skips the pack kernel. w_packed (OC, KH, KW, ceil(C/groups/32)).
     """
-    op = "binary_conv2d"
+    return _conv(x, w_packed, scale, bias, stride, padding, groups, in_channels, None, None,
+                 path, "binary_conv2d")
+
+
+def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+                        stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                        groups: int = 1, in_channels: int | None = None, *,
+                        path: str = "auto") -> Tensor:
+    """The next conv's packed input, (N, OH, OW, ceil(OC/32)) int32: bit o at (n, i, j) is
+    ``(dot < threshold[o]) XOR flip[o]``, dot the exact zero-padded conv of :func:`binary_conv2d`
+    (a folded BatchNorm -> sign), computed in the conv's epilogue. groups 1."""
+    check(threshold is not None and flip is not None, "binary_conv2d_signs",
+          "threshold and flip are required")
+    return _conv(x, w_packed, None, None, stride, padding, groups, in_channels, threshold,
+                 flip, path, "binary_conv2d_signs")
+
+
+def _conv(x, w_packed, scale, bias, stride, padding, groups, in_channels, threshold, flip,
+          path, op) -> Tensor:
     (sh, sw), (ph, pw), dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding,
-                                                     1, groups, op)
-    _check_launchable(op, dev)
-    nb, c, h, w = x.shape
+                                                     1, groups, op, in_channels)
+    signs = threshold is not None
     oc, kh, kwd, cw = w_packed.shape
+    if signs:
+        check(groups == 1, op, f"groups={groups}: the signs epilogue packs whole channel "
+              "vectors; use groups=1")
+        validate_sign_threshold(threshold, flip, oc, op)
+    _check_launchable(op, dev)
+    packed_in = x.dtype == torch.int32
+    if packed_in:
+        nb, h, w, _ = x.shape
+        c = in_channels
+    else:
+        nb, c, h, w = x.shape
     cg, ocg = c // groups, oc // groups
     oh = (h + 2 * ph - kh) // sh + 1
     ow = (w + 2 * pw - kwd) // sw + 1
-    odt = x.dtype if x.is_floating_point() else torch.float32
-    y = torch.empty((nb, oc, oh, ow), dtype=odt, device=dev)
+    if signs:  # NHWC words, OR-ed into
+        y = torch.zeros((nb, oh, ow, num_words(oc)), dtype=torch.int32, device=dev)
+        y_strides = (y.stride(0), y.stride(3), y.stride(1), y.stride(2))  # n, word, h, w
+    else:
+        odt = torch.float32 if packed_in else x.dtype
+        y = torch.empty((nb, oc, oh, ow), dtype=odt, device=dev)
+        y_strides = y.stride()
     if y.numel() == 0:
         return y
-    xp = pack_conv_input(x, groups)
+    xp = x.reshape(nb, h, w, 1, cw).contiguous() if packed_in else pack_conv_input(x, groups)
     wp = w_packed.contiguous()
     p = nb * oh * ow
     use_dot = _use_dot(path, p, CONV_DOT_MIN_P, op)
     kern = _conv_dot if use_dot else _conv_popcount
     sc = scale.to(device=dev, dtype=torch.float32).contiguous() if scale is not None else y
     bi = bias.to(device=dev, dtype=torch.float32).contiguous() if bias is not None else y
+    t = threshold.contiguous() if signs else y
+    f = flip.contiguous() if signs else y
+
     def grid(meta):
         return (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(ocg, meta["BLOCK_OC"]), groups)
 
     kern[grid](xp, wp, sc, bi, y, nb, h, w, oh, ow, cw, cg, ocg, kh, kwd, sh, sw, ph, pw,
-               *xp.stride(), *wp.stride(), *y.stride(),
+               *xp.stride(), *wp.stride(), *y_strides, t, f,
                HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-               USE_DOT=use_dot, HW_POPC=_hw_popc(dev))
+               USE_DOT=use_dot, HW_POPC=_hw_popc(dev), SIGNS_OUT=signs)
     return y

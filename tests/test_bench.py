@@ -24,7 +24,9 @@ def test_device_measurement_plumbing_on_cpu(tmp_path):
     assert [r["batch"] for r in rows] == [1, 3]
     assert all(r["agree"] == 100.0 for r in rows)
     assert all(r[k] > 0 for r in rows for k in ("fp_ms", "packed_ms", "fp_eager_ms",
-                                                "packed_eager_ms"))
+                                                "packed_eager_ms", "unfused_ms"))
+    # ResNet-18's 8 BasicBlocks each fuse conv1 -> bn1 -> act1 -> conv2; same logits unfused
+    assert all(r["fused_pairs"] == 8 and r["fused_same"] for r in rows)
 
 
 def test_gpu_rows_pending_without_cuda(tmp_path, monkeypatch):

@@ -7,15 +7,19 @@ each logging into ``DIR/<step>.log``:
 
 1. ``versions``: nvidia-smi, python and library versions;
 2. ``kernels``: ``python -m bnnbench.bench.kernels --gpu-only --plan gpu_short`` (both-binary
-   and binary-weight GEMVs at N = K = 4096..16384, M = 1/4/16, the small-N split-K GEMV rows,
-   gemlite's A16W1 on the same shapes in the same process (a row saying why when gemlite is
-   not importable), the GEMM rows; every row checked against float64 on the same inputs);
+   and binary-weight GEMVs at N = K = 4096..16384, M = 1/4/16 (binary weights also with the
+   old lanes GEMV layout, M <= 4), the small-N split-K GEMV rows, gemlite's A16W1 on the same
+   shapes in the same process (a row saying why when gemlite is not importable), the fused
+   BatchNorm -> sign pairs against the unfused ones (two 4096 linear layers at M = 1 and 256,
+   ResNet-18 3x3 convs at 64 x 56 px batch 1 and 256 x 14 px batch 8; bits and outputs
+   checked equal), the GEMM rows; every row checked against float64 on the same inputs);
 3. ``tests``: ``pytest tests/kernels/test_configs.py tests/test_cuda_graph.py`` on CUDA (every
    kept config of every GEMV/GEMM kernel, split-K included, against float64; a real CUDA-graph
    capture). The whole kernel suite (``pytest tests/kernels``, about 200 s) does not fit
    beside the rest: run it as a second call;
 4. ``packed``: ``python -m bnnbench.bench.packed_inference --gpu-only`` (packed ResNet-18 / NIN
-   vs the fp16 network, CUDA graphs, eager and ``load_packed(..., cuda_graph=True)``, profiler
+   vs the fp16 network, CUDA graphs, eager and ``load_packed(..., cuda_graph=True)``, the
+   unfused packed model ``load_packed(..., fuse=False)`` beside the fused default, profiler
    table at batch 1);
 5. ``training``: ``python -m bnnbench.bench.training_cost`` (one Lightning step per method,
    bf16-mixed; last, since ``reports/training_cost.md`` already holds an H200 run).

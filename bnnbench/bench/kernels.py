@@ -177,6 +177,8 @@ PLANS: dict[str, dict] = {
                   "planes": (2,), "convs": [], "gpu_gemv_n": (4096, 8192, 16384),
                   "gpu_gemm_n": (8192,), "gpu_gemm_mn": [(256, 4096), (8192, 8192)],
                   "gpu_gemv_small_n": [(1, 1024, 4096), (4, 512, 8192), (1, 1024, 16384)],
+                  "gpu_fused": [("linear", 1, 4096), ("linear", 256, 4096),
+                                ("conv", 1, 64, 56), ("conv", 8, 256, 14)],
                   "gpu_compare_paths": False},
     "quick": {"gemv_n": (4096,), "gemv_m": (1, 16), "gemm_n": 512, "multibit_n": 4096,
               "planes": (2,), "convs": [(1, 256, 14, 256, 1)], "gpu_gemv_n": (4096,),
@@ -186,6 +188,7 @@ PLANS: dict[str, dict] = {
     "tiny": {"gemv_n": (64,), "gemv_m": (1, 3), "gemm_n": 48, "multibit_n": 64, "planes": (2,),
              "convs": [(1, 5, 6, 7, 1), (1, 4, 5, 6, 2)], "gpu_gemv_n": (64,),
              "gpu_gemv_m": (1, 3), "gpu_gemm_n": (48,), "gpu_gemv_small_n": [(1, 16, 256)],
+             "gpu_fused": [("linear", 3, 70), ("conv", 1, 37, 5)],
              "thread_gemm": [(8, 64), (1, 64)],
              "thread_convs": [(2, 5, 6, 7, 1)], "roofline_n": (64,)},
 }
@@ -630,6 +633,13 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                              n * n // 8)
                 row("binary-weight GEMV (bf16 x)", shape, "torch bf16 matmul", tb, tw, ok,
                     moved_bytes=n * n // 8 + n * 4 + x.numel() * 2 + m * n * 2)
+                if tk is not None and m <= tk.BW_GEMV_MAX_M:  # the previous GEMV layout
+                    ok = near(tk.binary_weight_gemm(x, wp0, s0, gemv_layout="lanes"),
+                              ref_binary_weight)
+                    tl_ = rotated(mk_packed, lambda wp, s, x=x: tk.binary_weight_gemm(
+                        x, wp, s, gemv_layout="lanes"), n * n // 8)
+                    row("binary-weight GEMV, old lanes layout", shape, "torch bf16 matmul", tb,
+                        tl_, ok, moved_bytes=n * n // 8 + n * 4 + x.numel() * 2 + m * n * 2)
                 if peers and n <= 8192:
                     try:
                         gl0 = _gemlite_a16w1(w0, s0)
@@ -671,6 +681,11 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
                 moved_bytes=n * k // 8 + ap.numel() * 4 + m * n * 4)
         except Exception as e:  # noqa: BLE001 - record, keep going
             failed("xnor GEMV, small N (split-K)", shape, e)
+    for case in plan.get("gpu_fused", ()) if "gemv" in sections else ():
+        try:
+            fused_pair_row(case, dev, half, timer, row, exact)
+        except Exception as e:  # noqa: BLE001 - record, keep going
+            failed("fused BN -> sign pair", str(case), e)
     gemm_shapes = plan.get("gpu_gemm_mn", [(n, n) for n in plan["gpu_gemm_n"]])
     for m, n in gemm_shapes if "gemm" in sections else ():
         shape = f"M={m} N=K={n}" if m != n else f"M=N=K={n}"
@@ -700,6 +715,74 @@ def gpu_rows(plan: dict, dev: torch.device, l2: int, ref_bw: float,
         except Exception as e:  # noqa: BLE001
             failed("xnor GEMM", shape, e)
     return rows
+
+
+def fused_pair_row(case: tuple, dev: torch.device, dtype: torch.dtype,
+                   timer: Callable[[Callable[[], object]], float], row: Callable,
+                   exact: Callable) -> None:
+    """Two binary layers joined by BatchNorm -> htanh -> sign, unfused (float output, the
+    BatchNorm, the pack kernel) vs fused (the first kernel writes the second one's packed
+    input: :mod:`bnnbench.packed.fusion`). ``case``: ("linear", M, N) with N = K, or
+    ("conv", batch, channels, pixels) for 3x3 convs, stride 1, padding 1. The packed bits the
+    second layer reads and its output are checked equal."""
+    from bnnbench.bench import trained_like_batchnorm
+    from bnnbench.packed.fusion import sign_thresholds
+
+    gen = torch.Generator(device=dev).manual_seed(1)
+    kind = case[0]
+    if kind == "linear":
+        _, m, n = case
+        k, shape = n, f"M={m} N=K={n}"
+        x = torch.randn(m, n, device=dev, dtype=dtype, generator=gen)
+        w1, w2 = (K.pack_signs(torch.randn(n, n, device=dev, dtype=dtype, generator=gen))
+                  for _ in range(2))
+        bn = torch.nn.BatchNorm1d(n)
+    else:
+        _, b, c, px = case
+        k, shape = c * 9, f"N={b} C=OC={c} {px}x{px} 3x3"
+        x = torch.randn(b, c, px, px, device=dev, dtype=dtype, generator=gen)
+        w1, w2 = (K.pack_conv_weight(torch.randn(c, c, 3, 3, device=dev, dtype=dtype,
+                                                 generator=gen)) for _ in range(2))
+        bn = torch.nn.BatchNorm2d(c)
+    trained_like_batchnorm(bn)
+    with torch.no_grad():  # some negative and zero gammas, as trained networks have
+        bn.weight.normal_(generator=torch.Generator().manual_seed(2))
+        bn.weight[::7] = 0
+    chain = [bn.to(dev, dtype).eval(), torch.nn.Hardtanh()]
+    t, f = sign_thresholds(chain, k, bn.num_features, dtype, dev, kind == "conv")
+
+    def float_mid(z):
+        for module in chain:
+            z = module(z)
+        return z
+
+    if kind == "linear":
+        def run_unfused():
+            return K.xnor_gemm(K.pack_signs(float_mid(K.xnor_gemm(K.pack_signs(x), w1, k)
+                                                        .to(dtype))), w2, n)
+
+        def run_fused():
+            return K.xnor_gemm(K.xnor_gemm_signs(K.pack_signs(x), w1, k, t, f), w2, n)
+
+        bits_u = K.pack_signs(float_mid(K.xnor_gemm(K.pack_signs(x), w1, k).to(dtype)))
+        bits_f = K.xnor_gemm_signs(K.pack_signs(x), w1, k, t, f)
+    else:
+        def run_unfused():
+            return K.binary_conv2d(float_mid(K.binary_conv2d(x, w1, padding=1)), w2, padding=1)
+
+        def run_fused():
+            return K.binary_conv2d(K.binary_conv2d_signs(x, w1, t, f, padding=1), w2, padding=1,
+                                   in_channels=c)
+
+        bits_u = K.pack_signs(float_mid(K.binary_conv2d(x, w1, padding=1)).permute(0, 2, 3, 1))
+        bits_f = K.binary_conv2d_signs(x, w1, t, f, padding=1)
+    with torch.no_grad():
+        ok = exact(bits_f, bits_u)
+        if ok == "exact":
+            ok = exact(run_fused(), run_unfused())
+        tu, tf = timer(lambda: run_unfused()), timer(lambda: run_fused())
+    row(f"fused BN -> sign pair ({kind})", shape, "unfused: float out, BN, htanh, pack", tu, tf,
+        ok)
 
 
 # =============================================================================================

@@ -116,6 +116,7 @@ def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path
     path = save_packed(net, workdir / f"{abs(hash((tuple(overrides), 'device')))}.safetensors",
                        cfg, geometry)
     packed = load_packed(path, device=device).to(dtype)
+    unfused = load_packed(path, device=device, fuse=False).to(dtype)  # BN -> sign not folded
     net = net.to(device)
     rows = []
     for batch in batches:
@@ -124,7 +125,10 @@ def measure_device(overrides: list[str], batches: tuple[int, ...], workdir: Path
         xd = x.to(dtype)
         agree = (net(x).argmax(-1) == packed(xd).argmax(-1)).float().mean().item() * 100
         row = {"batch": batch, "fp_ms": timer(lambda: reference(xd)),
-               "packed_ms": timer(lambda: packed(xd)), "agree": agree}
+               "packed_ms": timer(lambda: packed(xd)), "agree": agree,
+               "unfused_ms": timer(lambda: unfused(xd)),
+               "fused_pairs": len(packed.sign_chains),
+               "fused_same": torch.equal(packed(xd), unfused(xd))}
         if eager_timer is not None:
             row["fp_eager_ms"] = eager_timer(lambda: reference(xd))
             row["packed_eager_ms"] = eager_timer(lambda: packed(xd))
@@ -226,7 +230,7 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
     limit still leaves every row it measured in the report.
     """
     if not torch.cuda.is_available():
-        rows = [f"| {label} | {b} | - | - | - | - | - | - | - | {PENDING} |"
+        rows = [f"| {label} | {b} | - | - | - | - | - | - | - | - | {PENDING} |"
                 for label, _, batches in GPU_CASES for b in batches]
         return rows, "none: " + PENDING, []
     from bnnbench.bench.kernels import _gpu_time_ms, gpu_versions
@@ -242,6 +246,8 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
                                     _gpu_time_ms, _eager_ms, profile_batch=1):
                 rows.append(f"| {label} | {r['batch']} | {r['fp_ms']:.3f} | "
                             f"{r['packed_ms']:.3f} | {r['fp_ms'] / r['packed_ms']:.2f}x | "
+                            f"{r['unfused_ms']:.3f} ({r['fused_pairs']} pairs fused"
+                            f"{'' if r['fused_same'] else ', outputs differ!'}) | "
                             f"{r['fp_eager_ms']:.3f} | {r['packed_eager_ms']:.3f} | "
                             f"{r['graphed_ms']:.3f}"
                             f"{'' if r['graphed_same'] else ' (classes differ!)'} | "
@@ -254,7 +260,7 @@ def gpu_lines(workdir: Path, on_row: Callable[[list[str], str, list[str]], None]
                 if on_row is not None:
                     on_row(rows, name, profiles)
         except Exception as e:  # noqa: BLE001 - record the failure in the report, keep going
-            rows.append(f"| {label} | - | - | - | - | - | - | - | - | failed: "
+            rows.append(f"| {label} | - | - | - | - | - | - | - | - | - | failed: "
                         f"{type(e).__name__}: {str(e)[:150]} |")
             print(rows[-1], flush=True)
     return rows, name, profiles
@@ -282,12 +288,17 @@ GPU_NOTES = [
     "per input shape, then input copy + replay + output copy per call; the classes are checked "
     "equal to the eager packed model's). Goals: "
     ">= 2x the fp16 network at batch 1, >= 1.3x at batch 256 (graph times). *agreement*: share "
-    "of inputs where the packed model's class equals the trained BinaryNet module's (fp32).",
+    "of inputs where the packed model's class equals the trained BinaryNet module's (fp32). "
+    "*packed*: BatchNorm -> sign between two binary layers folded into the first one's kernel "
+    "(`load_packed`'s default `fuse=True`, bnnbench.packed.fusion); *unfused*: "
+    "`load_packed(..., fuse=False)` (float output, BatchNorm, htanh, pack kernel per pair), "
+    "graph time, its logits checked equal to the fused model's.",
     "",
     "| network | batch | fp16 network ms (graph) | packed ms (graph) | speedup (graph) | "
+    "packed unfused ms (graph) | "
     "fp16 network ms (eager) | packed ms (eager) | packed ms (cuda_graph=True) | agreement | "
     "goal |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 

@@ -8,6 +8,8 @@ Layers, each importing only those above it in this list:
   bit planes, or the quantizer's own ``pack``/``unpack``), its checks, and :class:`PackedWeight`,
   the weight quantizer a loaded layer decodes through;
 * :mod:`bnnbench.packed.routes`: which loaded layers run on :mod:`bnnbench.kernels` and how;
+* :mod:`bnnbench.packed.fusion`: BatchNorm -> sign between two such layers folded into the first
+  one's kernel, which then writes the second one's packed input;
 * :mod:`bnnbench.packed.format`: the file (tensors + validated metadata), written from a
   network and loaded back as the packed inference model.
 

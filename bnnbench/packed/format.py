@@ -48,7 +48,8 @@ method's ``convert``; nothing the file names is ever instantiated or imported), 
 rest. Every layer's own ``forward`` runs unchanged, so predictions equal the trained model's. Where
 a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscaled sign weights)
 and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
-(bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`).
+(bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`), and two such
+layers joined by BatchNorm -> sign only exchange packed bits (:mod:`bnnbench.packed.fusion`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from bnnbench.files import atomic_path
 from bnnbench.nn.layers import _QuantMixin
 from bnnbench.packed.cuda_graph import CudaGraphed
 from bnnbench.packed.encoding import PackedWeight, check_layer, encode_exact
+from bnnbench.packed.fusion import fuse_sign_chains
 from bnnbench.packed.routes import use_kernels
 from bnnbench.size import account, deployed_tensors
 from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain, check_spec
@@ -151,7 +153,8 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def load_packed(path: Path, device: str | torch.device = "cpu",
-                kernels: str = "auto", cuda_graph: bool = False) -> nn.Module:
+                kernels: str = "auto", cuda_graph: bool = False,
+                fuse: bool = True) -> nn.Module:
     """The packed inference model of an export (eval mode).
 
     The file is data: its metadata is validated (:func:`read_packed`) and the network rebuilt
@@ -162,6 +165,11 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     XNOR-Net, Tang's residual binarization, binary-weight linear layers) on
     :mod:`bnnbench.kernels` when it is importable,
     ``never`` keeps every layer's own forward on decoded weights.
+
+    ``fuse`` (with ``kernels=auto``): where a BinaryNet binary layer feeds the next one through
+    BatchNorm -> sign only, fold that into the first layer's kernel, which then writes the next
+    layer's packed input bits (:mod:`bnnbench.packed.fusion`; bit-exact with the unfused path;
+    the fused pairs are listed in the model's ``sign_chains``).
 
     ``cuda_graph``: wrap the model in :class:`~bnnbench.packed.cuda_graph.CudaGraphed`, which
     captures its forward as one CUDA graph per input shape and replays it. CUDA only.
@@ -191,6 +199,7 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)
+        net.sign_chains = fuse_sign_chains(net) if fuse else []
     return CudaGraphed(net) if cuda_graph else net
 
 

@@ -44,7 +44,8 @@ def test_gpu_rows_logic_with_a_fake_timer():
     assert written == list(range(1, len(rows) + 1))  # the report is rewritten after every row
     n_gemv = len(plan["gpu_gemv_n"]) * len(plan["gpu_gemv_m"])
     n_small = len(plan["gpu_gemv_small_n"])
-    assert len(rows) == 2 * n_gemv + n_small + len(plan["gpu_gemm_n"])
+    n_fused = len(plan["gpu_fused"])
+    assert len(rows) == 2 * n_gemv + n_small + n_fused + len(plan["gpu_gemm_n"])
     assert not [r for r in rows if "failed" in r[6]], rows
     # every row was checked against float64 on the same inputs: exact integers for both-binary
     assert [r[7] for r in rows[:2]] == ["exact", "ok"], rows
@@ -52,8 +53,12 @@ def test_gpu_rows_logic_with_a_fake_timer():
     # a constant timer over R rotated weight copies gives 2 ms / R per call: dense bf16 copies
     # of 64x64 (8 KiB) need R = 4 * L2 / 8 KiB = 32, packed ones (512 B) hit the cap of 64
     assert [r[7] for r in rows[2 * n_gemv:2 * n_gemv + n_small]] == ["exact"] * n_small, rows
+    # the fused BN -> sign pairs: the second layer reads the same bits, gives the same output
+    fused = rows[2 * n_gemv + n_small:2 * n_gemv + n_small + n_fused]
+    assert [(r[0].split(" (")[0], r[7]) for r in fused] == [("fused BN -> sign pair", "exact")
+                                                           ] * n_fused, fused
     assert [r[5] for r in rows] == (["2.00x"] * (2 * n_gemv + n_small)
-                                    + ["1.00x"] * len(plan["gpu_gemm_n"]))
+                                    + ["1.00x"] * (n_fused + len(plan["gpu_gemm_n"])))
     assert any("% of HBM" in r[6] for r in rows) and any("T MAC/s" in r[6] for r in rows)
 
 

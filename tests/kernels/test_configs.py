@@ -38,7 +38,7 @@ def _launch_xnor(cfg, ap, wp, k, use_dot: bool):
         cfg.pre_hook({"c_ptr": c})
     grid = (T._gemm_grid(m, n)(kwargs)[0], kwargs["SPLIT_K"])
     T._xnor_gemm_kernel[grid](ap, wp, c, m, n, kw, k, ap.stride(0), ap.stride(1), wp.stride(0),
-                              wp.stride(1), c.stride(0), c.stride(1), USE_DOT=use_dot,
+                              wp.stride(1), c.stride(0), c.stride(1), c, c, USE_DOT=use_dot,
                               HW_POPC=T._hw_popc(ap.device), num_warps=cfg.num_warps,
                               num_stages=cfg.num_stages, **kwargs)
     return c
@@ -101,7 +101,7 @@ def test_split_k_output_is_zeroed_on_every_launch():
     for _ in range(2):
         cfg.pre_hook({"c_ptr": c})
         T._xnor_gemm_kernel[grid](ap, wp, c, 1, 5, wp.shape[1], k, ap.stride(0), ap.stride(1),
-                                  wp.stride(0), wp.stride(1), c.stride(0), c.stride(1),
+                                  wp.stride(0), wp.stride(1), c.stride(0), c.stride(1), c, c,
                                   USE_DOT=False, HW_POPC=T._hw_popc(ap.device),
                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                   **cfg.kwargs)
@@ -139,12 +139,18 @@ def test_every_binary_weight_config_fp16(cfg):
     assert (err <= fp_bound(x, ref, scale, torch.float16)).all(), err.max()
 
 
+GEMV_CONFIGS = ([(T._binary_weight_gemv_kernel, c) for c in T._bw_gemv_configs()]
+                + [(T._binary_weight_gemv_words_kernel, c) for c in T._bw_gemv_word_configs()])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("cfg", T._bw_gemv_configs(), ids=_label)
-def test_every_binary_weight_gemv_config(cfg, dtype):
-    """The sign-flip GEMV (M <= 4): every tile on M = 1..BLOCK_M rows, N not a multiple of
-    BLOCK_N, two K steps plus a partial word; bf16 too (no tl.dot here, so the interpreter
-    computes it right)."""
+@pytest.mark.parametrize("kernel,cfg", GEMV_CONFIGS, ids=[
+    ("words" if k is T._binary_weight_gemv_words_kernel else "lanes") + _label(c)
+    for k, c in GEMV_CONFIGS])
+def test_every_binary_weight_gemv_config(kernel, cfg, dtype):
+    """The sign-flip GEMV (M <= 4), both layouts (a word's bits across lanes, whole words per
+    thread): every tile on M = 1..BLOCK_M rows, N not a multiple of BLOCK_N, two K steps plus
+    a partial word; bf16 too (no tl.dot here, so the interpreter computes it right)."""
     bm = cfg.kwargs["BLOCK_M"]
     m, n = (1 if bm == 1 else bm - 1), cfg.kwargs["BLOCK_N"] + 5
     k = 32 * cfg.kwargs["BLOCK_KW"] + 45
@@ -155,7 +161,7 @@ def test_every_binary_weight_gemv_config(cfg, dtype):
     xd, wpd, sd, bd = tdev(x, wp, scale, bias)
     y = torch.empty((m, n), dtype=dtype, device=xd.device)
     grid = T._gemm_grid(m, n)(cfg.kwargs)
-    T._binary_weight_gemv_kernel[grid](
+    kernel[grid](
         xd, wpd, sd, bd, y, m, n, k, wp.shape[1], xd.stride(0), xd.stride(1), wpd.stride(0),
         wpd.stride(1), y.stride(0), y.stride(1), HAS_SCALE=True, HAS_BIAS=True,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs)

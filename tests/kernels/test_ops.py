@@ -30,11 +30,23 @@ OPCHECK = [
                         "cpu")),
     ("binary_conv2d",
      lambda x, ap, wp: (torch.randn(2, 3, 5, 6), R.pack_conv_weight_ref(torch.randn(4, 3, 3, 3)),
-                        torch.rand(4), None, [2, 1], [1, 0], 1, "cpu")),
+                        torch.rand(4), None, [2, 1], [1, 0], 1, 0, "cpu")),
+    ("binary_conv2d",  # packed NHWC input (N, H, W, ceil(C/32)) with in_channels = C
+     lambda x, ap, wp: (R.pack_signs_ref(torch.randn(2, 5, 6, 40)),
+                        R.pack_conv_weight_ref(torch.randn(4, 40, 3, 3)), None, torch.randn(4),
+                        [2, 1], [1, 0], 1, 40, "cpu")),
+    ("xnor_gemm_signs",
+     lambda x, ap, wp: (ap, wp, 70, torch.arange(-2, 3, dtype=torch.int32),
+                        torch.tensor([0, 1, 0, 1, 1], dtype=torch.int32), "cpu")),
+    ("binary_conv2d_signs",
+     lambda x, ap, wp: (torch.randn(2, 3, 5, 6), R.pack_conv_weight_ref(torch.randn(40, 3, 3, 3)),
+                        torch.arange(-20, 20, dtype=torch.int32),
+                        torch.zeros(40, dtype=torch.int32), [2, 1], [1, 0], 1, 0, "cpu")),
 ]
 
 
-@pytest.mark.parametrize("name,make", OPCHECK, ids=[o[0] for o in OPCHECK])
+@pytest.mark.parametrize("name,make", OPCHECK,
+                         ids=[f"{o[0]}{i}" for i, o in enumerate(OPCHECK)])
 def test_opcheck(name, make):
     op = getattr(torch.ops.bnnbench, name).default
     torch.library.opcheck(op, make(*_args()))
