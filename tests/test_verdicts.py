@@ -49,6 +49,7 @@ def test_verdict_rule(ours, se, paper, expected):
     (-12.0, 1.0, -4.0, "larger: 3x the paper's"),
     (-5.0, 1.0, 4.8, "opposite sign"),
     (5.0, 1.0, None, "-"),                                # no printed number
+    (-1.5, 1.0, 0.5, "-"),          # direction unresolved: a wide interval "matches" anything
     (5.0, math.nan, 4.8, "-"),
 ])
 def test_size_vs_paper_rule(ours, se, paper, expected):

@@ -12,7 +12,8 @@ seeds, the paper's is the difference of the published numbers. The verdict:
 The verdict judges the direction only. Where the paper prints a number, a second column says
 whether the *size* agrees (:func:`size_vs_paper`): "matches" when the paper's difference lies
 within our ±2 standard errors, else smaller / larger with the ratio ours / paper, so a claim
-whose direction is reproduced at a tenth of the paper's size says so.
+whose direction is reproduced at a tenth of the paper's size says so ("-" while our direction
+is itself within 2 standard errors).
 
 The methods table also gets Spearman's rank correlation between our ordering of the methods
 and the paper's (top-1, methods with a published number).
@@ -164,9 +165,10 @@ def verdict(ours: float, se: float, paper: float | None, n: int = MIN_SEEDS) -> 
 def size_vs_paper(ours: float, se: float, paper: float | None, n: int = MIN_SEEDS) -> str:
     """Our difference's size against the paper's printed one (the verdict judges the sign):
     "matches" when ``paper`` lies within ``ours`` ± 2 s.e., else smaller / larger and the ratio;
-    "-" without a printed number or a usable standard error, "opposite sign" when the signs
+    "-" without a printed number, a usable standard error or a resolved direction (``|ours|``
+    within 2 s.e.: a wide interval would "match" any paper), "opposite sign" when the signs
     differ (the verdict says the rest)."""
-    if paper is None or math.isnan(se) or n < MIN_SEEDS:
+    if paper is None or math.isnan(se) or n < MIN_SEEDS or abs(ours) <= 2 * se:
         return "-"
     if abs(ours - paper) <= 2 * se:
         return "matches (paper within 2 s.e.)"
