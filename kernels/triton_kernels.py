@@ -289,12 +289,7 @@ def _prune_xnor_signs(configs, named_args, **kwargs):
 
 
 def _prune_bw_gemv(configs, named_args, **kwargs):
-    if INTERPRET:
-        return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
-    return _rows_block(configs, named_args["M"])
-
-
-def _prune_bw_gemv_words(configs, named_args, **kwargs):
+    """Both binary-weight GEMV layouts (lanes and words): the row block that fits M."""
     if INTERPRET:
         return _interp(BLOCK_M=4, BLOCK_N=8, BLOCK_KW=4, GROUP_M=1, KSTAGES=1)
     return _rows_block(configs, named_args["M"])
@@ -954,7 +949,7 @@ _binary_weight_gemv = triton.autotune(_bw_gemv_configs(), key=["M", "N", "KW"],
                                       )(_binary_weight_gemv_kernel)
 _binary_weight_gemv_words = triton.autotune(_bw_gemv_word_configs(), key=["M", "N", "KW"],
                                             prune_configs_by={"early_config_prune":
-                                                              _prune_bw_gemv_words}
+                                                              _prune_bw_gemv}
                                             )(_binary_weight_gemv_words_kernel)
 _conv_popcount = triton.autotune(_conv_configs(False), key=["NB", "OH", "OW", "CW", "OCg", "KH"],
                                  prune_configs_by={"early_config_prune": _prune_conv}
