@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,38 @@ def test_fp_recipes_train_the_full_precision_host_first(make_cfg):
             assert "train/kd" not in record.curves
         else:
             assert "init" not in record.extra and len(record.curves["train/kd"]) == 1
+
+
+RESNET18_TINY = ["model=resnet18", "data.batch_size=8", "+data.eval_batch_size=8",
+                 "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                 "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+                 "trainer.accelerator=cpu", "logger=csv"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, recipe", [("bireal", "two_stage"), ("reactnet", "fp_init")])
+def test_recipes_run_on_resnet18(make_cfg, method, recipe):
+    """The recipes on the ResNet-18 host (issue 13: every recipe on the embedded default and on
+    ResNet-18): stage 2 warm-starts every tensor of stage 1's network, and the binary convs of
+    stage 2 hold ±1 weights where stage 1 held real ones."""
+    from bnnbench.trained import load_trained
+
+    cfg = make_cfg([*RESNET18_TINY, f"+method={method}", f"+recipe={recipe}"])
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = run(cfg)
+    state1, _ = load_checkpoint(run_dir / "stage1" / "checkpoints" / "last.ckpt")
+    net2, _, _ = load_trained(run_dir / "stage2")
+    init = record.extra["init"]
+    # a stage-1 network of the same method has every tensor of stage 2; a full-precision host
+    # lacks only ReActNet's own RSign/RPReLU parameters (kept as initialised)
+    if recipe == "two_stage":
+        assert init["kept"] == 0
+    else:
+        own = ("shift", "slope", "shift_in", "shift_out")
+        assert init["kept"] > 0 and all(n.rsplit(".", 1)[-1] in own for n in init["kept_names"])
+    assert init["loaded"] > 60  # ResNet-18: 21 convs/linear + 20 BatchNorms x 4 tensors
+    conv = net2.get_submodule("layer1.0.conv2")
+    assert set(conv.quantized_weight().sign().unique().tolist()) <= {-1.0, 1.0}
+    latent1 = state1["layer1.0.conv2.weight"]
+    assert latent1.abs().unique().numel() > 100  # stage 1's weights were real-valued
+    assert math.isfinite(record.test_top1)
