@@ -90,3 +90,38 @@ def test_unknown_scope_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--scope='nope' is not defined" in err and "small" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("source_changed", [False, True])
+def test_a_recheck_keeps_the_earlier_statuses_of_unchanged_sources(tmp_path, monkeypatch, capsys,
+                                                                  source_changed):
+    """mutmut's recheck of named mutants leaves the others without a result; the report takes
+    their earlier status from the state file while their source file is byte-for-byte the same,
+    and never when it changed (the same name may then be another mutation)."""
+    source = tmp_path / "bnnbench" / "functional.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("def f(a, b):\n    return a + b\n")
+    first = {"bnnbench.functional.x_f__mutmut_1": 1, "bnnbench.functional.x_f__mutmut_2": 0}
+    meta = tmp_path / "mutants" / "bnnbench" / "functional.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": first}))
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    monkeypatch.setattr(mutation, "mutmut_version", lambda: "3.8.1")
+    monkeypatch.setattr(mutation, "mutmut_config", lambda scope=None: {"only_mutate": ["x"]})
+    out = tmp_path / "m.md"
+    assert mutation.main(["--report-only", "--out", str(out)]) == 0
+    state = json.loads(out.with_suffix(".json").read_text())
+    assert state["statuses"]["bnnbench.functional.x_f__mutmut_1"]["status"] == "killed"
+    # the recheck ran only the survivor, now killed; mutmut has no result for the first one
+    meta.write_text(json.dumps({"exit_code_by_key": {"bnnbench.functional.x_f__mutmut_1": None,
+                                                     "bnnbench.functional.x_f__mutmut_2": 1}}))
+    if source_changed:
+        source.write_text("def f(a, b):\n    return a * b\n")
+    assert mutation.main(["--report-only", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| `bnnbench/functional.py`"))
+    header = [c.strip() for c in lines[at - 2].strip("|").split("|")]
+    counts = dict(zip(header, (c.strip() for c in lines[at].strip("|").split("|"))))
+    expected = {"killed": "1", "not checked": "1"} if source_changed else {"killed": "2"}
+    assert {k: v for k, v in counts.items() if k not in ("file", "total")} == expected
+    assert ("keep an earlier run's status" in capsys.readouterr().out) is not source_changed

@@ -19,7 +19,10 @@ works in ``mutants-NAME/`` (links to the checkout and that scope's pyproject), a
 
 ``--recheck-survivors`` reruns only the mutants that survived before (a new test can kill a
 survivor; it cannot revive a killed mutant), and the report then shows both counts, before and
-after. ``--fresh`` deletes ``mutants/`` first (needed after the mutated sources change).
+after. mutmut's state then holds results for the rechecked names only; the others keep the
+status the state file (``reports/mutation*.json``) recorded for them, as long as their source
+file is unchanged (same sha256). ``--fresh`` deletes ``mutants/`` first (needed after the
+mutated sources change).
 mutmut forks one worker per mutant from a process that already imported torch, so torch's
 thread pools are limited to one thread (``OMP_NUM_THREADS=1``) to keep forks safe.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -212,6 +216,39 @@ def collect(mutants: Path | None = None) -> dict[str, dict[str, Any]]:
     return result
 
 
+def source_digest(path: Path) -> str:
+    """sha256 of a mutated source file: a mutant's name means the same change only while its
+    source is byte-for-byte the one that was mutated."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def carry_statuses(mutants: dict[str, dict[str, Any]], earlier: dict[str, dict[str, str]],
+                   work: Path) -> int:
+    """Give each mutant this run did not check ("not checked": a recheck runs only some names,
+    and mutmut's state then holds no result for the others) the status an earlier run recorded
+    for it, when its source file is unchanged since (same sha256); returns how many."""
+    digests: dict[str, str] = {}
+    carried = 0
+    for name, info in mutants.items():
+        before = earlier.get(name)
+        if info["status"] != "not checked" or before is None:
+            continue
+        digest = digests.setdefault(info["file"], source_digest(work / info["file"]))
+        if digest and before.get("sha256") == digest:
+            info["status"] = before["status"]
+            carried += 1
+    return carried
+
+
+def checked_statuses(mutants: dict[str, dict[str, Any]], work: Path) -> dict[str, dict[str, str]]:
+    """What the state file keeps of every checked mutant: its status and its source's sha256."""
+    digests: dict[str, str] = {}
+    return {name: {"status": info["status"],
+                   "sha256": digests.setdefault(info["file"],
+                                                source_digest(work / info["file"]))}
+            for name, info in mutants.items() if info["status"] != "not checked"}
+
+
 def one_line_diff(name: str, source: str, work: Path = ROOT) -> str:
     """``old`` -> ``new`` of the changed line (mutmut's diff reduced to its first -/+ pair)."""
     old_cwd = os.getcwd()
@@ -381,6 +418,10 @@ def _main(args: argparse.Namespace) -> int:
     if not mutants:
         raise BnnbenchError(f"no mutmut results under {mutants_dir}; run without --report-only "
                             "first")
+    carried = carry_statuses(mutants, (previous or {}).get("statuses", {}), work)
+    if carried:
+        print(f"{carried} mutants not checked by this run keep an earlier run's status "
+              "(their source unchanged)")
     survivors = {name: info for name, info in mutants.items() if info["status"] == "survived"}
     for name, info in survivors.items():
         info["diff"] = one_line_diff(name, info["file"], work)
@@ -390,6 +431,7 @@ def _main(args: argparse.Namespace) -> int:
                  if info["status"] == "no tests"}
     write_atomic(state_path, json.dumps({"counts": counts, "survivors": survivors,
                                          "uncovered": uncovered,
+                                         "statuses": checked_statuses(mutants, work),
                                          "survived_before": before, "notes": notes},
                                         indent=1, sort_keys=True) + "\n")
     print(f"{len(survivors)} surviving mutants of {len(mutants)}; report: {args.out}")
