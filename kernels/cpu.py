@@ -25,11 +25,18 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
   bf16 activations).
 
-Threads: the compiled popcount GEMM and the packed conv (with its sign packing) run on numba's
-thread pool (:func:`kernel_threads` threads: torch's thread count by default) when a
-call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the calling thread
-below that, where waking the pool costs more than it saves. Each thread owns whole output rows,
-so the threaded results equal the single-threaded ones bit for bit.
+* **sign packing** (:func:`pack_signs`): compiled too
+  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`), one pass over float32 rows.
+
+Threads: the compiled popcount GEMM and the packed conv (with its sign packing and its float
+epilogue) run on numba's thread pool (:func:`kernel_threads` threads: torch's thread count by
+default) when a call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the
+calling thread below that, where waking the pool costs more than it saves. Each thread owns
+whole output rows (pixel blocks in the epilogue), so the threaded results equal the
+single-threaded ones bit for bit. The work around the compiled loops is kept small, since it
+runs on one thread and, for a cold GEMV, costs as much as the loop: numpy views rather than
+torch ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), and eager calls
+reach this module without the custom op (:func:`bnnbench.kernels.ops._direct_cpu`).
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.

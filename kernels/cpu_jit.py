@@ -10,10 +10,10 @@ elsewhere) reads the weights once.
 All functions take contiguous numpy arrays in canonical shapes and write into ``out``; they
 are compiled on first use and cached on disk (``cache=True``).
 
-Threads: the popcount GEMM, the packed conv and the sign packing each come in two compiled
-variants built from one loop body, a single-threaded one and a ``*_parallel`` one
-(``parallel=True``, ``prange`` over independent output rows, so every thread writes its own
-rows and the integer sums are the same as the single-threaded ones, bit for bit).
+Threads: the popcount GEMM, the packed conv, its sign packing and its float epilogue each come
+in two compiled variants built from one loop body, a single-threaded one and a ``*_parallel``
+one (``parallel=True``, ``prange`` over independent output rows, so every thread writes its own
+rows and the results are the same as the single-threaded ones, bit for bit).
 :mod:`bnnbench.kernels.cpu` picks the threaded variant only above a work threshold: a
 parallel region costs tens of microseconds to wake the pool, and right after a torch op
 torch's own OpenMP workers are still spinning on the other cores, so small calls stay on one
@@ -287,7 +287,7 @@ def xnor_popcount_conv2d(x: np.ndarray, w: np.ndarray, channels: int, stride_h: 
     with ``ih = i s_h - p_h + kh``: a padded tap is skipped, i.e. contributes 0, the value a
     network trained with zero padding on +-1 inputs sees there (not -1, not +1). Writing the
     NCHW floats here (scale and bias fused) measured slower than this contiguous int32 store
-    followed by torch's vectorised epilogue.
+    followed by a second pass (:func:`conv_epilogue`).
     """
     for item in range(out.shape[0] * out.shape[1]):
         _conv_output_row(x, w, channels, stride_h, stride_w, pad_h, pad_w, out, item)
