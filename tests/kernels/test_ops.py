@@ -184,30 +184,33 @@ def test_smem_model_covers_the_epilogue_exchange():
 
 
 def test_eager_cpu_calls_skip_the_custom_op(monkeypatch):
-    """Eager CPU calls on plain tensors run the CPU implementation directly (the dispatcher's
-    Python layers cost more than a cold GEMV); a tensor that requires grad, a tensor subclass,
-    or a dispatch mode keeps the custom op in the path."""
+    """Eager CPU calls on plain tensors run the op's body directly (the dispatcher's Python
+    layers cost more than a cold GEMV); a tensor that requires grad, a tensor subclass, a
+    dispatch mode or another backend keeps the custom op in the path."""
     from bnnbench.kernels import ops
     from torch.utils._python_dispatch import TorchDispatchMode
 
     x, ap, wp = _args()
-    calls: list[str] = []
-    for name in ("_pack_signs_op", "_xnor_gemm_op"):
-        real = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    direct: list[str] = []
+    for op in (ops._pack_signs_op, ops._xnor_gemm_op):
+        body = ops._BODIES[op]
+        monkeypatch.setitem(ops._BODIES, op,
+                            lambda *a, _b=body: direct.append(_b.__name__) or _b(*a))
     want = R.xnor_gemm_ref(ap, wp, 70)
-    assert torch.equal(K.xnor_gemm(K.pack_signs(x), wp, 70), want) and calls == []
+    assert torch.equal(K.xnor_gemm(K.pack_signs(x), wp, 70), want)
+    assert direct == ["_pack_signs_op", "_xnor_gemm_op"]
     assert torch.equal(K.xnor_gemm(ap.view(3, 1, -1), wp, 70), want.view(3, 1, -1))
-    assert calls == []
-    K.pack_signs(x.clone().requires_grad_())
-    assert calls == ["_pack_signs_op"]
+    assert len(direct) == 3
+    assert torch.equal(K.pack_signs(x.clone().requires_grad_()), ap)  # through the op
+    assert torch.equal(K.xnor_gemm(ap, wp, 70, backend="reference"), want)
+    assert len(direct) == 3
 
     class Passthrough(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
 
     with Passthrough():
-        got = K.xnor_gemm(ap, wp, 70)
-    assert calls == ["_pack_signs_op", "_xnor_gemm_op"] and torch.equal(got, want)
-    assert torch.equal(K.xnor_gemm(ap, wp, 70, backend="reference"), want)
-    assert calls[-1] == "_xnor_gemm_op"  # other backends always go through the op
+        assert torch.equal(K.xnor_gemm(ap, wp, 70), want)
+    assert len(direct) == 3
+    assert not ops._direct_cpu("cpu", torch.nn.Parameter(x))  # a subclass
+    assert ops._direct_cpu("cpu", ap, None, wp)
