@@ -108,8 +108,8 @@ def pack_rows_signs(x: np.ndarray, out: np.ndarray) -> None:
     x (R, K) float32; out (R, B) uint8 with ``8 B >= K`` (B = 4 ceil(K / 32): the int32 words
     as bytes, little endian). Two passes per row through a small L1 buffer: one vectorised
     comparison writes a 0/1 byte per value, then one multiply gathers each 8 bytes into a
-    byte. ~20x faster than ``x < 0`` followed by ``np.packbits`` (256 x 4096: 0.3 vs 6 ms)
-    and no bool tensor as large as x.
+    byte. ~4x faster than ``x < 0`` followed by ``np.packbits`` (256 x 4096 through the
+    public call: 0.28 vs 1.2 ms, best of 35, one thread) and no bool tensor as large as x.
     """
     k = x.shape[1]
     nbytes = out.shape[1]
