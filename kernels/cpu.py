@@ -25,11 +25,18 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
   bf16 activations).
 
-Threads: the compiled popcount GEMM and the packed conv (with its sign packing) run on numba's
-thread pool (:func:`kernel_threads` threads: torch's thread count by default) when a
-call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the calling thread
-below that, where waking the pool costs more than it saves. Each thread owns whole output rows,
-so the threaded results equal the single-threaded ones bit for bit.
+* **sign packing** (:func:`pack_signs`): compiled too
+  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`), one pass over float32 rows.
+
+Threads: the compiled popcount GEMM and the packed conv (with its sign packing and its float
+epilogue) run on numba's thread pool (:func:`kernel_threads` threads: torch's thread count by
+default) when a call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of work, and on the
+calling thread below that, where waking the pool costs more than it saves. Each thread owns
+whole output rows (pixel blocks in the epilogue), so the threaded results equal the
+single-threaded ones bit for bit. The work around the compiled loops is kept small, since it
+runs on one thread and, for a cold GEMV, costs as much as the loop: numpy views rather than
+torch ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), and eager calls
+reach this module without the custom op (:func:`bnnbench.kernels.ops._direct_cpu`).
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
@@ -95,8 +102,21 @@ def _byte_offsets(groups: int, entries: int) -> Tensor:
 # pack / unpack
 # ---------------------------------------------------------------------------------------------
 def pack_signs(x: Tensor) -> Tensor:
-    """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32 (bit 1 = x < 0)."""
-    return pack_bools(x.detach() < 0)
+    """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32 (bit 1 = x < 0).
+
+    One compiled pass over float32 rows (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`;
+    float16/bfloat16 widen to float32 exactly, signs, -0.0 and NaN included).
+    """
+    k = x.shape[-1]
+    if x.requires_grad:
+        x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    rows = np.ascontiguousarray(x.numpy().reshape(-1, k))  # numpy: no torch op to dispatch
+    words = num_words(k)
+    out = np.empty((rows.shape[0], 4 * words), dtype=np.uint8)
+    cpu_jit.pack_rows_signs(rows, out)
+    return torch.from_numpy(out.view(np.int32).reshape(*x.shape[:-1], words))
 
 
 def pack_bools(neg: Tensor) -> Tensor:
@@ -167,8 +187,7 @@ def threading_layer() -> str:
 def _parallel_threads(work_words: int) -> int:
     """Threads for a call with ``work_words`` word popcounts: 1 (the single-threaded variant)
     below :data:`PARALLEL_MIN_WORDS`, else :func:`kernel_threads`."""
-    threads = kernel_threads()
-    return 1 if threads <= 1 or work_words < PARALLEL_MIN_WORDS else threads
+    return 1 if work_words < PARALLEL_MIN_WORDS else kernel_threads()
 
 
 def _run_threaded(kernel, threads: int, *args):
@@ -177,20 +196,37 @@ def _run_threaded(kernel, threads: int, *args):
     Chunk size 1 hands the ``prange`` tasks (blocks of rows, many per thread) out one at a
     time instead of one equal slice per thread: on a shared machine a thread that loses its
     core for a while then delays only its current task, not half of the call. Numba's thread
-    count and chunk size are per calling thread; both are restored.
+    count and chunk size are per calling thread; both are restored. (Plain setter calls, and
+    the thread count only when it changes: the ``parallel_chunksize`` context manager and an
+    unconditional ``set_num_threads`` cost ~85 us per cold call. Setting both inside the
+    compiled kernels would cost nothing but keeps numba from caching them on disk: they
+    reach the pool through ctypes pointers.)
     """
     saved = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    if saved != threads:
+        numba.set_num_threads(threads)
+    chunk = numba.set_parallel_chunksize(1)
     try:
-        with numba.parallel_chunksize(1):
-            return kernel(*args)
+        return kernel(*args)
     finally:
-        numba.set_num_threads(saved)
+        numba.set_parallel_chunksize(chunk)
+        if saved != threads:
+            numba.set_num_threads(saved)
 
 
 def use_popcount(m: int, n: int) -> bool:
     """True when the popcount loop beats unpack + int8 matmul for an (M x K) @ (N x K).T."""
     return m <= max(POPCOUNT_MIN_M, n // POPCOUNT_ROWS_PER_M)
+
+
+def _words(packed: Tensor) -> np.ndarray:
+    """A C-contiguous numpy view of packed int32 words (a copy only when not contiguous).
+
+    numpy's ``ascontiguousarray`` instead of torch's ``contiguous()``: a cold call (weights
+    and code evicted, as in a model too large for the caches) pays for every torch op it
+    dispatches, ~20-80 us each on the bench machine, while this is one C call.
+    """
+    return np.ascontiguousarray(packed.numpy())
 
 
 def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
@@ -200,8 +236,8 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     padding bits of both operands XOR to 0 either way).
     """
     word = np.uint64 if a_packed.shape[1] % 2 == 0 else np.uint32
-    a = a_packed.contiguous().numpy().view(word)
-    w = w_packed.contiguous().numpy().view(word)
+    a = _words(a_packed).view(word)
+    w = _words(w_packed).view(word)
     m, n, kw = a.shape[0], w.shape[0], a_packed.shape[1]
     out = np.empty((m, n), dtype=np.int32)
     threads = _parallel_threads(m * n * kw)
@@ -323,9 +359,10 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
 
 
 def _conv_dots(x: Tensor, w_packed: Tensor, stride: tuple[int, int], padding: tuple[int, int],
-               groups: int, in_channels: int | None) -> Tensor:
+               groups: int, in_channels: int | None) -> tuple[np.ndarray, int]:
     """Exact zero-padded conv dots (N, OH, OW, OC) int32 of float NCHW x or of packed NHWC
-    signs (N, H, W, ceil(C/32)) int32 (groups 1, ``in_channels`` = C): the compiled direct conv.
+    signs (N, H, W, ceil(C/32)) int32 (groups 1, ``in_channels`` = C): the compiled direct conv,
+    and the threads it ran on (for the epilogue).
 
     The input signs are packed along each group's channels (NHWC words, one pass over the
     NCHW floats; a packed input skips this) and the weights laid out output-channel-innermost,
@@ -356,20 +393,38 @@ def _conv_dots(x: Tensor, w_packed: Tensor, stride: tuple[int, int], padding: tu
         _run_threaded(cpu_jit.xnor_popcount_conv2d_parallel, threads, x_bits, w_bits, *args)
     else:
         cpu_jit.xnor_popcount_conv2d(x_bits, w_bits, *args)
-    return torch.from_numpy(dots)
+    return dots, threads
+
+
+_NO_VEC = np.empty(0, np.float32)  # conv_epilogue's "no scale" / "no bias"
+
+
+def _channel_vec(v: Tensor | None) -> np.ndarray:
+    return _NO_VEC if v is None else np.ascontiguousarray(v.detach().to(torch.float32).numpy())
 
 
 def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
                   stride: tuple[int, int], padding: tuple[int, int], groups: int,
                   in_channels: int | None = None) -> Tensor:
-    """conv2d(sign(x), w_sign) * scale + bias with zero padding (:func:`_conv_dots`); scale,
-    bias and the return to NCHW happen in torch. x.dtype out (float32 for packed x).
-    Writing the NCHW floats in the compiled loop (scale and bias fused) measured slower than
-    its contiguous int32 store followed by torch's vectorised epilogue."""
-    dots = _conv_dots(x, w_packed, stride, padding, groups, in_channels)
-    y = _scale_bias_(dots.to(torch.float32), scale, bias)
+    """conv2d(sign(x), w_sign) * scale + bias with zero padding (:func:`_conv_dots`), then
+    the compiled epilogue (:func:`bnnbench.kernels.cpu_jit.conv_epilogue`: float32 NCHW,
+    scale and bias, bit-identical to torch's ``mul_``/``add_``/``permute``) on as many threads
+    as the conv. x.dtype out (float32 for packed x). Torch's epilogue (three passes, on torch's
+    threads) was ~10% of a one-thread conv and did not run on the kernel threads; fusing it
+    into the popcount loop measured slower than this contiguous int32 store and second pass.
+    """
+    dots, threads = _conv_dots(x, w_packed, stride, padding, groups, in_channels)
+    n, oh, ow, oc = dots.shape
+    out = np.empty((n, oc, oh, ow), dtype=np.float32)
+    args = (dots.reshape(n, oh * ow, oc), _channel_vec(scale), _channel_vec(bias),
+            out.reshape(n, oc, oh * ow))
+    if threads > 1:
+        _run_threaded(cpu_jit.conv_epilogue_parallel, threads, *args)
+    else:
+        cpu_jit.conv_epilogue(*args)
+    y = torch.from_numpy(out)
     odt = x.dtype if x.is_floating_point() else torch.float32
-    return y.permute(0, 3, 1, 2).to(odt, memory_format=torch.contiguous_format)
+    return y if odt == torch.float32 else y.to(odt)
 
 
 def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
@@ -377,5 +432,5 @@ def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Te
                         in_channels: int | None = None) -> Tensor:
     """The next conv's packed input (N, OH, OW, ceil(OC/32)) int32 from the exact dots
     (:func:`threshold_signs`): no float output is made."""
-    return threshold_signs(_conv_dots(x, w_packed, stride, padding, groups, in_channels),
-                           threshold, flip)
+    dots, _ = _conv_dots(x, w_packed, stride, padding, groups, in_channels)
+    return threshold_signs(torch.from_numpy(dots), threshold, flip)

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
 
 from . import reference as ref
 from ._common import (
@@ -58,18 +59,59 @@ _REFERENCE = SimpleNamespace(
 )
 
 
+_MODULES: dict[str, object] = {"reference": _REFERENCE}
+
+
 def _impl(backend: str):
-    if backend == "cpu":
-        return importlib.import_module(".cpu", __package__)
-    if backend == "triton":  # lazy: Triton reads TRITON_INTERPRET when the kernels are defined
-        return importlib.import_module(".triton_kernels", __package__)
-    return _REFERENCE
+    mod = _MODULES.get(backend)
+    if mod is None:  # lazy: Triton reads TRITON_INTERPRET when the kernels are defined
+        mod = _MODULES[backend] = importlib.import_module(
+            ".cpu" if backend == "cpu" else ".triton_kernels", __package__)
+    return mod
+
+
+_BODIES: dict[object, object] = {}  # custom op -> its undecorated body, for _run
+
+
+def _custom_op(name: str):
+    """``torch.library.custom_op("bnnbench::<name>")`` that also keeps the plain function."""
+    def register(fn):
+        op = torch.library.custom_op(f"bnnbench::{name}", mutates_args=())(fn)
+        _BODIES[op] = fn
+        return op
+    return register
+
+
+def _run(op, backend: str, *args) -> Tensor:
+    """``op(*args, backend)``, or the op's own body called directly where :func:`_direct_cpu`
+    allows it: the same code on the same tensors, without the dispatcher."""
+    if _direct_cpu(backend, *(a for a in args if isinstance(a, Tensor))):
+        return _BODIES[op](*args, backend)
+    return op(*args, backend)
+
+
+def _direct_cpu(backend: str, *tensors: Tensor | None) -> bool:
+    """True when an eager CPU call may run :mod:`bnnbench.kernels.cpu` directly instead of
+    through its custom op: the same function on the same tensors, without the dispatcher's
+    Python layers (~70 us warm and ~250 us cold per call on the 2-core bench machine, as much
+    as the whole cold GEMV at N = K = 4096).
+
+    The op stays in the path whenever something may need it: ``torch.compile`` tracing, a
+    dispatch mode (FakeTensorMode, make_fx, FlopCounterMode...), tensor subclasses, or a
+    tensor that requires grad (the custom op then refuses the backward pass as it always did).
+    """
+    if backend != "cpu" or torch.compiler.is_compiling() or _dispatch_mode() is not None:
+        return False
+    for t in tensors:
+        if t is not None and (type(t) is not Tensor or t.requires_grad):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
 # custom ops (canonical shapes) + fake implementations
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("bnnbench::pack_signs", mutates_args=())
+@_custom_op("pack_signs")
 def _pack_signs_op(x: Tensor, backend: str) -> Tensor:
     return _impl(backend).pack_signs(x).contiguous()
 
@@ -79,7 +121,7 @@ def _(x: Tensor, backend: str) -> Tensor:
     return x.new_empty((*x.shape[:-1], num_words(x.shape[-1])), dtype=torch.int32)
 
 
-@torch.library.custom_op("bnnbench::unpack_signs", mutates_args=())
+@_custom_op("unpack_signs")
 def _unpack_signs_op(packed: Tensor, n: int, dtype: torch.dtype, backend: str) -> Tensor:
     return _impl(backend).unpack_signs(packed, n, dtype).contiguous()
 
@@ -89,7 +131,7 @@ def _(packed: Tensor, n: int, dtype: torch.dtype, backend: str) -> Tensor:
     return packed.new_empty((*packed.shape[:-1], n), dtype=dtype)
 
 
-@torch.library.custom_op("bnnbench::xnor_gemm", mutates_args=())
+@_custom_op("xnor_gemm")
 def _xnor_gemm_op(a_packed: Tensor, w_packed: Tensor, k: int, backend: str) -> Tensor:
     return _impl(backend).xnor_gemm(a_packed, w_packed, k).contiguous()
 
@@ -99,7 +141,7 @@ def _(a_packed: Tensor, w_packed: Tensor, k: int, backend: str) -> Tensor:
     return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=torch.int32)
 
 
-@torch.library.custom_op("bnnbench::binary_weight_gemm", mutates_args=())
+@_custom_op("binary_weight_gemm")
 def _binary_weight_gemm_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
                            bias: Optional[Tensor], backend: str) -> Tensor:
     return _impl(backend).binary_weight_gemm(x, w_packed, scale, bias).contiguous()
@@ -111,7 +153,7 @@ def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tenso
     return x.new_empty((x.shape[0], w_packed.shape[0]))
 
 
-@torch.library.custom_op("bnnbench::multibit_xnor_gemm", mutates_args=())
+@_custom_op("multibit_xnor_gemm")
 def _multibit_xnor_gemm_op(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
                            scale: Optional[Tensor], bias: Optional[Tensor],
                            backend: str) -> Tensor:
@@ -130,7 +172,7 @@ def _input_hw(x: Tensor) -> tuple[int, int]:
     return (x.shape[1], x.shape[2]) if x.dtype == torch.int32 else (x.shape[2], x.shape[3])
 
 
-@torch.library.custom_op("bnnbench::binary_conv2d", mutates_args=())
+@_custom_op("binary_conv2d")
 def _binary_conv2d_op(x: Tensor, w_packed: Tensor, scale: Optional[Tensor],
                       bias: Optional[Tensor], stride: list[int], padding: list[int],
                       groups: int, in_channels: int, backend: str) -> Tensor:
@@ -147,7 +189,7 @@ def _(x: Tensor, w_packed: Tensor, scale: Optional[Tensor], bias: Optional[Tenso
     return x.new_empty((x.shape[0], w_packed.shape[0], oh, ow), dtype=odt)
 
 
-@torch.library.custom_op("bnnbench::xnor_gemm_signs", mutates_args=())
+@_custom_op("xnor_gemm_signs")
 def _xnor_gemm_signs_op(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
                         flip: Tensor, backend: str) -> Tensor:
     return _impl(backend).xnor_gemm_signs(a_packed, w_packed, k, threshold, flip).contiguous()
@@ -160,7 +202,7 @@ def _(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor, flip: Tenso
                               dtype=torch.int32)
 
 
-@torch.library.custom_op("bnnbench::binary_conv2d_signs", mutates_args=())
+@_custom_op("binary_conv2d_signs")
 def _binary_conv2d_signs_op(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
                             stride: list[int], padding: list[int], groups: int,
                             in_channels: int, backend: str) -> Tensor:
@@ -188,11 +230,14 @@ def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     """
     op = "pack_signs"
     check_float(x, "x", op)
-    check(x.dim() >= 1 and x.shape[dim] >= 1, op,
-          f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
+    if not (x.dim() >= 1 and x.shape[dim] >= 1):
+        check(False, op,
+              f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
     be = resolve_backend(backend, x.device, op)
-    out = _pack_signs_op(x.movedim(dim, -1), be)
-    return out.movedim(-1, dim)
+    last = dim in (-1, x.dim() - 1)  # packing along the last dim: no movedim to dispatch
+    xt = x if last else x.movedim(dim, -1)
+    out = _run(_pack_signs_op, be, xt)
+    return out if last else out.movedim(-1, dim)
 
 
 def unpack_signs(packed: Tensor, n: int, dim: int = -1, *, dtype: torch.dtype = torch.float32,
@@ -206,7 +251,7 @@ def unpack_signs(packed: Tensor, n: int, dim: int = -1, *, dtype: torch.dtype = 
     check(dtype in FLOAT_DTYPES or dtype == torch.int8, op,
           f"dtype must be float16, bfloat16, float32 or int8, got {dtype}")
     be = resolve_backend(backend, packed.device, op)
-    out = _unpack_signs_op(packed.movedim(dim, -1), n, dtype, be)
+    out = _run(_unpack_signs_op, be, packed.movedim(dim, -1), n, dtype)
     return out.movedim(-1, dim)
 
 
@@ -219,9 +264,10 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, *, backend: str = "aut
     op = "xnor_gemm"
     dev = validate_xnor_gemm(a_packed, w_packed, k, op)
     be = resolve_backend(backend, dev, op)
-    lead = a_packed.shape[:-1]
-    out = _xnor_gemm_op(a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k, be)
-    return out.reshape(*lead, w_packed.shape[0])
+    flat = a_packed.dim() == 2  # (M, KW) already: no reshape to dispatch either way
+    a2 = a_packed if flat else a_packed.reshape(-1, a_packed.shape[-1])
+    out = _run(_xnor_gemm_op, be, a2, w_packed, k)
+    return out if flat else out.reshape(*a_packed.shape[:-1], w_packed.shape[0])
 
 
 def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
@@ -235,7 +281,7 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     dev = validate_binary_weight_gemm(x, w_packed, scale, bias, op)
     k, n = x.shape[-1], w_packed.shape[0]
     be = resolve_backend(backend, dev, op)
-    out = _binary_weight_gemm_op(x.reshape(-1, k), w_packed, scale, bias, be)
+    out = _run(_binary_weight_gemm_op, be, x.reshape(-1, k), w_packed, scale, bias)
     return out.reshape(*x.shape[:-1], n)
 
 
@@ -255,7 +301,7 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     al = alpha.to(torch.float32)
     if al.dim() == 1:
         al = al[:, None].expand(p, m).contiguous()
-    return _multibit_xnor_gemm_op(a_planes, w_packed, al, k, scale, bias, be)
+    return _run(_multibit_xnor_gemm_op, be, a_planes, w_packed, al, k, scale, bias)
 
 
 def pack_conv_weight(w: Tensor, *, backend: str = "auto") -> Tensor:
@@ -285,8 +331,8 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None = None,
     st, pd, dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding, dilation,
                                          groups, op, in_channels)
     be = resolve_backend(backend, dev, op)
-    return _binary_conv2d_op(x, w_packed, scale, bias, list(st), list(pd), groups,
-                             in_channels or 0, be)
+    return _run(_binary_conv2d_op, be, x, w_packed, scale, bias, list(st), list(pd), groups,
+                in_channels or 0)
 
 
 def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
@@ -308,8 +354,8 @@ def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tenso
     check_same_device(op, a_packed=a_packed, threshold=threshold, flip=flip)
     be = resolve_backend(backend, dev, op)
     lead = a_packed.shape[:-1]
-    out = _xnor_gemm_signs_op(a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k, threshold,
-                              flip, be)
+    out = _run(_xnor_gemm_signs_op, be, a_packed.reshape(-1, a_packed.shape[-1]), w_packed, k,
+               threshold, flip)
     return out.reshape(*lead, num_words(n))
 
 
@@ -328,8 +374,8 @@ def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Te
     validate_sign_threshold(threshold, flip, w_packed.shape[0], op)
     check_same_device(op, x=x, threshold=threshold, flip=flip)
     be = resolve_backend(backend, dev, op)
-    return _binary_conv2d_signs_op(x, w_packed, threshold, flip, list(st), list(pd), groups,
-                                   in_channels or 0, be)
+    return _run(_binary_conv2d_signs_op, be, x, w_packed, threshold, flip, list(st), list(pd),
+                groups, in_channels or 0)
 
 
 def residual_binarize(x: Tensor, num_planes: int, per_row: bool = True, *,

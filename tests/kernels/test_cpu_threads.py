@@ -23,8 +23,8 @@ from bnnbench.kernels import reference as R
 from ._util import rand_signs_source, sign
 
 THREADED = ("xnor_popcount_gemm_parallel", "pack_nchw_signs_parallel",
-            "xnor_popcount_conv2d_parallel")
-SINGLE = ("xnor_popcount_gemm", "pack_nchw_signs", "xnor_popcount_conv2d")
+            "xnor_popcount_conv2d_parallel", "conv_epilogue_parallel")
+SINGLE = ("xnor_popcount_gemm", "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
 
 needs_two_threads = pytest.mark.skipif(
     __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="numba's pool has one thread")
@@ -88,7 +88,48 @@ def test_conv_variants_exact(case, threads):
     wt = rand_signs_source((oc, c // g, ks, ks), seed=oc)
     y = K.binary_conv2d(x, K.pack_conv_weight(wt), stride=s, padding=p, groups=g, backend="cpu")
     assert torch.equal(y.double(), F.conv2d(sign(x), sign(wt), stride=s, padding=p, groups=g))
-    _assert_ran(threads, "pack_nchw_signs", "xnor_popcount_conv2d")
+    _assert_ran(threads, "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("biased", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_epilogue_bitwise_torch(scaled, biased, dtype, threads):
+    """The compiled epilogue equals torch's float32 ``mul_``/``add_``/``permute`` bit for bit:
+    two roundings, no FMA, -0.0 kept when there is no bias (0 * negative scale), dots past
+    2^24 rounded like torch's int32 -> float32, 70 pixels (a ragged last pixel block)."""
+    nb, c, h, w, oc = 2, 40, 7, 10, 6
+    x = rand_signs_source((nb, c, h, w), seed=5).to(dtype)
+    wt = rand_signs_source((oc, c, 3, 3), seed=6)
+    g = torch.Generator().manual_seed(7)
+    scale = torch.randn(oc, generator=g, dtype=torch.float64).to(dtype) if scaled else None
+    bias = torch.randn(oc, generator=g).to(dtype) if biased else None
+    if scaled:
+        scale[0] = -scale[0].abs()  # dot 0 -> -0.0 without a bias
+    dots = F.conv2d(sign(x), sign(wt), padding=1).to(torch.int32).permute(0, 2, 3, 1)
+    want = dots.to(torch.float32)
+    if scaled:
+        want.mul_(scale.to(torch.float32))
+    if biased:
+        want.add_(bias.to(torch.float32))
+    want = want.permute(0, 3, 1, 2).to(dtype)
+    y = K.binary_conv2d(x, K.pack_conv_weight(wt), scale, bias, padding=1, backend="cpu")
+    assert y.dtype == dtype
+    assert torch.equal(y.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                       want.view(torch.int16 if dtype == torch.bfloat16 else torch.int32))
+    _assert_ran(threads, "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+
+
+def test_conv_epilogue_large_dots_round_like_torch():
+    """int32 dots beyond float32's 24-bit mantissa convert with torch's rounding."""
+    dots = np.array([[[2**24 + 1, -(2**25) - 3, 2**31 - 1, 0]]], dtype=np.int32)  # (1, 1, 4)
+    scale = np.array([1.5, -0.75, 3.0, -2.0], np.float32)
+    bias = np.array([0.25, 1e-3, -7.0, 0.0], np.float32)
+    out = np.empty((1, 4, 1), np.float32)
+    J.conv_epilogue(dots, scale, bias, out)
+    want = torch.from_numpy(dots).float().mul_(torch.from_numpy(scale)).add_(
+        torch.from_numpy(bias)).permute(0, 2, 1)
+    assert torch.equal(torch.from_numpy(out).view(torch.int32), want.contiguous().view(torch.int32))
 
 
 @needs_two_threads

@@ -65,3 +65,29 @@ def test_unpack_int8():
     x = rand_signs_source((4, 77))
     p = K.pack_signs(x)
     assert torch.equal(K.unpack_signs(p, 77, dtype=torch.int8).double(), sign(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_pack_special_values(dtype):
+    """The compiled packing compares like ``x < 0`` in IEEE: -0.0 and NaN of either sign are
+    +1, -inf and the smallest subnormals -1; one row per odd length (pad bytes zero)."""
+    tiny = torch.finfo(dtype).tiny / 4 if dtype != torch.bfloat16 else 1e-40
+    special = torch.tensor([-0.0, 0.0, float("nan"), -float("nan"), -float("inf"),
+                            float("inf"), -tiny, tiny, -1.0, 1.0], dtype=torch.float32)
+    for k in (1, 10, 31, 32, 33, 100):
+        x = special.repeat(7 * k)[: 3 * k].reshape(3, k).to(dtype)
+        got = K.pack_signs(x, backend="cpu")
+        assert torch.equal(got, R.pack_signs_ref(x.float())), k
+        assert torch.equal(got, R.pack_signs_ref(x)), k
+
+
+def test_cpu_pack_views_grad_and_empty_rows():
+    """Non-contiguous input, a tensor that requires grad, zero rows: as the reference."""
+    x = rand_signs_source((6, 40, 3))
+    assert torch.equal(K.pack_signs(x, dim=1, backend="cpu"), R.pack_signs_ref(x, dim=1))
+    xt = x[:, :, 1].t()  # (40, 6) strided view
+    assert torch.equal(K.pack_signs(xt, backend="cpu"), R.pack_signs_ref(xt.contiguous()))
+    xg = x.clone().requires_grad_()
+    got = K.pack_signs(xg, backend="cpu")
+    assert not got.requires_grad and torch.equal(got, R.pack_signs_ref(x))
+    assert K.pack_signs(torch.empty(0, 70), backend="cpu").shape == (0, 3)
