@@ -161,3 +161,17 @@ def test_rows_give_no_speedup_when_any_lce_output_differs(shift, speed):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == [L.MODEL_LABELS["mlp"], "4", "1", "2.000", "6.000 (indirect bgemm)"]
     assert cells[5] == speed
+
+
+def test_packed_inference_report_has_the_lce_section_or_its_skip_line(tmp_path, monkeypatch):
+    from bnnbench.bench import packed_inference as P
+
+    monkeypatch.delenv(L.ENV_VAR, raising=False)
+    monkeypatch.setattr(P, "CASES", (("mlp 3x64", "bnn", ["model=mlp", "model.hidden_features=64"],
+                                      (1,), GEOMETRY),))
+    monkeypatch.setattr(P, "memory_rows", lambda workdir: [])
+    monkeypatch.setattr(P, "gpu_lines", lambda workdir: ([], "none", []))
+    P.main(["--repeats", "1", "--out", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    section = text.split("## LCE comparison (CPU)\n", 1)[1].split("\n## ", 1)[0]
+    assert section.strip().splitlines()[-1] == L.SKIP_NO_PYTHON

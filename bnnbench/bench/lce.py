@@ -9,8 +9,8 @@ Both get the same inputs; the outputs must agree (:func:`agreement`: the network
 equal and its logits close, the binary layer's integer outputs exactly), or the row says they
 differ and gives no speedup.
 
-LCE needs tensorflow-cpu 2.16 (with tf-keras 2.16) and numpy < 2 (README, "Packed kernels"),
-so it lives in its own environment and runs as a separate process:
+LCE needs tensorflow-cpu 2.16 (with tf-keras 2.16) and numpy < 2 (README, "Against the Larq
+Compute Engine"), so it lives in its own environment and runs as a separate process:
 ``bnnbench/bench/lce_larq.py`` (tensorflow, larq, numpy only) with that environment's python,
 given by ``--lce-python`` or ``$BNNBENCH_LCE_PYTHON``. bnnbench never imports tensorflow.
 
@@ -64,7 +64,7 @@ ROWS_OFF_SHARE = 0.05
 #: the LCE process: conversions of four 17-150 MB models and 64 timed interpreters
 LCE_TIMEOUT_S = 1800
 SKIP_NO_PYTHON = (f"LCE comparison: skipped (no LCE environment: pass --lce-python PATH or set "
-                  f"{ENV_VAR}; README, 'Packed kernels', says how to make one)")
+                  f"{ENV_VAR}; README, 'Against the Larq Compute Engine', says how to make one)")
 
 
 # --------------------------------------------------------------------------- bnnbench -> arrays
@@ -289,7 +289,10 @@ def notes(python: str, lce: dict, repeats: int, load: float) -> list[str]:
     return [
         f"- LCE {v['larq_compute_engine']}, larq {v['larq']}, tensorflow {v['tensorflow']} "
         f"(tf-keras {v['tf_keras']}, numpy {v['numpy']}), run by `{python}` as a separate "
-        "process (`bnnbench/bench/lce_larq.py`; `bnnbench.bench.lce`).",
+        "process (`bnnbench/bench/lce_larq.py`; `bnnbench.bench.lce`). LCE's kernels are "
+        "tuned for 64-bit ARM; on x86 its binary kernels run their portable C++ path (its "
+        "interpreter's docstring: 'not optimized for speed'), so these rows are this x86 "
+        "CPU's, not LCE's on an ARM board.",
         "- Same network and weights in both: BinaryNet's MLP 784-4096x3-10 (`+method=bnn "
         "model=mlp model.hidden_features=4096`; float first and last layers, two sign x sign "
         "4096 x 4096 layers, BatchNorm after every layer, `trained_like_batchnorm` statistics), "
@@ -343,7 +346,8 @@ def section(python_given: str | None, repeats: int, workdir: Path,
         lce, lce_out = run_lce(python, workdir)
     except BnnbenchError as err:
         return [f"LCE comparison: failed ({err})"]
-    return [*notes(python, lce, repeats, load), *HEADER, *table_rows(ours_ms, ours_out, lce, lce_out)]
+    return [*notes(python, lce, repeats, load), *HEADER,
+            *table_rows(ours_ms, ours_out, lce, lce_out)]
 
 
 def main(argv: list[str] | None = None) -> None:

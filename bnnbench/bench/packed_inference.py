@@ -328,9 +328,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="report path (default reports/packed_inference.md, with --gpu-only "
                              "reports/packed_inference_gpu.md)")
     parser.add_argument("--lce-python", default=None,
-                        help="python of an environment with Larq Compute Engine 0.16 (README, "
-                             f"'Packed kernels'; default ${lce.ENV_VAR}): adds the LCE "
-                             "comparison, else one line says it was skipped")
+                        help="python of an environment with Larq Compute Engine 0.16 "
+                             "(README, 'Against the Larq Compute Engine'; default "
+                             f"${lce.ENV_VAR}): adds the LCE comparison, else one line says it "
+                             "was skipped")
     parser.add_argument("--gpu-only", action="store_true",
                         help="GPU rows only, into their own report (needs CUDA)")
     args = parser.parse_args(argv)
