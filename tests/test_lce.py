@@ -93,9 +93,14 @@ def test_export_writes_the_request_the_lce_script_reads(small_net, tmp_path):
         assert all(arrays[v].size for k, v in op.items() if k not in ("op", "eps"))
 
 
-def test_a_layer_without_a_larq_counterpart_is_one_line():
-    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    with pytest.raises(L.BnnbenchError, match=r"layer 1 \(ReLU\) has no Larq counterpart"):
+@pytest.mark.parametrize("net, message", [
+    (torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval(),
+     r"layer 1 \(ReLU\) has no Larq counterpart"),
+    (torch.nn.Sequential(torch.nn.Linear(4, 4)), r"eval mode; call \.eval\(\)"),
+    (torch.nn.Linear(4, 4).eval(), r"maps a Sequential MLP, got Linear"),
+])
+def test_a_network_it_cannot_map_is_one_line(net, message):
+    with pytest.raises(L.BnnbenchError, match=message):
         L.larq_plan(net)
 
 
