@@ -136,13 +136,16 @@ def _bump(a: np.ndarray, rows: list[int], by: float = 0.4) -> np.ndarray:
 
 
 @pytest.mark.parametrize("ours, theirs, exact, ok, words", [
-    (LOGITS, LOGITS + 1e-5, False, True, "classes equal, logits within 0.001 in 2 of 2 rows"),
-    (LOGITS, _bump(LOGITS, [0]), False, False, "in 1 of 2 rows (max |d| 4.0e-01) (DIFFER)"),
-    (LOGITS, LOGITS[:, [1, 0, 2]], False, False, "2 of 2 classes differ"),
+    (LOGITS, LOGITS + 1e-5, False, True,
+     "logits within 0.001 in 2 of 2 rows (max |d| 1.0e-05), classes equal in 2 of 2"),
+    (LOGITS, _bump(LOGITS, [0]), False, False, "in 1 of 2 rows (max |d| 4.0e-01)"),
+    (LOGITS, LOGITS[:, [1, 0, 2]], False, False, "classes equal in 0 of 2 (DIFFER)"),
     (LOGITS, LOGITS[:1], False, False, "shapes differ"),
     (ROWS_40, _bump(ROWS_40, [0, 2]), False, True, "in 38 of 40 rows"),
     (ROWS_40, _bump(ROWS_40, [0, 2, 4]), False, False, "in 37 of 40 rows"),
-    (ROWS_40, _bump(ROWS_40, [1]), False, False, "1 of 40 classes differ"),
+    (ROWS_40, _bump(ROWS_40, [1]), False, True, "in 39 of 40 rows (max |d| 4.0e-01), "
+                                                "classes equal in 39 of 40"),
+    (ROWS_40, _bump(ROWS_40, [1, 3, 5]), False, False, "classes equal in 37 of 40 (DIFFER)"),
     (LOGITS, LOGITS.copy(), True, True, "equal"),
     (LOGITS, LOGITS + np.array([[0, 0, 0], [0, 2, 0]], np.float32), True, False,
      "1 values differ"),
