@@ -7,6 +7,23 @@ from pathlib import Path
 
 import torch
 
+#: the embedded MNIST digits' geometry (1x28x28, 10 classes): the CPU benches' input
+GEOMETRY = {"in_chans": 1, "num_classes": 10, "img_size": 28}
+#: BinaryNet's MNIST MLP at the paper's width, 784-4096x3-10 (with ``+method=bnn``)
+MLP_4096 = ["model=mlp", "model.hidden_features=4096"]
+
+
+def composed(overrides: list[str]):
+    """The run config ``conf/config.yaml`` composes with ``overrides`` (Hydra ``key=value``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bnnbench import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (platform.processor() as a fallback)."""

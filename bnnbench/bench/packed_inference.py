@@ -27,24 +27,18 @@ from pathlib import Path
 
 import torch
 
-from bnnbench.bench import cpu_model, trained_like_batchnorm
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from bnnbench import CONFIG_DIR
+from bnnbench.bench import GEOMETRY, MLP_4096, composed, cpu_model, lce, trained_like_batchnorm
 from bnnbench.packed.format import load_packed, save_packed
 from bnnbench.spec import build_net
 from bnnbench.files import write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
-GEOMETRY = {"in_chans": 1, "num_classes": 10, "img_size": 28}  # the embedded MNIST digits
 IMAGENET = {"in_chans": 3, "num_classes": 1000, "img_size": 224}
 GPU_CASES = (  # (label, overrides, batch sizes): the end-to-end GPU goal (>= 3x at batch 1)
     ("resnet18 (ImageNet 224 px)", ["model=resnet18"], (1, 256)),
     ("nin (ImageNet 224 px)", ["model=nin"], (1, 256)),
 )
 PENDING = "pending (no GPU in this session)"
-MLP_4096 = ["model=mlp", "model.hidden_features=4096"]
 CASES = (  # (label, method, overrides, batch sizes, input geometry)
     ("mlp 3x1024 (config default)", "bnn", ["model=mlp", "model.hidden_features=1024"],
      (1, 256), GEOMETRY),
@@ -65,12 +59,6 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def composed(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 @torch.inference_mode()
@@ -339,6 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="report path (default reports/packed_inference.md, with --gpu-only "
                              "reports/packed_inference_gpu.md)")
+    parser.add_argument("--lce-python", default=None,
+                        help="python of an environment with Larq Compute Engine 0.16 "
+                             "(README, 'Against the Larq Compute Engine'; default "
+                             f"${lce.ENV_VAR}): adds the LCE comparison, else one line says it "
+                             "was skipped")
     parser.add_argument("--gpu-only", action="store_true",
                         help="GPU rows only, into their own report (needs CUDA)")
     args = parser.parse_args(argv)
@@ -362,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"{packed_ms:.3f} | {fp_ms / packed_ms:.2f}x | "
                              f"{agree:.1f}% |")
                 print(lines[-1], flush=True)
+        lce_lines = lce.section(args.lce_python, args.repeats, Path(tmp))
+        print(*lce_lines, sep="\n", flush=True)
         g_rows, gpu_name, profiles = gpu_lines(Path(tmp))
         m_rows = memory_rows(Path(tmp))
     text = [
@@ -395,6 +390,14 @@ def main(argv: list[str] | None = None) -> None:
         "every method (`tests/test_export.py`).",
         "",
         *lines,
+        "",
+        "## LCE comparison (CPU)",
+        "",
+        "bnnbench's packed BinaryNet MLP and its binary layer alone against the Larq Compute "
+        "Engine's interpreter on the same network, weights and inputs "
+        "(`bnnbench.bench.lce`; `--lce-python`).",
+        "",
+        *lce_lines,
         "",
         "## Memory (CPU)",
         "",
