@@ -5,6 +5,7 @@ file plus the conv words that cannot alias it."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -17,9 +18,9 @@ from bnnbench.bench import trained_like_batchnorm
 from bnnbench.models import registry
 from bnnbench.nn.blocks import ConvBlock
 from bnnbench.nn.layers import QuantLinear
-from bnnbench.packed.encoding import PackedWeight
+from bnnbench.packed.encoding import PackedWeight, to_bit_order
 from bnnbench.packed.format import load_packed, save_packed
-from bnnbench.packed.packing import kernel_words_from_bits, pack_bits
+from bnnbench.packed.packing import kernel_words_from_bits, pack_bits, unpack_bits
 from bnnbench.spec import build_net, spec_from_config
 
 K = pytest.importorskip("bnnbench.kernels")
@@ -28,9 +29,9 @@ GEOMETRY = {"in_chans": 3, "num_classes": 10, "img_size": 8}
 
 
 def mem_convnet(*, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
-    """Every weight layout the routes meet: a 3x3 conv (words rebuilt), a 1x1 conv with 64
-    input channels (the file's bits are the words), a conv and a linear layer whose fan-in is
-    not a multiple of 32 (words rebuilt, padded), a linear layer of fan-in 64 (no copy)."""
+    """Every weight layout the routes meet: a 3x3 conv of 32 input channels and a 1x1 conv of
+    64 (the file's bits are the words), a conv and a linear layer whose fan-in is not a
+    multiple of 32 (words rebuilt, padded), a linear layer of fan-in 64 (no copy)."""
     del img_size
     return nn.Sequential(
         ConvBlock(nn.Conv2d(in_chans, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()),
@@ -50,10 +51,10 @@ def mem_convnet_registered(monkeypatch):
 
 # ------------------------------------------------------------------ weight words from stored bits
 
-SHAPES = [  # (shape, conv, the stored bytes are the words)
+SHAPES = [  # (shape, conv, the stored bytes are the words: fan-in a multiple of 32)
     ((8, 64), False, True), ((5, 33), False, False), ((3, 7), False, False),
-    ((16, 32, 3, 3), True, False), ((16, 64, 1, 1), True, True), ((8, 5, 3, 3), True, False),
-    ((6, 40, 1, 1), True, False), ((4, 32, 1, 3), True, False)]
+    ((16, 32, 3, 3), True, True), ((16, 64, 1, 1), True, True), ((8, 5, 3, 3), True, False),
+    ((6, 40, 1, 1), True, False), ((4, 32, 1, 3), True, True), ((3, 33, 2, 2), True, False)]
 
 
 @pytest.mark.parametrize("chunk_bits", [1, 100, 1 << 16])
@@ -63,9 +64,9 @@ def test_kernel_words_from_bits_equal_the_kernels_packing(shape, conv, aliases, 
     packing); where the layouts agree the words are the bits' own storage, else a new tensor."""
     w = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
     w.view(-1)[::5] = 0.0  # sign(0) = +1: bit 0 in both
-    bits = pack_bits(w < 0)
+    bits = pack_bits(to_bit_order(w) < 0)  # the file's order: conv weights channels last
     expected = K.pack_conv_weight(w) if conv else K.pack_signs(w)
-    words = kernel_words_from_bits(bits, list(shape), conv, chunk_bits=chunk_bits)
+    words = kernel_words_from_bits(bits, list(shape), chunk_bits=chunk_bits)
     assert words.dtype == torch.int32 and words.is_contiguous()
     assert torch.equal(words, expected)
     assert (words.untyped_storage().data_ptr() == bits.untyped_storage().data_ptr()) == aliases
@@ -77,7 +78,7 @@ def test_misaligned_bits_are_copied_not_viewed():
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
     stream = torch.cat([torch.zeros(1, dtype=torch.uint8), pack_bits(w < 0)])[1:]
     assert stream.data_ptr() % 4 != 0
-    words = kernel_words_from_bits(stream, [8, 64], conv=False)
+    words = kernel_words_from_bits(stream, [8, 64])
     assert torch.equal(words, K.pack_signs(w))
     assert words.untyped_storage().data_ptr() != stream.untyped_storage().data_ptr()
 
@@ -167,8 +168,8 @@ def _unique_storage_bytes(module: nn.Module) -> dict[int, int]:
 def test_loaded_model_holds_the_file_plus_only_unaliasable_words(make_cfg, tmp_path, overrides,
                                                                  geometry):
     """Every byte the loaded model holds is a byte of the file, except the kernel words of the
-    layers whose stored bit order differs from the kernels' (k x k convs, fan-in not a multiple
-    of 32); a linear layer of fan-in 64 and a 1x1 conv of 64 channels run on the file's bits."""
+    layers whose fan-in is not a multiple of 32 (their rows are padded to whole words); the
+    other layers, convs included, run on the file's bits."""
     _, path = _export(make_cfg, tmp_path, overrides, geometry)
     packed = load_packed(path)
     copied = 0
@@ -178,11 +179,33 @@ def test_loaded_model_holds_the_file_plus_only_unaliasable_words(make_cfg, tmp_p
         shape = layer.weight_quantizer.meta["shape"]
         shared = (layer.xnor_weight.untyped_storage().data_ptr()
                   == layer.weight_quantizer.bits.untyped_storage().data_ptr())
-        same_layout = shape[1] % 32 == 0 and (len(shape) == 2 or shape[2:] == [1, 1])
-        assert shared == same_layout, (shape, shared)
+        assert shared == (shape[1] % 32 == 0), (shape, shared)
         if not shared:
             copied += layer.xnor_weight.untyped_storage().nbytes()
     assert copied > 0 if overrides[0] == "mem_convnet" else copied == 0
     with path.open("rb") as fh:  # safetensors: 8-byte header length, JSON header, tensor data
         data_bytes = path.stat().st_size - 8 - struct.unpack("<Q", fh.read(8))[0]
     assert sum(_unique_storage_bytes(packed).values()) == data_bytes + copied
+
+
+def test_version_2_files_still_load(make_cfg, tmp_path):
+    """A version-2 file (conv bit planes in the weight's (O, C/g, KH, KW) order) loads to the
+    same predictions: its conv planes are put channels last on load."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    net, path = _export(make_cfg, tmp_path, ["mem_convnet"], GEOMETRY)
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for name, lmeta in json.loads(meta["layers"]).items():
+        shape = lmeta["shape"]
+        if len(shape) == 4:  # back to version 2's order, bit by bit
+            neg = unpack_bits(tensors[f"{name}.weight.bits"][0], torch.Size(shape).numel())
+            old = neg.reshape(shape[0], *shape[2:], shape[1]).permute(0, 3, 1, 2)
+            tensors[f"{name}.weight.bits"] = pack_bits(old)[None]
+    old_path = tmp_path / "v2.safetensors"
+    save_file(tensors, str(old_path), metadata={**meta, "format_version": "2"})
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(load_packed(old_path)(x), net(x))
+        assert torch.equal(load_packed(old_path, kernels="never")(x), net(x))
