@@ -24,8 +24,8 @@ File layout (safetensors: raw little-endian tensors + a JSON header; no pickle a
     ``u <= 2^k`` distinct values (``k`` = the quantizer's ``precision``) per tensor, or per output
     channel when a tensor has more, in ``L.weight.codebook`` float32 ``(u,)`` or ``(O, u)``, and
     the index of each weight in it as ``k`` bit planes ``L.weight.bits`` uint8
-    ``(k, ceil(n/8))``, same element and bit order. So ABC-Net's M bases cost M bit planes plus the ``u``
-    values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
+    ``(k, ceil(n/8))``, same element and bit order. So ABC-Net's M bases cost M bit planes plus
+    the ``u`` values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
     M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's k-bit grid k
     planes plus at most ``2^k`` values.
   - ``quantizer`` encoding: a weight quantizer may define ``pack(w_q) -> dict[str, Tensor]`` and
