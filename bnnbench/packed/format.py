@@ -25,9 +25,9 @@ File layout (safetensors: raw little-endian tensors + a JSON header; no pickle a
     channel when a tensor has more, in ``L.weight.codebook`` float32 ``(u,)`` or ``(O, u)``, and
     the index of each weight in it as ``k`` bit planes ``L.weight.bits`` uint8
     ``(k, ceil(n/8))``, same element and bit order. So ABC-Net's M bases cost M bit planes plus
-    the ``u`` values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
-    M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's k-bit grid k
-    planes plus at most ``2^k`` values.
+    the ``u`` values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are
+    nested, so only M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's
+    k-bit grid k planes plus at most ``2^k`` values.
   - ``quantizer`` encoding: a weight quantizer may define ``pack(w_q) -> dict[str, Tensor]`` and
     ``unpack(tensors, shape) -> Tensor`` to store its own factorization; tensors go under
     ``L.weight.<key>``. Used when present, verified the same way.
