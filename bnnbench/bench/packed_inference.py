@@ -406,8 +406,9 @@ def main(argv: list[str] | None = None) -> None:
         "build of the network on the meta device; `python -m bnnbench.bench.peak_memory`), "
         "packed export vs the float network of the same architecture; the packed figure is "
         "the second of two fresh processes (numba's on-disk kernel cache warm, as in a "
-        "deployment). `load_packed` builds the network on the meta device, assigns the file's "
-        "tensors and packs the kernels' weights straight from the stored sign bits. Goal: the "
+        "deployment). `load_packed` builds the network on the meta device and assigns the file's "
+        "memory-mapped tensors; every binary layer here has a fan-in that is a multiple of 32, "
+        "so its stored bits are the kernels' weight words, used in place. Goal: the "
         "packed model adds at most twice its file size plus its activations (the float "
         "network's added peak minus its parameter bytes).",
         "",

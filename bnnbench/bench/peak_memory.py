@@ -36,12 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     from bnnbench.spec import build_net, check_geometry, check_spec
 
     torch.set_grad_enabled(False)
-    # warm the CPU kernels (numba loads/compiles them on first use): not the model's memory
+    # warm the CPU kernels (numba loads/compiles them on first use): not the model's memory;
+    # the fused BatchNorm -> sign ones too (float and packed inputs), which fused models call
     w = K.pack_signs(torch.randn(64, 64))
     K.xnor_gemm(K.pack_signs(torch.randn(2, 64)), w, 64)
     K.binary_weight_gemm(torch.randn(2, 64), w, torch.ones(64))
     K.binary_conv2d(torch.randn(1, 32, 4, 4), K.pack_conv_weight(torch.randn(8, 32, 3, 3)),
                     torch.ones(8), padding=(1, 1))
+    zeros = torch.zeros(32, dtype=torch.int32)
+    conv_w = K.pack_conv_weight(torch.randn(32, 32, 3, 3))
+    K.xnor_gemm_signs(K.pack_signs(torch.randn(2, 64)), w[:32], 64, zeros, zeros)
+    bits = K.binary_conv2d_signs(torch.randn(1, 32, 4, 4), conv_w, zeros, zeros, padding=(1, 1))
+    K.binary_conv2d(bits, conv_w, None, None, padding=(1, 1), in_channels=32)
+    K.binary_conv2d_signs(bits, conv_w, zeros, zeros, padding=(1, 1), in_channels=32)
     if args[0] == "packed":
         meta = read_metadata(args[1])
         spec = check_spec(json.loads(meta["spec"]), "spec")

@@ -26,6 +26,31 @@ def _float_of(bits: Tensor) -> Tensor:
     return bits.contiguous().view(torch.float32)
 
 
+def to_bit_order(w: Tensor) -> Tensor:
+    """A weight in the order its bits are stored: a conv weight (O, C/g, *kernel) channels last,
+    (O, *kernel, C/g), the kernels' layout (so a loaded conv's bits are its kernel words); a
+    linear weight (O, I) as it is."""
+    return w.movedim(1, -1) if w.dim() >= 3 else w
+
+
+def from_bit_order(stored: Tensor, shape: list[int]) -> Tensor:
+    """Inverse of :func:`to_bit_order`: the stored-order values of a ``shape`` weight, any
+    shape with ``prod(shape)`` elements, as a contiguous ``shape`` tensor."""
+    if len(shape) >= 3:
+        return stored.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1).contiguous()
+    return stored.reshape(shape)
+
+
+def channels_last_planes(planes: Tensor, shape: list[int]) -> Tensor:
+    """Bit planes of a conv weight stored in its (O, C/g, *kernel) order (format version 2)
+    rewritten in :func:`to_bit_order`'s order (version 3); other weights unchanged."""
+    if len(shape) < 3:
+        return planes
+    n = math.prod(shape)
+    return torch.stack([pack_bits(to_bit_order(unpack_bits(p, n).reshape(shape)))
+                        for p in planes])
+
+
 def encode_weight(wq: Tensor, precision: int,
                   quantizer: Quantizer | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Decompose a deployed weight exactly: (layer metadata, tensors keyed by suffix)."""
@@ -35,7 +60,7 @@ def encode_weight(wq: Tensor, precision: int,
         tensors = {k: v.detach().contiguous().cpu() for k, v in quantizer.pack(wq).items()}
         return {"encoding": "quantizer", "shape": shape}, tensors
     out = shape[0]
-    ints = _as_int(wq.cpu()).reshape(out, -1)
+    ints = _as_int(to_bit_order(wq.cpu())).reshape(out, -1)  # rows = output channels
     mag = ints & _MAG
     a = mag[:, :1]
     if torch.equal(mag, a.expand_as(mag)):  # one magnitude per channel: a_o * sign
@@ -94,7 +119,7 @@ def decode_weight(meta: dict[str, Any], tensors: dict[str, Tensor],
             a = torch.ones(out, 1, device=bits.device)
         else:
             a = tensors["scale"].to(torch.float32).reshape(-1, 1).expand(out, 1)
-        return torch.where(neg, -a, a).reshape(shape)
+        return from_bit_order(torch.where(neg, -a, a), shape)
     if enc == "codebook":
         codes = torch.zeros(n, dtype=torch.int64, device=bits.device)
         for p in range(int(meta["planes"])):
@@ -104,8 +129,8 @@ def decode_weight(meta: dict[str, Any], tensors: dict[str, Tensor],
             raise BnnbenchError(f"a packed weight indexes value {int(codes.max())} of a "
                                 f"{book.shape[-1]}-value codebook: the file is corrupt")
         if meta["codebook"] == "tensor":
-            return book[codes].reshape(shape)
-        return torch.gather(book, 1, codes.reshape(out, -1)).reshape(shape)
+            return from_bit_order(book[codes], shape)
+        return from_bit_order(torch.gather(book, 1, codes.reshape(out, -1)), shape)
     raise BnnbenchError(f"unknown weight encoding {enc!r} (file from a newer bnnbench?)")
 
 

@@ -13,17 +13,21 @@ File layout (safetensors: raw little-endian tensors + a JSON header; no pickle a
   - ``sign`` encoding, when every output channel holds values of one magnitude ``a_o``, i.e.
     ``W_q = a_o * s`` with ``s`` in {-1, +1} (BinaryNet ``a = 1``, XNOR/BWN ``a_o = mean|W_o|``,
     DoReFa 1-bit one ``a`` per tensor): ``L.weight.bits`` uint8 ``(1, ceil(n/8))``, the signs of
-    the flattened weight, 8 per byte, least-significant bit first, bit 1 = negative (the
-    convention of :mod:`bnnbench.kernels`); ``L.weight.scale`` float32 ``(O,)`` or ``(1,)``,
-    absent when every ``a = 1``.
+    the weight flattened in the stored order (a linear weight (O, I) row-major, a conv weight
+    (O, C/g, KH, KW) channels last, i.e. as (O, KH, KW, C/g):
+    :func:`~bnnbench.packed.encoding.to_bit_order`), 8 per byte, least-significant bit first,
+    bit 1 = negative (the convention of :mod:`bnnbench.kernels`); ``L.weight.scale`` float32
+    ``(O,)`` or ``(1,)``, absent when every ``a = 1``. That order is the kernels' weight
+    layout: where a layer's fan-in (I or C/g) is a multiple of 32 the stored bytes, read as
+    little-endian int32, are its kernel words, and the loaded model runs on them in place.
   - ``codebook`` encoding otherwise (ABC-Net ``sum_i alpha_i B_i``, DoReFa k-bit grid): the
     ``u <= 2^k`` distinct values (``k`` = the quantizer's ``precision``) per tensor, or per output
     channel when a tensor has more, in ``L.weight.codebook`` float32 ``(u,)`` or ``(O, u)``, and
     the index of each weight in it as ``k`` bit planes ``L.weight.bits`` uint8
-    ``(k, ceil(n/8))``, same bit order. So ABC-Net's M bases cost M bit planes plus the ``u``
-    values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are nested, so only
-    M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's k-bit grid k
-    planes plus at most ``2^k`` values.
+    ``(k, ceil(n/8))``, same element and bit order. So ABC-Net's M bases cost M bit planes plus
+    the ``u`` values ``sum_i +-alpha_i`` that occur (``u = M + 1``: ABC's shifted bases are
+    nested, so only M + 1 of the 2^M sign patterns occur; the paper stores M alphas), DoReFa's
+    k-bit grid k planes plus at most ``2^k`` values.
   - ``quantizer`` encoding: a weight quantizer may define ``pack(w_q) -> dict[str, Tensor]`` and
     ``unpack(tensors, shape) -> Tensor`` to store its own factorization; tensors go under
     ``L.weight.<key>``. Used when present, verified the same way.
@@ -65,7 +69,8 @@ from bnnbench.errors import BnnbenchError
 from bnnbench.files import atomic_path
 from bnnbench.nn.layers import _QuantMixin
 from bnnbench.packed.cuda_graph import CudaGraphed
-from bnnbench.packed.encoding import PackedWeight, check_layer, encode_exact
+from bnnbench.packed.encoding import (PackedWeight, channels_last_planes, check_layer,
+                                     encode_exact)
 from bnnbench.packed.fusion import fuse_sign_chains
 from bnnbench.packed.routes import use_kernels
 from bnnbench.size import account, deployed_tensors
@@ -73,8 +78,11 @@ from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain,
 from bnnbench.trained import check_shapes
 
 FORMAT = "bnnbench-packed"
-# 2: the network is a run spec (registry names + plain arguments); 1 held a Hydra config
-FORMAT_VERSION = "2"
+# 3: conv weights' bit planes channels last (the kernels' layout: loaded in place);
+# 2: the network is a run spec (registry names + plain arguments), conv planes in
+#    (O, C/g, KH, KW) order: still read, the planes reordered on load; 1 held a Hydra config
+FORMAT_VERSION = "3"
+READ_VERSIONS = ("2", FORMAT_VERSION)
 REQUIRED_METADATA = ("spec", "geometry", "layers")
 
 
@@ -146,9 +154,9 @@ def read_metadata(path: Path) -> dict[str, str]:
     if meta.get("format") != FORMAT:
         raise BnnbenchError(f"{path} is not a bnnbench export (a safetensors file without "
                             f"format={FORMAT} metadata)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS:
         raise BnnbenchError(f"{path} has format version {meta.get('format_version')}; this "
-                            f"bnnbench reads version {FORMAT_VERSION}")
+                            f"bnnbench reads versions {', '.join(READ_VERSIONS)}")
     return meta
 
 
@@ -249,6 +257,8 @@ def read_packed(path: Path) -> tuple[Spec, dict[str, int], dict[str, Any], dict[
         prefix = f"{name}.weight."
         parts = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
         check_layer(lmeta, parts, f"{path}: layer {name}")
+        if meta["format_version"] == "2" and lmeta["encoding"] != "quantizer":
+            tensors[f"{prefix}bits"] = channels_last_planes(parts["bits"], lmeta["shape"])
     return spec, geometry, layers, tensors
 
 

@@ -66,11 +66,15 @@ def sign_thresholds(modules: list[nn.Module], k: int, channels: int, dtype: torc
     for a linear layer, (1, channels, values, 1) for a conv (the layout the real NCHW
     activation takes through a BatchNorm2d). The modules run in their current (eval) mode.
     """
+    import numpy as np
+
     step = max(1, _CHUNK_ELEMENTS // max(channels, 1))
-    first: Tensor | None = None
-    prev: Tensor | None = None
-    changes = torch.zeros(channels, dtype=torch.int64, device=device)
-    at = torch.full((channels,), k + 1, dtype=torch.int64, device=device)
+    # the bookkeeping is numpy's: its few small loops are resident already, where each torch op
+    # faulted in its own code (~3 MiB of libtorch for ResNet-18's first forward)
+    negatives = np.zeros(channels, dtype=np.int64)  # how many d give bit 1
+    changes = np.zeros(channels, dtype=np.int64)    # decision flips between consecutive d
+    first: Any = None
+    prev: Any = None
     with torch.no_grad():
         for start in range(-k, k + 1, step):
             d = torch.arange(start, min(start + step, k + 1), device=device)
@@ -79,20 +83,21 @@ def sign_thresholds(modules: list[nn.Module], k: int, channels: int, dtype: torc
                 y = y.T.reshape(1, channels, -1, 1)
             for module in modules:
                 y = module(y)
-            neg = (y.reshape(channels, -1).T if conv else y) < 0            # (values, C)
+            neg = ((y.reshape(channels, -1).T if conv else y) < 0).cpu().numpy()  # (values, C)
             if first is None:
-                first = neg[0]
-            seq = neg if prev is None else torch.cat([prev[None], neg])
-            base = start if prev is None else start - 1                     # d of seq[0]
-            change = seq[1:] != seq[:-1]                                    # row j: d = base+j+1
-            changes += change.sum(0)
-            pos = base + 1 + change.to(torch.uint8).argmax(0)
-            at = torch.where(change.any(0) & (at == k + 1), pos, at)
-            prev = neg[-1]
-    if bool((changes > 1).any()):
+                first = neg[0].copy()
+            else:
+                changes += neg[0] != prev
+            changes += np.count_nonzero(neg[1:] != neg[:-1], axis=0)
+            negatives += np.count_nonzero(neg, axis=0)
+            prev = neg[-1].copy()
+    if (changes > 1).any():
         return None
-    # bit(d) = first for d < at, not first from at on: (d < at) xor (not first)
-    return at.to(torch.int32), (~first).to(torch.int32)
+    # one change at most: bit(d) = first for d < t, not first from t on (t = k + 1: no change),
+    # so the count of bit-1 values places t
+    threshold = np.where(first, negatives - k, k + 1 - negatives).astype(np.int32)
+    flip = (~first).astype(np.int32)
+    return torch.from_numpy(threshold).to(device), torch.from_numpy(flip).to(device)
 
 
 @dataclass(eq=False)
@@ -201,12 +206,25 @@ def fuse_sign_chains(net: nn.Module) -> list[SignChain]:
         producer._sign_out = chain
         consumer._sign_in = chain
         chains.append(chain)
+        _fold_as_loaded(chain)
     for chain in chains:
         for layer in (net.get_submodule(chain.producer), net.get_submodule(chain.consumer)):
             layer.forward = _fused_forward.__get__(layer)  # type: ignore[method-assign]
         for module in chain.modules:
             module.forward = _passthrough(module.forward)  # type: ignore[method-assign]
     return chains
+
+
+def _fold_as_loaded(chain: SignChain) -> None:
+    """Fold a chain now, for the dtype and device its float modules hold (the first forward's,
+    unless the model is cast or moved after loading; then that forward folds again). Folded in
+    the first forward instead, the long-lived tables landed among that forward's freed
+    activations, and every later forward's heap grew around them (ResNet-18 at 224 px: peak
+    +4-8 MiB from the second forward on)."""
+    tensors = [t for m in chain.modules for t in (*m.parameters(), *m.buffers())
+               if t.is_floating_point()]
+    if tensors and chain.active():
+        chain.fold(tensors[0].dtype, tensors[0].device)
 
 
 def _passthrough(forward):

@@ -34,25 +34,35 @@ def unpack_bits(packed: Tensor, n: int) -> Tensor:
     return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:n].bool()
 
 
-def kernel_words_from_bits(bits: Tensor, shape: list[int], conv: bool,
-                           chunk_bits: int = 1 << 20) -> Tensor:
+def kernel_words_from_bits(bits: Tensor, shape: list[int], chunk_bits: int = 1 << 16) -> Tensor:
     """The kernels' packed weight of a ``sign``-encoded layer, read from its stored bits.
 
-    ``bits``: :func:`pack_bits` of the flattened weight's signs. Linear (out, in) -> (out,
-    words over in); conv (OC, C/g, KH, KW) -> (OC, KH, KW, words over C/g). Rows are converted
-    a chunk of about ``chunk_bits`` weights at a time, so the bool/uint8 temporaries stay a
-    few MiB whatever the layer's size (no float copy of the weight, no layer-sized temporary).
+    ``bits``: :func:`pack_bits` of the weight's signs in the stored order
+    (:func:`bnnbench.packed.encoding.to_bit_order`: a linear (out, in) row-major, a conv
+    (OC, C/g, KH, KW) channels last, (OC, KH, KW, C/g)). Linear -> (out, words over in); conv ->
+    (OC, KH, KW, words over C/g).
+
+    Where the fan-in (in, or C/g) is a multiple of 32 each row of 32 bits is a whole
+    little-endian word, so the stored bytes *are* the kernels' words: the result is ``bits``
+    viewed as int32, no copy, sharing the file's storage. Otherwise the rows are padded to whole
+    words in one preallocated tensor, a chunk of about ``chunk_bits`` weights at a time, so the
+    uint8/bool temporaries stay a few hundred KiB whatever the layer's size (no float copy of
+    the weight, no layer-sized temporary).
     """
-    rows, per_row = shape[0], math.prod(shape[1:])
+    rows, fan_in, per_row = shape[0], shape[1], math.prod(shape[1:])
+    words = (fan_in + 31) // 32
+    if fan_in % 32 == 0 and bits.is_contiguous() and bits.data_ptr() % 4 == 0:
+        return bits.reshape(-1)[: rows * per_row // 8].view(torch.int32).view(
+            rows, *shape[2:], words)
+    out = torch.empty((rows, *shape[2:], words), dtype=torch.int32, device=bits.device)
     step = max(1, chunk_bits // max(per_row, 1))
-    parts = []
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         first, last = r0 * per_row, r1 * per_row
         window = unpack_bits(bits[first // 8: (last + 7) // 8], last - first + first % 8)
-        neg = window[first % 8:].reshape(r1 - r0, *shape[1:])
-        parts.append(kernel_words(neg.permute(0, 2, 3, 1) if conv else neg))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        neg = window[first % 8:].reshape(r1 - r0, *shape[2:], fan_in)  # stored channels last
+        out[r0:r1] = kernel_words(neg)
+    return out
 
 
 def kernel_words(neg: Tensor) -> Tensor:

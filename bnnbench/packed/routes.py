@@ -86,8 +86,9 @@ def use_kernels(net: nn.Module) -> int:
         q = layer.weight_quantizer
         shape = [int(d) for d in q.meta["shape"]]
         # W = a_o s: the stored bits are s (bit 1 = W < 0, as the kernels pack), a_o goes after
-        # the dot; packed straight from the bits, never through a float weight
-        packed = kernel_words_from_bits(q.bits[0], shape, conv=not isinstance(layer, QuantLinear))
+        # the dot; the words are the stored bits themselves where the fan-in is a multiple of
+        # 32 (no copy), else padded from them; never through a float weight
+        packed = kernel_words_from_bits(q.bits[0], shape)
         scale = None
         if q.meta.get("scale") != "none":
             scale = q.scale.to(torch.float32).reshape(-1).expand(shape[0]).contiguous()
