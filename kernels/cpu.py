@@ -108,15 +108,15 @@ def pack_signs(x: Tensor) -> Tensor:
     float16/bfloat16 widen to float32 exactly, signs, -0.0 and NaN included).
     """
     k = x.shape[-1]
-    if x.requires_grad:
-        x = x.detach()
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
-    rows = np.ascontiguousarray(x.numpy().reshape(-1, k))  # numpy: no torch op to dispatch
+    if not x.is_contiguous():
+        x = x.contiguous()
     words = num_words(k)
-    out = np.empty((rows.shape[0], 4 * words), dtype=np.uint8)
-    cpu_jit.pack_rows_signs(rows, out)
-    return torch.from_numpy(out.view(np.int32).reshape(*x.shape[:-1], words))
+    out = torch.from_numpy(np.empty((*x.shape[:-1], words), np.int32))  # cold: < torch.empty
+    # by address, no numpy view of x: see cpu_jit.pack_rows_signs_at (x stays alive meanwhile)
+    cpu_jit.pack_rows_signs_at(x.data_ptr(), out.data_ptr(), x.numel() // k, k, 4 * words)
+    return out
 
 
 def pack_bools(neg: Tensor) -> Tensor:
@@ -235,17 +235,21 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     An even word count is read as 64-bit words (half the popcounts and loads; the zero
     padding bits of both operands XOR to 0 either way).
     """
-    word = np.uint64 if a_packed.shape[1] % 2 == 0 else np.uint32
+    (m, kw), n = a_packed.shape, w_packed.shape[0]
+    threads = _parallel_threads(m * n * kw)
+    if threads == 1:  # by address: no numpy view to make (see cpu_jit.xnor_popcount_gemm_at)
+        a_packed = a_packed if a_packed.is_contiguous() else a_packed.contiguous()
+        w_packed = w_packed if w_packed.is_contiguous() else w_packed.contiguous()
+        out1 = torch.from_numpy(np.empty((m, n), np.int32))  # cold: cheaper than torch.empty
+        cpu_jit.xnor_popcount_gemm_at(a_packed.data_ptr(), w_packed.data_ptr(), out1.data_ptr(),
+                                      m, n, kw, k)
+        return out1
+    word = np.uint64 if kw % 2 == 0 else np.uint32
     a = _words(a_packed).view(word)
     w = _words(w_packed).view(word)
-    m, n, kw = a.shape[0], w.shape[0], a_packed.shape[1]
     out = np.empty((m, n), dtype=np.int32)
-    threads = _parallel_threads(m * n * kw)
-    if threads > 1:
-        rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
-        _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
-    else:
-        cpu_jit.xnor_popcount_gemm(a, w, k, out)
+    rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
+    _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
     return torch.from_numpy(out)
 
 

@@ -24,7 +24,9 @@ from ._util import rand_signs_source, sign
 
 THREADED = ("xnor_popcount_gemm_parallel", "pack_nchw_signs_parallel",
             "xnor_popcount_conv2d_parallel", "conv_epilogue_parallel")
-SINGLE = ("xnor_popcount_gemm", "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+SINGLE = ("xnor_popcount_gemm_at", "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+#: the threaded variant of each single-threaded one, where it is not NAME + "_parallel"
+PARALLEL_OF = {"xnor_popcount_gemm_at": "xnor_popcount_gemm_parallel"}
 
 needs_two_threads = pytest.mark.skipif(
     __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="numba's pool has one thread")
@@ -52,7 +54,7 @@ def threads(request, monkeypatch) -> tuple[str, list[str]]:
 
 def _assert_ran(threads: tuple[str, list[str]], *names: str) -> None:
     variant, ran = threads
-    want = [n + "_parallel" if variant == "threaded" else n for n in names]
+    want = [PARALLEL_OF.get(n, n + "_parallel") if variant == "threaded" else n for n in names]
     assert ran and set(ran) == set(want), (variant, ran)
 
 
@@ -72,7 +74,7 @@ def test_popcount_gemm_variants_exact(m, n, k, threads, monkeypatch):
     assert C.numba.get_num_threads() == pool_threads  # the call's thread count does not leak
     assert got.dtype == torch.int32
     assert torch.equal(got.double(), sign(a) @ sign(w).T)
-    _assert_ran(threads, "xnor_popcount_gemm")
+    _assert_ran(threads, "xnor_popcount_gemm_at")
 
 
 # (N, C, H, W, OC, KSIZE, stride, padding, groups): batches > 1 (rows of several images in
@@ -151,6 +153,27 @@ def test_gemm_word_types_and_task_blocks(word, rows_per_task):
     threaded = np.full((m, n), -12345, np.int32)
     J.xnor_popcount_gemm_parallel(a, w, k, threaded, rows_per_task)
     assert np.array_equal(single, want) and np.array_equal(threaded, want)
+
+
+@pytest.mark.parametrize("kw", [7, 8, 130])  # uint32 words; uint64 pairs; rows > 512 bytes
+def test_gemm_by_address_with_prefetch(kw):
+    """The single-threaded kernel on raw addresses (``xnor_popcount_gemm_at``), with more
+    weight rows than its prefetch distance (so the prefetches past the rows read so far run),
+    and the public call on non-contiguous operands (copied before their address is taken)."""
+    m, n, k = 3, 4096 // kw + 50, 32 * kw - 5
+    rng = np.random.default_rng(kw)
+    a = torch.from_numpy(rng.integers(-2**31, 2**31, (m, kw), dtype=np.int64).astype(np.int32))
+    w = torch.from_numpy(rng.integers(-2**31, 2**31, (n, kw), dtype=np.int64).astype(np.int32))
+    a[:, -1] &= (1 << 27) - 1  # the pad bits past k are zero, as packing leaves them
+    w[:, -1] &= (1 << 27) - 1
+    want = R.xnor_gemm_ref(a, w, k)
+    got = torch.full((m, n), -12345, dtype=torch.int32)
+    J.xnor_popcount_gemm_at(a.data_ptr(), w.data_ptr(), got.data_ptr(), m, n, kw, k)
+    assert torch.equal(got, want)
+    a_strided = torch.zeros(kw, m, dtype=torch.int32).T  # same values, column-major
+    a_strided.copy_(a)
+    assert not a_strided.is_contiguous()
+    assert torch.equal(K.xnor_gemm(a_strided, w, k, backend="cpu"), want)
 
 
 def test_stream_read_sums():
