@@ -127,8 +127,10 @@ def _xnor_popcount_rows(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray, n
     line = max(1, 64 // w.itemsize)  # words per 64-byte cache line
     for n in range(n0, n1):
         if n + ahead < n1:
-            for t in range(0, kw, line):
+            t = 0
+            while t < kw:  # not range(0, kw, line): its trip count costs a division per row
                 _prefetch_row(w, n + ahead, t)
+                t += line
         for m in range(m_rows):
             ones = 0
             for t in range(kw):
