@@ -229,6 +229,26 @@ def _words(packed: Tensor) -> np.ndarray:
     return np.ascontiguousarray(packed.numpy())
 
 
+#: the threaded popcount GEMM splits its weight rows into ~this many tasks per thread ...
+GEMM_TASKS_PER_THREAD = 32
+#: ... of at least this many word popcounts each (a task costs ~1-5 us to hand out).
+GEMM_MIN_TASK_WORDS = 1 << 15
+
+
+def _gemm_rows_per_task(m: int, n: int, kw: int, threads: int) -> int:
+    """Weight rows per ``prange`` task of the threaded popcount GEMM: a multiple of 16 (the
+    tasks' int32 output columns then fill whole 64-byte lines, so no two threads write one
+    line), ~:data:`GEMM_TASKS_PER_THREAD` tasks per thread, none under
+    :data:`GEMM_MIN_TASK_WORDS`. Many small tasks handed out one at a time: when a thread
+    loses its core for a while (the bench machine is shared) or finishes first, the other
+    takes the remaining tasks, so at most one small task is left unbalanced at the end (8
+    tasks per thread left up to 1/16 of an M=256 N=K=4096 call to one thread).
+    """
+    rows = max(-(-n // (GEMM_TASKS_PER_THREAD * threads)),
+               -(-GEMM_MIN_TASK_WORDS // max(1, m * kw)))
+    return -(-rows // 16) * 16
+
+
 def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     """dot = k - 2 * popcount(a ^ w): one compiled pass over the packed weights.
 
@@ -248,8 +268,8 @@ def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     a = _words(a_packed).view(word)
     w = _words(w_packed).view(word)
     out = np.empty((m, n), dtype=np.int32)
-    rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
-    _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
+    _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out,
+                  _gemm_rows_per_task(m, n, kw, threads))
     return torch.from_numpy(out)
 
 

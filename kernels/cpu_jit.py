@@ -125,8 +125,9 @@ def _xnor_popcount_rows(a: np.ndarray, w: np.ndarray, k: int, out: np.ndarray, n
     m_rows, kw = a.shape
     ahead = max(1, PREFETCH_BYTES // max(1, kw * w.itemsize))  # rows
     line = max(1, 64 // w.itemsize)  # words per 64-byte cache line
+    last = w.shape[0]  # past n1 too: the next task's rows, most likely the next ones read
     for n in range(n0, n1):
-        if n + ahead < n1:
+        if n + ahead < last:
             t = 0
             while t < kw:  # not range(0, kw, line): its trip count costs a division per row
                 _prefetch_row(w, n + ahead, t)

@@ -176,6 +176,20 @@ def test_gemm_by_address_with_prefetch(kw):
     assert torch.equal(K.xnor_gemm(a_strided, w, k, backend="cpu"), want)
 
 
+@pytest.mark.parametrize("m,n,kw,threads", [(256, 4096, 128, 2), (1, 8192, 256, 2),
+                                             (1, 4096, 128, 16), (3, 37, 2, 2), (0, 5, 1, 2)])
+def test_gemm_task_split(m, n, kw, threads):
+    """Tasks of whole 64-byte output lines (16 int32 columns), at least GEMM_MIN_TASK_WORDS
+    of work each unless that leaves one task, and at most GEMM_TASKS_PER_THREAD per thread."""
+    rows = C._gemm_rows_per_task(m, n, kw, threads)
+    tasks = -(-n // rows)
+    assert rows % 16 == 0
+    assert tasks == 1 or rows * m * kw >= C.GEMM_MIN_TASK_WORDS
+    assert tasks <= C.GEMM_TASKS_PER_THREAD * threads
+    if m * kw * n >= 64 * C.GEMM_MIN_TASK_WORDS * threads:  # enough work: many tasks each
+        assert tasks >= 16 * threads
+
+
 def test_stream_read_sums():
     words = np.arange(1, 1001, dtype=np.uint64)
     assert J.stream_read(words) == J.stream_read_parallel(words) == 500500
