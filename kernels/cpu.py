@@ -26,7 +26,7 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   bf16 activations).
 
 * **sign packing** (:func:`pack_signs`): compiled too
-  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`), one pass over float32 rows.
+  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs_at`), one pass over float32 rows.
 
 Threads: the compiled popcount GEMM and the packed conv (with its sign packing and its float
 epilogue) run on numba's thread pool (:func:`kernel_threads` threads: torch's thread count by
@@ -34,9 +34,13 @@ default) when a call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of w
 calling thread below that, where waking the pool costs more than it saves. Each thread owns
 whole output rows (pixel blocks in the epilogue), so the threaded results equal the
 single-threaded ones bit for bit. The work around the compiled loops is kept small, since it
-runs on one thread and, for a cold GEMV, costs as much as the loop: numpy views rather than
-torch ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), and eager calls
-reach this module without the custom op (:func:`bnnbench.kernels.ops._direct_cpu`).
+runs on one thread and, for a cold GEMV, costs as much as the loop: numpy rather than torch
+ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), the single-threaded
+GEMM and the row packing take ``data_ptr()`` addresses instead of numpy views
+(:func:`bnnbench.kernels.cpu_jit.xnor_popcount_gemm_at`: ``Tensor.numpy()`` costs ~40-70 us
+cold), and eager calls reach this module without the custom op
+(:func:`bnnbench.kernels.ops._direct_cpu`). The threaded GEMM hands out many small tasks
+(:func:`_gemm_rows_per_task`), so a thread that loses its core delays little of the call.
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
@@ -108,6 +112,8 @@ def pack_signs(x: Tensor) -> Tensor:
     float16/bfloat16 widen to float32 exactly, signs, -0.0 and NaN included).
     """
     k = x.shape[-1]
+    if x.requires_grad:
+        x = x.detach()
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
     if not x.is_contiguous():
