@@ -190,6 +190,40 @@ def test_gemm_task_split(m, n, kw, threads):
         assert tasks >= 16 * threads
 
 
+def test_conv_scratch_reused_safely(monkeypatch):
+    """The conv's dots buffer is reused across calls and per Python thread: an earlier result
+    is unchanged by a later call, calls from two threads at once are each exact, and dots
+    over SCRATCH_MAX_BYTES get their own array."""
+    import threading
+
+    def case(seed, c, hw, oc):
+        x = rand_signs_source((2, c, hw, hw), seed=seed)
+        w = rand_signs_source((oc, c, 3, 3), seed=seed + 1)
+        want = F.conv2d(sign(x), sign(w), padding=1).float()
+        return x, K.pack_conv_weight(w), want
+
+    big, small = case(1, 40, 9, 24), case(2, 7, 5, 6)
+    got_big = K.binary_conv2d(big[0], big[1], padding=1, backend="cpu")
+    got_small = K.binary_conv2d(small[0], small[1], padding=1, backend="cpu")
+    assert torch.equal(got_big, big[2]) and torch.equal(got_small, small[2])
+    results: dict[int, bool] = {}
+
+    def worker(i, xs=(big, small)):
+        x, wp, want = xs[i]
+        results[i] = all(torch.equal(K.binary_conv2d(x, wp, padding=1, backend="cpu"), want)
+                         for _ in range(20))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: True, 1: True}
+    monkeypatch.setattr(C, "SCRATCH_MAX_BYTES", 0)
+    assert torch.equal(K.binary_conv2d(big[0], big[1], padding=1, backend="cpu"), big[2])
+    assert C._scratch_int32((3, 4)).base is not getattr(C._SCRATCH, "buf", None)
+
+
 def test_stream_read_sums():
     words = np.arange(1, 1001, dtype=np.uint64)
     assert J.stream_read(words) == J.stream_read_parallel(words) == 500500
