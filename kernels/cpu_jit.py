@@ -7,8 +7,9 @@ the packed GEMV to ~2.7x over fp32 with cold caches. One fused loop with a hardw
 (LLVM ``ctpop``, vectorised to ``vpopcnt`` where the CPU has it, to ``vpshufb`` + ``vpsadbw``
 elsewhere) reads the weights once.
 
-All functions take contiguous numpy arrays in canonical shapes and write into ``out``; they
-are compiled on first use and cached on disk (``cache=True``).
+All functions take contiguous numpy arrays in canonical shapes and write into ``out`` (the
+``*_at`` variants take ``Tensor.data_ptr()`` addresses and shapes instead: no numpy view to
+make per call); they are compiled on first use and cached on disk (``cache=True``).
 
 Threads: the popcount GEMM, the packed conv, its sign packing and its float epilogue each come
 in two compiled variants built from one loop body, a single-threaded one and a ``*_parallel``
