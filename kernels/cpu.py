@@ -26,7 +26,7 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   bf16 activations).
 
 * **sign packing** (:func:`pack_signs`): compiled too
-  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`), one pass over float32 rows.
+  (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs_at`), one pass over float32 rows.
 
 Threads: the compiled popcount GEMM and the packed conv (with its sign packing and its float
 epilogue) run on numba's thread pool (:func:`kernel_threads` threads: torch's thread count by
@@ -34,9 +34,13 @@ default) when a call has at least :data:`PARALLEL_MIN_WORDS` word popcounts of w
 calling thread below that, where waking the pool costs more than it saves. Each thread owns
 whole output rows (pixel blocks in the epilogue), so the threaded results equal the
 single-threaded ones bit for bit. The work around the compiled loops is kept small, since it
-runs on one thread and, for a cold GEMV, costs as much as the loop: numpy views rather than
-torch ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), and eager calls
-reach this module without the custom op (:func:`bnnbench.kernels.ops._direct_cpu`).
+runs on one thread and, for a cold GEMV, costs as much as the loop: numpy rather than torch
+ops (a cold torch op costs ~20-80 us to dispatch on the bench machine), the single-threaded
+GEMM and the row packing take ``data_ptr()`` addresses instead of numpy views
+(:func:`bnnbench.kernels.cpu_jit.xnor_popcount_gemm_at`: ``Tensor.numpy()`` costs ~40-70 us
+cold), and eager calls reach this module without the custom op
+(:func:`bnnbench.kernels.ops._direct_cpu`). The threaded GEMM hands out many small tasks
+(:func:`_gemm_rows_per_task`), so a thread that loses its core delays little of the call.
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
 public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
@@ -45,6 +49,7 @@ public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numba
 import numpy as np
@@ -112,11 +117,13 @@ def pack_signs(x: Tensor) -> Tensor:
         x = x.detach()
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
-    rows = np.ascontiguousarray(x.numpy().reshape(-1, k))  # numpy: no torch op to dispatch
+    if not x.is_contiguous():
+        x = x.contiguous()
     words = num_words(k)
-    out = np.empty((rows.shape[0], 4 * words), dtype=np.uint8)
-    cpu_jit.pack_rows_signs(rows, out)
-    return torch.from_numpy(out.view(np.int32).reshape(*x.shape[:-1], words))
+    out = torch.from_numpy(np.empty((*x.shape[:-1], words), np.int32))  # cold: < torch.empty
+    # by address, no numpy view of x: see cpu_jit.pack_rows_signs_at (x stays alive meanwhile)
+    cpu_jit.pack_rows_signs_at(x.data_ptr(), out.data_ptr(), x.numel() // k, k, 4 * words)
+    return out
 
 
 def pack_bools(neg: Tensor) -> Tensor:
@@ -229,23 +236,47 @@ def _words(packed: Tensor) -> np.ndarray:
     return np.ascontiguousarray(packed.numpy())
 
 
+#: the threaded popcount GEMM splits its weight rows into ~this many tasks per thread ...
+GEMM_TASKS_PER_THREAD = 32
+#: ... of at least this many word popcounts each (a task costs ~1-5 us to hand out).
+GEMM_MIN_TASK_WORDS = 1 << 15
+
+
+def _gemm_rows_per_task(m: int, n: int, kw: int, threads: int) -> int:
+    """Weight rows per ``prange`` task of the threaded popcount GEMM: a multiple of 16 (the
+    tasks' int32 output columns then fill whole 64-byte lines, so no two threads write one
+    line), ~:data:`GEMM_TASKS_PER_THREAD` tasks per thread, none under
+    :data:`GEMM_MIN_TASK_WORDS`. Many small tasks handed out one at a time: when a thread
+    loses its core for a while (the bench machine is shared) or finishes first, the other
+    takes the remaining tasks, so at most one small task is left unbalanced at the end (8
+    tasks per thread left up to 1/16 of an M=256 N=K=4096 call to one thread).
+    """
+    rows = max(-(-n // (GEMM_TASKS_PER_THREAD * threads)),
+               -(-GEMM_MIN_TASK_WORDS // max(1, m * kw)))
+    return -(-rows // 16) * 16
+
+
 def _popcount_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     """dot = k - 2 * popcount(a ^ w): one compiled pass over the packed weights.
 
     An even word count is read as 64-bit words (half the popcounts and loads; the zero
     padding bits of both operands XOR to 0 either way).
     """
-    word = np.uint64 if a_packed.shape[1] % 2 == 0 else np.uint32
+    (m, kw), n = a_packed.shape, w_packed.shape[0]
+    threads = _parallel_threads(m * n * kw)
+    if threads == 1:  # by address: no numpy view to make (see cpu_jit.xnor_popcount_gemm_at)
+        a_packed = a_packed if a_packed.is_contiguous() else a_packed.contiguous()
+        w_packed = w_packed if w_packed.is_contiguous() else w_packed.contiguous()
+        out1 = torch.from_numpy(np.empty((m, n), np.int32))  # cold: cheaper than torch.empty
+        cpu_jit.xnor_popcount_gemm_at(a_packed.data_ptr(), w_packed.data_ptr(), out1.data_ptr(),
+                                      m, n, kw, k)
+        return out1
+    word = np.uint64 if kw % 2 == 0 else np.uint32
     a = _words(a_packed).view(word)
     w = _words(w_packed).view(word)
-    m, n, kw = a.shape[0], w.shape[0], a_packed.shape[1]
     out = np.empty((m, n), dtype=np.int32)
-    threads = _parallel_threads(m * n * kw)
-    if threads > 1:
-        rows_per_task = max(1, -(-n // (8 * threads)))  # ~8 tasks per thread, handed out one by one
-        _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out, rows_per_task)
-    else:
-        cpu_jit.xnor_popcount_gemm(a, w, k, out)
+    _run_threaded(cpu_jit.xnor_popcount_gemm_parallel, threads, a, w, k, out,
+                  _gemm_rows_per_task(m, n, kw, threads))
     return torch.from_numpy(out)
 
 
@@ -358,6 +389,32 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     return _scale_bias_(y, scale, bias)
 
 
+#: the conv's int32 dots (never returned) go to a buffer kept for the calling thread's next
+#: call when at most this many bytes (larger ones are allocated per call).
+SCRATCH_MAX_BYTES = 64 * 2**20
+_SCRATCH = threading.local()  # one buffer per Python thread: concurrent calls never share it
+
+
+def _scratch_int32(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised int32 array for a conv's dots: the calling thread's kept buffer (grown
+    when too small) up to :data:`SCRATCH_MAX_BYTES`, else a fresh one.
+
+    Why: a fresh 25 MiB array per call (N=256 C=OC=128 HW=14) was returned to the OS by malloc
+    and faulted back in by the next call: ~1,800 page faults and ~20 ms of kernel time per
+    call on the bench machine (17% of a one-thread call, spent outside the threaded loops);
+    reused, 0 faults and 0.1 ms. The same idea as oneDNN's scratchpad.
+    """
+    size = 1
+    for d in shape:
+        size *= d
+    if 4 * size > SCRATCH_MAX_BYTES:
+        return np.empty(shape, np.int32)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.buf = np.empty(size, np.int32)
+    return buf[:size].reshape(shape)
+
+
 def _conv_dots(x: Tensor, w_packed: Tensor, stride: tuple[int, int], padding: tuple[int, int],
                groups: int, in_channels: int | None) -> tuple[np.ndarray, int]:
     """Exact zero-padded conv dots (N, OH, OW, OC) int32 of float NCHW x or of packed NHWC
@@ -367,6 +424,8 @@ def _conv_dots(x: Tensor, w_packed: Tensor, stride: tuple[int, int], padding: tu
     The input signs are packed along each group's channels (NHWC words, one pass over the
     NCHW floats; a packed input skips this) and the weights laid out output-channel-innermost,
     (G, KH, KW, words, OC/G), for :func:`bnnbench.kernels.cpu_jit.xnor_popcount_conv2d`.
+    The dots live in the thread's scratch buffer (:func:`_scratch_int32`): read them before
+    this thread's next conv call, never return them.
     """
     packed_in = x.dtype == torch.int32
     if packed_in:
@@ -381,7 +440,7 @@ def _conv_dots(x: Tensor, w_packed: Tensor, stride: tuple[int, int], padding: tu
     threads = _parallel_threads(n * oh * ow * oc * kh * kwid * words)
     w_bits = (w_packed.view(groups, ocg, kh, kwid, words).permute(0, 2, 3, 4, 1).contiguous()
               .numpy().view(np.uint32))
-    dots = np.empty((n, oh, ow, oc), dtype=np.int32)
+    dots = _scratch_int32((n, oh, ow, oc))
     args = (c // groups, stride[0], stride[1], padding[0], padding[1], dots)
     if packed_in:
         x_bits = x.contiguous().numpy().view(np.uint32).reshape(n, h, w, 1, words)

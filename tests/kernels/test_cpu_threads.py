@@ -24,7 +24,9 @@ from ._util import rand_signs_source, sign
 
 THREADED = ("xnor_popcount_gemm_parallel", "pack_nchw_signs_parallel",
             "xnor_popcount_conv2d_parallel", "conv_epilogue_parallel")
-SINGLE = ("xnor_popcount_gemm", "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+SINGLE = ("xnor_popcount_gemm_at", "pack_nchw_signs", "xnor_popcount_conv2d", "conv_epilogue")
+#: the threaded variant of each single-threaded one, where it is not NAME + "_parallel"
+PARALLEL_OF = {"xnor_popcount_gemm_at": "xnor_popcount_gemm_parallel"}
 
 needs_two_threads = pytest.mark.skipif(
     __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="numba's pool has one thread")
@@ -52,7 +54,7 @@ def threads(request, monkeypatch) -> tuple[str, list[str]]:
 
 def _assert_ran(threads: tuple[str, list[str]], *names: str) -> None:
     variant, ran = threads
-    want = [n + "_parallel" if variant == "threaded" else n for n in names]
+    want = [PARALLEL_OF.get(n, n + "_parallel") if variant == "threaded" else n for n in names]
     assert ran and set(ran) == set(want), (variant, ran)
 
 
@@ -72,7 +74,7 @@ def test_popcount_gemm_variants_exact(m, n, k, threads, monkeypatch):
     assert C.numba.get_num_threads() == pool_threads  # the call's thread count does not leak
     assert got.dtype == torch.int32
     assert torch.equal(got.double(), sign(a) @ sign(w).T)
-    _assert_ran(threads, "xnor_popcount_gemm")
+    _assert_ran(threads, "xnor_popcount_gemm_at")
 
 
 # (N, C, H, W, OC, KSIZE, stride, padding, groups): batches > 1 (rows of several images in
@@ -151,6 +153,75 @@ def test_gemm_word_types_and_task_blocks(word, rows_per_task):
     threaded = np.full((m, n), -12345, np.int32)
     J.xnor_popcount_gemm_parallel(a, w, k, threaded, rows_per_task)
     assert np.array_equal(single, want) and np.array_equal(threaded, want)
+
+
+@pytest.mark.parametrize("kw", [7, 8, 130])  # uint32 words; uint64 pairs; rows > 512 bytes
+def test_gemm_by_address_with_prefetch(kw):
+    """The single-threaded kernel on raw addresses (``xnor_popcount_gemm_at``), with more
+    weight rows than its prefetch distance (so the prefetches past the rows read so far run),
+    and the public call on non-contiguous operands (copied before their address is taken)."""
+    m, n, k = 3, 4096 // kw + 50, 32 * kw - 5
+    rng = np.random.default_rng(kw)
+    a = torch.from_numpy(rng.integers(-2**31, 2**31, (m, kw), dtype=np.int64).astype(np.int32))
+    w = torch.from_numpy(rng.integers(-2**31, 2**31, (n, kw), dtype=np.int64).astype(np.int32))
+    a[:, -1] &= (1 << 27) - 1  # the pad bits past k are zero, as packing leaves them
+    w[:, -1] &= (1 << 27) - 1
+    want = R.xnor_gemm_ref(a, w, k)
+    got = torch.full((m, n), -12345, dtype=torch.int32)
+    J.xnor_popcount_gemm_at(a.data_ptr(), w.data_ptr(), got.data_ptr(), m, n, kw, k)
+    assert torch.equal(got, want)
+    a_strided = torch.zeros(kw, m, dtype=torch.int32).T  # same values, column-major
+    a_strided.copy_(a)
+    assert not a_strided.is_contiguous()
+    assert torch.equal(K.xnor_gemm(a_strided, w, k, backend="cpu"), want)
+
+
+@pytest.mark.parametrize("m,n,kw,threads", [(256, 4096, 128, 2), (1, 8192, 256, 2),
+                                             (1, 4096, 128, 16), (3, 37, 2, 2), (0, 5, 1, 2)])
+def test_gemm_task_split(m, n, kw, threads):
+    """Tasks of whole 64-byte output lines (16 int32 columns), at least GEMM_MIN_TASK_WORDS
+    of work each unless that leaves one task, and at most GEMM_TASKS_PER_THREAD per thread."""
+    rows = C._gemm_rows_per_task(m, n, kw, threads)
+    tasks = -(-n // rows)
+    assert rows % 16 == 0
+    assert tasks == 1 or rows * m * kw >= C.GEMM_MIN_TASK_WORDS
+    assert tasks <= C.GEMM_TASKS_PER_THREAD * threads
+    if m * kw * n >= 64 * C.GEMM_MIN_TASK_WORDS * threads:  # enough work: many tasks each
+        assert tasks >= 16 * threads
+
+
+def test_conv_scratch_reused_safely(monkeypatch):
+    """The conv's dots buffer is reused across calls and per Python thread: an earlier result
+    is unchanged by a later call, calls from two threads at once are each exact, and dots
+    over SCRATCH_MAX_BYTES get their own array."""
+    import threading
+
+    def case(seed, c, hw, oc):
+        x = rand_signs_source((2, c, hw, hw), seed=seed)
+        w = rand_signs_source((oc, c, 3, 3), seed=seed + 1)
+        want = F.conv2d(sign(x), sign(w), padding=1).float()
+        return x, K.pack_conv_weight(w), want
+
+    big, small = case(1, 40, 9, 24), case(2, 7, 5, 6)
+    got_big = K.binary_conv2d(big[0], big[1], padding=1, backend="cpu")
+    got_small = K.binary_conv2d(small[0], small[1], padding=1, backend="cpu")
+    assert torch.equal(got_big, big[2]) and torch.equal(got_small, small[2])
+    results: dict[int, bool] = {}
+
+    def worker(i, xs=(big, small)):
+        x, wp, want = xs[i]
+        results[i] = all(torch.equal(K.binary_conv2d(x, wp, padding=1, backend="cpu"), want)
+                         for _ in range(20))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: True, 1: True}
+    monkeypatch.setattr(C, "SCRATCH_MAX_BYTES", 0)
+    assert torch.equal(K.binary_conv2d(big[0], big[1], padding=1, backend="cpu"), big[2])
+    assert C._scratch_int32((3, 4)).base is not getattr(C._SCRATCH, "buf", None)
 
 
 def test_stream_read_sums():
