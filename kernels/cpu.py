@@ -380,13 +380,65 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     return _scale_bias_(y, scale, bias).to(x.dtype)
 
 
+#: multibit GEMM: unpack to int8 + ``torch._int_mm`` (VNNI) from this many plane rows (P M),
+#: the popcount loop below. Both costs grow with N K: the int8 path pays a fixed unpacking of
+#: the weights plus a cheap per-row term, the popcount loop (``vpshufb`` popcounts where the CPU
+#: has no ``vpopcntq``) a larger per-row term; measured N = K = 4096 on the 2-core bench
+#: machine (Cascade Lake, VNNI): equal near 48 rows, 512 rows 24 vs 60 ms.
+MULTIBIT_INT8_MIN_ROWS = 48
+#: ... and from this many output channels: for few (a classifier head) unpacking the
+#: activations to int8 costs more than the popcount loop over the weights.
+MULTIBIT_INT8_MIN_N = 64
+#: torch's ``bmm`` (which ``einsum`` ran) sums the planes with fused multiply-adds (BLAS) from
+#: this many multiply-adds per row (P N), with a product-then-sum loop below it; the compiled
+#: epilogue rounds the same way, so the results are bit for bit those of the einsum it replaced.
+BMM_FMA_MIN_MACS = 400
+
+
+def _unpack_pm1_int8(packed: Tensor) -> Tensor:
+    """(R, KW) int32 words -> (R, 32 KW) int8 +-1 over all bits (zero padding bits become +1),
+    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), threaded for large R KW."""
+    src = _words(packed).view(np.uint8)
+    rows, nbytes = src.shape
+    out = np.empty((rows, nbytes), dtype=np.uint64)
+    threads = _parallel_threads(rows * nbytes)
+    if threads > 1:
+        rows_per_task = max(1, -(-rows // (8 * threads)))
+        _run_threaded(cpu_jit.unpack_pm1_int8_parallel, threads, src, out, rows_per_task)
+    else:
+        cpu_jit.unpack_pm1_int8(src, out)
+    return torch.from_numpy(out.view(np.int8))
+
+
 def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
                        scale: Tensor | None, bias: Tensor | None) -> Tensor:
-    """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call."""
+    """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call.
+
+    The P M plane rows are one operand: the int32 dots come from one popcount loop over the
+    packed weights (few rows) or from one int8 matmul after a compiled unpacking (many rows,
+    :data:`MULTIBIT_INT8_MIN_ROWS`); one compiled pass (:func:`bnnbench.kernels.cpu_jit.
+    multibit_epilogue`, threaded like the GEMM) then sums the planes with their alphas and
+    applies scale and bias, rounding as the torch ops it replaced did
+    (:data:`BMM_FMA_MIN_MACS`).
+    """
     p, m, kw = a_planes.shape
-    dots = xnor_gemm(a_planes.reshape(p * m, kw), w_packed, k).view(p, m, -1)
-    y = torch.einsum("pm,pmn->mn", alpha.to(torch.float32), dots.to(torch.float32))
-    return _scale_bias_(y, scale, bias)
+    n = w_packed.shape[0]
+    rows = a_planes.reshape(p * m, kw)
+    pad = 0
+    if p * m >= MULTIBIT_INT8_MIN_ROWS and n >= MULTIBIT_INT8_MIN_N:
+        dots = int8_matmul(_unpack_pm1_int8(rows), _unpack_pm1_int8(w_packed))
+        pad = kw * WORD_BITS - k  # the padding bits, +1 in both operands
+    else:
+        dots = _popcount_gemm(rows, w_packed, k)
+    out = np.empty((m, n), dtype=np.float32)
+    args = (dots.numpy().reshape(p, m, n), pad,
+            np.ascontiguousarray(alpha.detach().to(torch.float32).numpy()),
+            _channel_vec(scale), _channel_vec(bias), p * n >= BMM_FMA_MIN_MACS, out)
+    if _parallel_threads(p * m * n) > 1:
+        _run_threaded(cpu_jit.multibit_epilogue_parallel, kernel_threads(), *args)
+    else:
+        cpu_jit.multibit_epilogue(*args)
+    return torch.from_numpy(out)
 
 
 #: the conv's int32 dots (never returned) go to a buffer kept for the calling thread's next

@@ -468,3 +468,106 @@ def stream_read_parallel(words: np.ndarray) -> np.uint64:
     for i in prange(words.shape[0]):
         total += words[i]
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple binarization (Tang et al.): int8 unpacking and the float combination of the planes
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a * b + c`` in float32 rounded once (LLVM ``fma``: the FMA instruction where the CPU
+    has one, an exact software fallback elsewhere)."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
+        return None
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+def _pm1_byte_table() -> np.ndarray:
+    """``table[b]``: 8 int8 bytes as a uint64, byte j = -1 (0xFF) if bit j of b is set else +1."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.ascontiguousarray((1 - 2 * bits).astype(np.int8)).view(np.uint64).reshape(256)
+
+
+_PM1_BYTES = _pm1_byte_table()
+
+
+@njit(**_JIT)
+def _unpack_pm1_rows(src: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+    table = _PM1_BYTES
+    for r in range(r0, r1):
+        for j in range(src.shape[1]):
+            out[r, j] = table[src[r, j]]
+
+
+@njit(**_JIT)
+def unpack_pm1_int8(src: np.ndarray, out: np.ndarray) -> None:
+    """Packed sign bytes to int8 +-1, one thread: ``out`` (R, B) uint64 is the (R, 8 B) int8
+    result viewed 8 bytes at a time, ``int8 byte 8 j + i = 1 - 2 bit_i(src[r, j])`` (zero
+    padding bits become +1). One table load and one 8-byte store per packed byte, where
+    ``np.unpackbits`` followed by ``1 - 2 bits`` makes three passes over the int8 size."""
+    _unpack_pm1_rows(src, out, 0, src.shape[0])
+
+
+@njit(**_PJIT)
+def unpack_pm1_int8_parallel(src: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:
+    """:func:`unpack_pm1_int8` on numba's thread pool, blocks of ``rows_per_task`` rows."""
+    n_rows = src.shape[0]
+    for b in prange((n_rows + rows_per_task - 1) // rows_per_task):
+        r0 = b * rows_per_task
+        _unpack_pm1_rows(src, out, r0, min(r0 + rows_per_task, n_rows))
+
+
+@njit(**_EXACT)
+def _multibit_epilogue_rows(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
+                            bias: np.ndarray, fused: bool, out: np.ndarray, m0: int,
+                            m1: int) -> None:
+    planes, _, n_cols = dots.shape
+    has_scale, has_bias = scale.shape[0] > 0, bias.shape[0] > 0
+    for m in range(m0, m1):
+        row = out[m]
+        row[:] = np.float32(0.0)
+        for p in range(planes):  # planes in order, each a vector pass over the row
+            a = alpha[p, m]
+            plane = dots[p, m]
+            if fused:
+                for n in range(n_cols):
+                    row[n] = _fma32(a, np.float32(plane[n] - pad), row[n])
+            else:
+                for n in range(n_cols):
+                    row[n] = row[n] + a * np.float32(plane[n] - pad)
+        if has_scale:
+            for n in range(n_cols):
+                row[n] = row[n] * scale[n]
+        if has_bias:
+            for n in range(n_cols):
+                row[n] = row[n] + bias[n]
+
+
+@njit(**_EXACT)
+def multibit_epilogue(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
+                      bias: np.ndarray, fused: bool, out: np.ndarray) -> None:
+    """``out[m, n] = (sum_p alpha[p, m] * (dots[p, m, n] - pad)) * scale[n] + bias[n]``, float32,
+    one thread.
+
+    dots (P, M, N) int32 (``pad``: the zero padding bits the int8 path counted as +1 * +1,
+    0 from the popcount path); alpha (P, M) float32; scale, bias float32 (N,) or empty (no
+    multiply / no add). The sum runs over the planes in order from 0.0, each term added with
+    one rounding (``fused``: a fused multiply-add) or two (product, then sum); then one
+    rounding for the scale and one for the bias (compiled without fastmath, so nothing else
+    is fused or reordered).
+    """
+    _multibit_epilogue_rows(dots, pad, alpha, scale, bias, fused, out, 0, out.shape[0])
+
+
+@njit(**dict(_EXACT, parallel=True))
+def multibit_epilogue_parallel(dots: np.ndarray, pad: int, alpha: np.ndarray,
+                               scale: np.ndarray, bias: np.ndarray, fused: bool,
+                               out: np.ndarray) -> None:
+    """:func:`multibit_epilogue` on numba's thread pool, one output row per task."""
+    for m in prange(out.shape[0]):
+        _multibit_epilogue_rows(dots, pad, alpha, scale, bias, fused, out, m, m + 1)
