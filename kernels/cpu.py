@@ -385,10 +385,10 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
 #: the weights plus a cheap per-row term, the popcount loop (``vpshufb`` popcounts where the CPU
 #: has no ``vpopcntq``) a larger per-row term; measured N = K = 4096 on the 2-core bench
 #: machine (Cascade Lake, VNNI): equal near 48 rows, 512 rows 24 vs 60 ms.
-MULTIBIT_INT8_MIN_ROWS = 48
+MULTIBIT_INT8_MIN_ROWS = 320
 #: ... and from this many output channels: for few (a classifier head) unpacking the
 #: activations to int8 costs more than the popcount loop over the weights.
-MULTIBIT_INT8_MIN_N = 64
+MULTIBIT_INT8_MIN_N = 1024
 #: torch's ``bmm`` (which ``einsum`` ran) sums the planes with fused multiply-adds (BLAS) from
 #: this many multiply-adds per row (P N), with a product-then-sum loop below it; the compiled
 #: epilogue rounds the same way, so the results are bit for bit those of the einsum it replaced.
@@ -434,11 +434,42 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     args = (dots.numpy().reshape(p, m, n), pad,
             np.ascontiguousarray(alpha.detach().to(torch.float32).numpy()),
             _channel_vec(scale), _channel_vec(bias), p * n >= BMM_FMA_MIN_MACS, out)
-    if _parallel_threads(p * m * n) > 1:
-        _run_threaded(cpu_jit.multibit_epilogue_parallel, kernel_threads(), *args)
-    else:
-        cpu_jit.multibit_epilogue(*args)
+    cpu_jit.multibit_epilogue(*args)  # one thread: measured faster than two here
     return torch.from_numpy(out)
+
+
+def residual_sign_planes(x: Tensor, num_planes: int,
+                         per_sample: bool) -> tuple[Tensor, Tensor]:
+    """Tang et al.'s residual binarization of float32 ``x`` (B, ..., K), C-contiguous, with the
+    planes packed: ``(planes (P, rows, ceil(K/32)) int32, alphas)``, ``rows`` = x.numel() / K.
+
+    ``E_1 = x``; ``H_i = sign(E_i)`` (sign(0) = +1); ``alpha_i = mean|E_i|`` over every dim but
+    the first (``per_sample``: ``alphas`` (P, B)) or over all (``alphas`` (P,));
+    ``E_{i+1} = x - sum_{j<=i} alpha_j H_j``. Bit for bit ``bnnbench.functional.
+    residual_planes`` followed by ``pack_signs``: one compiled pass per plane
+    (:func:`bnnbench.kernels.cpu_jit.residual_sign_step`) makes |E_i| and the packed H_i (no
+    +-1 float planes), and the mean is torch's, on a tensor equal to its ``E_i.abs()``.
+    """
+    k = x.shape[-1]
+    rows_x = x.detach().numpy().reshape(-1, k)
+    rows, nbytes = rows_x.shape[0], 4 * num_words(k)
+    dims = tuple(range(1, x.dim())) if per_sample else tuple(range(x.dim()))
+    rows_per_sample = rows // max(x.shape[0], 1) if per_sample else rows
+    approx = np.zeros_like(rows_x)
+    abs_err = np.empty_like(rows_x)
+    bits = np.zeros((num_planes, rows, nbytes), dtype=np.uint8)
+    row_alpha = np.zeros(rows, dtype=np.float32)
+    alphas = []
+    for i in range(num_planes):  # one thread: memory-bound, and measured slower on two
+        cpu_jit.residual_sign_step(rows_x, approx, bits[i - 1] if i else bits[0], row_alpha,
+                                   i == 0, abs_err, bits[i])
+        a = torch.from_numpy(abs_err).view(x.shape).mean(dim=dims, keepdim=per_sample)
+        alphas.append(a.reshape(-1) if per_sample else a)
+        if i + 1 < num_planes:
+            row_alpha[:] = np.repeat(a.reshape(-1).numpy(), rows_per_sample) if per_sample \
+                else a.item()
+    planes = torch.from_numpy(bits.view(np.int32))
+    return planes, torch.stack(alphas)
 
 
 #: the conv's int32 dots (never returned) go to a buffer kept for the calling thread's next

@@ -523,12 +523,21 @@ def unpack_pm1_int8_parallel(src: np.ndarray, out: np.ndarray, rows_per_task: in
 
 
 @njit(**_EXACT)
-def _multibit_epilogue_rows(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
-                            bias: np.ndarray, fused: bool, out: np.ndarray, m0: int,
-                            m1: int) -> None:
+def multibit_epilogue(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
+                      bias: np.ndarray, fused: bool, out: np.ndarray) -> None:
+    """``out[m, n] = (sum_p alpha[p, m] * (dots[p, m, n] - pad)) * scale[n] + bias[n]``, float32,
+    one thread.
+
+    dots (P, M, N) int32 (``pad``: the zero padding bits the int8 path counted as +1 * +1,
+    0 from the popcount path); alpha (P, M) float32; scale, bias float32 (N,) or empty (no
+    multiply / no add). The sum runs over the planes in order from 0.0, each term added with
+    one rounding (``fused``: a fused multiply-add) or two (product, then sum); then one
+    rounding for the scale and one for the bias (compiled without fastmath, so nothing else
+    is fused or reordered).
+    """
     planes, _, n_cols = dots.shape
     has_scale, has_bias = scale.shape[0] > 0, bias.shape[0] > 0
-    for m in range(m0, m1):
+    for m in range(out.shape[0]):
         row = out[m]
         row[:] = np.float32(0.0)
         for p in range(planes):  # planes in order, each a vector pass over the row
@@ -549,25 +558,33 @@ def _multibit_epilogue_rows(dots: np.ndarray, pad: int, alpha: np.ndarray, scale
 
 
 @njit(**_EXACT)
-def multibit_epilogue(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
-                      bias: np.ndarray, fused: bool, out: np.ndarray) -> None:
-    """``out[m, n] = (sum_p alpha[p, m] * (dots[p, m, n] - pad)) * scale[n] + bias[n]``, float32,
-    one thread.
+def residual_sign_step(x: np.ndarray, approx: np.ndarray, prev_bits: np.ndarray,
+                       prev_alpha: np.ndarray, first: bool, abs_err: np.ndarray,
+                       bits: np.ndarray) -> None:
+    """One step of Tang et al.'s residual binarization on float32 rows, one thread.
 
-    dots (P, M, N) int32 (``pad``: the zero padding bits the int8 path counted as +1 * +1,
-    0 from the popcount path); alpha (P, M) float32; scale, bias float32 (N,) or empty (no
-    multiply / no add). The sum runs over the planes in order from 0.0, each term added with
-    one rounding (``fused``: a fused multiply-add) or two (product, then sum); then one
-    rounding for the scale and one for the bias (compiled without fastmath, so nothing else
-    is fused or reordered).
+    Unless ``first``: ``approx += prev_alpha[r] * H_prev`` (H_prev = +-1 from ``prev_bits``,
+    the previous plane); then ``E = x - approx``, ``abs_err = |E|`` and the packed signs of
+    ``H = sign(E)`` (sign(0) = +1) into ``bits`` (R, 4 KW) uint8 (LSB first, padding 0).
+    x, approx, abs_err (R, K) float32 (approx starts at 0.0); prev_alpha (R,) float32.
+    Compiled without fastmath: ``alpha * (+-1)`` is exact, and each subtraction and addition
+    is rounded once, as the torch ops of ``bnnbench.functional.residual_planes`` round them.
+    The caller takes ``alpha = mean(abs_err)`` with torch (its summation order). One thread:
+    the pass is memory-bound, and two measured slower on the bench machine.
     """
-    _multibit_epilogue_rows(dots, pad, alpha, scale, bias, fused, out, 0, out.shape[0])
-
-
-@njit(**dict(_EXACT, parallel=True))
-def multibit_epilogue_parallel(dots: np.ndarray, pad: int, alpha: np.ndarray,
-                               scale: np.ndarray, bias: np.ndarray, fused: bool,
-                               out: np.ndarray) -> None:
-    """:func:`multibit_epilogue` on numba's thread pool, one output row per task."""
-    for m in prange(out.shape[0]):
-        _multibit_epilogue_rows(dots, pad, alpha, scale, bias, fused, out, m, m + 1)
+    k = x.shape[1]
+    nbytes = bits.shape[1]
+    neg = np.zeros(8 * nbytes, np.uint8)  # the bytes past k stay 0: zero padding bits
+    neg64 = neg.view(np.uint64)
+    for r in range(x.shape[0]):
+        if not first:  # approx += alpha_{i-1} H_{i-1}, H from the previous plane's bits
+            a = prev_alpha[r]
+            for i in range(k):
+                h = -a if (prev_bits[r, i >> 3] >> (i & 7)) & 1 else a
+                approx[r, i] = approx[r, i] + h
+        for i in range(k):
+            e = x[r, i] - approx[r, i]
+            abs_err[r, i] = abs(e)
+            neg[i] = not e >= 0  # H = sign(E), sign(0) = +1; NaN -> -1 as torch.where does
+        for j in range(nbytes):
+            bits[r, j] = np.uint8((neg64[j] * _BYTE_GATHER) >> np.uint64(56))
