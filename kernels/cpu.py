@@ -25,6 +25,12 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
   bf16 activations).
 
+* **multiple binarization** (:func:`multibit_xnor_gemm`, Tang et al.): all P planes' rows in
+  one popcount loop, or one int8 matmul (many rows: :data:`MULTIBIT_INT8_MIN_ROWS`) after a
+  compiled unpacking (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), then one compiled
+  pass sums the planes with their alphas (:func:`bnnbench.kernels.cpu_jit.multibit_epilogue`);
+  :func:`residual_sign_planes` makes the packed planes themselves.
+
 * **sign packing** (:func:`pack_signs`): compiled too
   (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs_at`), one pass over float32 rows.
 
@@ -381,14 +387,16 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
 
 
 #: multibit GEMM: unpack to int8 + ``torch._int_mm`` (VNNI) from this many plane rows (P M),
-#: the popcount loop below. Both costs grow with N K: the int8 path pays a fixed unpacking of
-#: the weights plus a cheap per-row term, the popcount loop (``vpshufb`` popcounts where the CPU
-#: has no ``vpopcntq``) a larger per-row term; measured N = K = 4096 on the 2-core bench
-#: machine (Cascade Lake, VNNI): equal near 48 rows, 512 rows 24 vs 60 ms.
+#: the popcount loop below. The int8 path pays a fixed unpacking of the weights (~4 ms at
+#: N = K = 4096) and a smaller per-row cost than the popcount loop (``vpshufb`` popcounts:
+#: the bench machine, a 2-core Cascade Lake, has VNNI but no ``vpopcntq``). N = K = 4096,
+#: two planes, best of 10 interleaved at load ~1.4: 256 rows 16.2 vs 15.7 ms (int8 vs
+#: popcount), 384 rows 20.7 vs 25.9, 512 rows 25.4 vs 34.3. Noisy: ``_int_mm`` runs on torch's
+#: OpenMP threads, which lose more than numba's dynamically scheduled loop on a busy machine.
 MULTIBIT_INT8_MIN_ROWS = 320
-#: ... and from this many output channels: for few (a classifier head) unpacking the
-#: activations to int8 costs more than the popcount loop over the weights.
-MULTIBIT_INT8_MIN_N = 1024
+#: ... and from this many output channels (N = 1024, 512 rows: 24.0 vs 15.2 ms; 2048: 41.5 vs
+#: 46.2 at load 2.3, 32.5 vs 29.3 at load 2.2; a classifier head stays on the popcount loop).
+MULTIBIT_INT8_MIN_N = 2048
 #: torch's ``bmm`` (which ``einsum`` ran) sums the planes with fused multiply-adds (BLAS) from
 #: this many multiply-adds per row (P N), with a product-then-sum loop below it; the compiled
 #: epilogue rounds the same way, so the results are bit for bit those of the einsum it replaced.
