@@ -405,16 +405,13 @@ BMM_FMA_MIN_MACS = 400
 
 def _unpack_pm1_int8(packed: Tensor) -> Tensor:
     """(R, KW) int32 words -> (R, 32 KW) int8 +-1 over all bits (zero padding bits become +1),
-    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), threaded for large R KW."""
+    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), on one thread: a ``prange``
+    variant (numba's TBB pool, then torch's OpenMP ``_int_mm``) measured ~5 ms faster at
+    N = K = 4096 but crashed the Tang MLP bench process in about one run of four (segfault in
+    the next custom op call), which the one-thread loop never did (TODO: find out why)."""
     src = _words(packed).view(np.uint8)
-    rows, nbytes = src.shape
-    out = np.empty((rows, nbytes), dtype=np.uint64)
-    threads = _parallel_threads(rows * nbytes)
-    if threads > 1:
-        rows_per_task = max(1, -(-rows // (8 * threads)))
-        _run_threaded(cpu_jit.unpack_pm1_int8_parallel, threads, src, out, rows_per_task)
-    else:
-        cpu_jit.unpack_pm1_int8(src, out)
+    out = np.empty(src.shape, dtype=np.uint64)
+    cpu_jit.unpack_pm1_int8(src, out)
     return torch.from_numpy(out.view(np.int8))
 
 

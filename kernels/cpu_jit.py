@@ -497,29 +497,15 @@ _PM1_BYTES = _pm1_byte_table()
 
 
 @njit(**_JIT)
-def _unpack_pm1_rows(src: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
-    table = _PM1_BYTES
-    for r in range(r0, r1):
-        for j in range(src.shape[1]):
-            out[r, j] = table[src[r, j]]
-
-
-@njit(**_JIT)
 def unpack_pm1_int8(src: np.ndarray, out: np.ndarray) -> None:
     """Packed sign bytes to int8 +-1, one thread: ``out`` (R, B) uint64 is the (R, 8 B) int8
     result viewed 8 bytes at a time, ``int8 byte 8 j + i = 1 - 2 bit_i(src[r, j])`` (zero
     padding bits become +1). One table load and one 8-byte store per packed byte, where
     ``np.unpackbits`` followed by ``1 - 2 bits`` makes three passes over the int8 size."""
-    _unpack_pm1_rows(src, out, 0, src.shape[0])
-
-
-@njit(**_PJIT)
-def unpack_pm1_int8_parallel(src: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:
-    """:func:`unpack_pm1_int8` on numba's thread pool, blocks of ``rows_per_task`` rows."""
-    n_rows = src.shape[0]
-    for b in prange((n_rows + rows_per_task - 1) // rows_per_task):
-        r0 = b * rows_per_task
-        _unpack_pm1_rows(src, out, r0, min(r0 + rows_per_task, n_rows))
+    table = _PM1_BYTES
+    for r in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            out[r, j] = table[src[r, j]]
 
 
 @njit(**_EXACT)
