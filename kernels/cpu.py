@@ -405,10 +405,9 @@ BMM_FMA_MIN_MACS = 400
 
 def _unpack_pm1_int8(packed: Tensor) -> Tensor:
     """(R, KW) int32 words -> (R, 32 KW) int8 +-1 over all bits (zero padding bits become +1),
-    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), on one thread: a ``prange``
-    variant (numba's TBB pool, then torch's OpenMP ``_int_mm``) measured ~5 ms faster at
-    N = K = 4096 but crashed the Tang MLP bench process in about one run of four (segfault in
-    the next custom op call; cause not found), which the one-thread loop never did in 13 runs."""
+    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), on one thread (a ``prange``
+    variant measured ~5 ms faster at N = K = 4096, 512 rows, but was dropped while chasing
+    segfaults that then went away with the stale numba cache files; not re-measured since)."""
     src = _words(packed).view(np.uint8)
     out = np.empty(src.shape, dtype=np.uint64)
     cpu_jit.unpack_pm1_int8(src, out)
