@@ -25,6 +25,12 @@ chosen by the shapes (thresholds below, measured on a 2-core AVX-512 EPYC; see
   ``BW_LUT_MAX_M`` rows: unpack the weights to +-1 floats and use a float matmul (bf16 for
   bf16 activations).
 
+* **multiple binarization** (:func:`multibit_xnor_gemm`, Tang et al.): all P planes' rows in
+  one popcount loop, or one int8 matmul (many rows: :data:`MULTIBIT_INT8_MIN_ROWS`) after a
+  compiled unpacking (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), then one compiled
+  pass sums the planes with their alphas (:func:`bnnbench.kernels.cpu_jit.multibit_epilogue`);
+  :func:`residual_sign_planes` makes the packed planes themselves.
+
 * **sign packing** (:func:`pack_signs`): compiled too
   (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs_at`), one pass over float32 rows.
 
@@ -380,13 +386,94 @@ def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     return _scale_bias_(y, scale, bias).to(x.dtype)
 
 
+#: multibit GEMM: unpack to int8 + ``torch._int_mm`` (VNNI) from this many plane rows (P M),
+#: the popcount loop below. The int8 path pays a fixed unpacking of the weights (~4 ms at
+#: N = K = 4096) and a smaller per-row cost than the popcount loop (``vpshufb`` popcounts:
+#: the bench machine, a 2-core Cascade Lake, has VNNI but no ``vpopcntq``). N = K = 4096,
+#: two planes, best of 10 interleaved at load ~1.4: 256 rows 16.2 vs 15.7 ms (int8 vs
+#: popcount), 384 rows 20.7 vs 25.9, 512 rows 25.4 vs 34.3. Noisy: ``_int_mm`` runs on torch's
+#: OpenMP threads, which lose more than numba's dynamically scheduled loop on a busy machine.
+MULTIBIT_INT8_MIN_ROWS = 320
+#: ... and from this many output channels (N = 1024, 512 rows: 24.0 vs 15.2 ms; 2048: 41.5 vs
+#: 46.2 at load 2.3, 32.5 vs 29.3 at load 2.2; a classifier head stays on the popcount loop).
+MULTIBIT_INT8_MIN_N = 2048
+#: torch's ``bmm`` (which ``einsum`` ran) sums the planes with fused multiply-adds (BLAS) from
+#: this many multiply-adds per row (P N), with a product-then-sum loop below it; the compiled
+#: epilogue rounds the same way, so the results are bit for bit those of the einsum it replaced.
+BMM_FMA_MIN_MACS = 400
+
+
+def _unpack_pm1_int8(packed: Tensor) -> Tensor:
+    """(R, KW) int32 words -> (R, 32 KW) int8 +-1 over all bits (zero padding bits become +1),
+    compiled (:func:`bnnbench.kernels.cpu_jit.unpack_pm1_int8`), on one thread (a ``prange``
+    variant measured ~5 ms faster at N = K = 4096, 512 rows, but was dropped while chasing
+    segfaults that then went away with the stale numba cache files; not re-measured since)."""
+    src = _words(packed).view(np.uint8)
+    out = np.empty(src.shape, dtype=np.uint64)
+    cpu_jit.unpack_pm1_int8(src, out)
+    return torch.from_numpy(out.view(np.int8))
+
+
 def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
                        scale: Tensor | None, bias: Tensor | None) -> Tensor:
-    """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call."""
+    """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call.
+
+    The P M plane rows are one operand: the int32 dots come from one popcount loop over the
+    packed weights (few rows) or from one int8 matmul after a compiled unpacking (many rows,
+    :data:`MULTIBIT_INT8_MIN_ROWS`); one compiled pass (:func:`bnnbench.kernels.cpu_jit.
+    multibit_epilogue`, one thread) then sums the planes with their alphas and
+    applies scale and bias, rounding as the torch ops it replaced did
+    (:data:`BMM_FMA_MIN_MACS`).
+    """
     p, m, kw = a_planes.shape
-    dots = xnor_gemm(a_planes.reshape(p * m, kw), w_packed, k).view(p, m, -1)
-    y = torch.einsum("pm,pmn->mn", alpha.to(torch.float32), dots.to(torch.float32))
-    return _scale_bias_(y, scale, bias)
+    n = w_packed.shape[0]
+    rows = a_planes.reshape(p * m, kw)
+    pad = 0
+    if p * m >= MULTIBIT_INT8_MIN_ROWS and n >= MULTIBIT_INT8_MIN_N:
+        dots = int8_matmul(_unpack_pm1_int8(rows), _unpack_pm1_int8(w_packed))
+        pad = kw * WORD_BITS - k  # the padding bits, +1 in both operands
+    else:
+        dots = _popcount_gemm(rows, w_packed, k)
+    out = np.empty((m, n), dtype=np.float32)
+    args = (dots.numpy().reshape(p, m, n), pad,
+            np.ascontiguousarray(alpha.detach().to(torch.float32).numpy()),
+            _channel_vec(scale), _channel_vec(bias), p * n >= BMM_FMA_MIN_MACS, out)
+    cpu_jit.multibit_epilogue(*args)  # one thread: measured faster than two here
+    return torch.from_numpy(out)
+
+
+def residual_sign_planes(x: Tensor, num_planes: int,
+                         per_sample: bool) -> tuple[Tensor, Tensor]:
+    """Tang et al.'s residual binarization of float32 ``x`` (B, ..., K), C-contiguous, with the
+    planes packed: ``(planes (P, rows, ceil(K/32)) int32, alphas)``, ``rows`` = x.numel() / K.
+
+    ``E_1 = x``; ``H_i = sign(E_i)`` (sign(0) = +1); ``alpha_i = mean|E_i|`` over every dim but
+    the first (``per_sample``: ``alphas`` (P, B)) or over all (``alphas`` (P,));
+    ``E_{i+1} = x - sum_{j<=i} alpha_j H_j``. Bit for bit ``bnnbench.functional.
+    residual_planes`` followed by ``pack_signs``: one compiled pass per plane
+    (:func:`bnnbench.kernels.cpu_jit.residual_sign_step`) makes |E_i| and the packed H_i (no
+    +-1 float planes), and the mean is torch's, on a tensor equal to its ``E_i.abs()``.
+    """
+    k = x.shape[-1]
+    rows_x = x.detach().numpy().reshape(-1, k)
+    rows, nbytes = rows_x.shape[0], 4 * num_words(k)
+    dims = tuple(range(1, x.dim())) if per_sample else tuple(range(x.dim()))
+    rows_per_sample = rows // max(x.shape[0], 1) if per_sample else rows
+    approx = np.zeros_like(rows_x)
+    abs_err = np.empty_like(rows_x)
+    bits = np.zeros((num_planes, rows, nbytes), dtype=np.uint8)
+    row_alpha = np.zeros(rows, dtype=np.float32)
+    alphas = []
+    for i in range(num_planes):  # one thread: memory-bound, and measured slower on two
+        cpu_jit.residual_sign_step(rows_x, approx, bits[i - 1] if i else bits[0], row_alpha,
+                                   i == 0, abs_err, bits[i])
+        a = torch.from_numpy(abs_err).view(x.shape).mean(dim=dims, keepdim=per_sample)
+        alphas.append(a.reshape(-1) if per_sample else a)
+        if i + 1 < num_planes:
+            row_alpha[:] = np.repeat(a.reshape(-1).numpy(), rows_per_sample) if per_sample \
+                else a.item()
+    planes = torch.from_numpy(bits.view(np.int32))
+    return planes, torch.stack(alphas)
 
 
 #: the conv's int32 dots (never returned) go to a buffer kept for the calling thread's next

@@ -468,3 +468,109 @@ def stream_read_parallel(words: np.ndarray) -> np.uint64:
     for i in prange(words.shape[0]):
         total += words[i]
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple binarization (Tang et al.): int8 unpacking and the float combination of the planes
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a * b + c`` in float32 rounded once (LLVM ``fma``: the FMA instruction where the CPU
+    has one, an exact software fallback elsewhere)."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
+        return None
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+def _pm1_byte_table() -> np.ndarray:
+    """``table[b]``: 8 int8 bytes as a uint64, byte j = -1 (0xFF) if bit j of b is set else +1."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.ascontiguousarray((1 - 2 * bits).astype(np.int8)).view(np.uint64).reshape(256)
+
+
+_PM1_BYTES = _pm1_byte_table()
+
+
+@njit(**_JIT)
+def unpack_pm1_int8(src: np.ndarray, out: np.ndarray) -> None:
+    """Packed sign bytes to int8 +-1, one thread: ``out`` (R, B) uint64 is the (R, 8 B) int8
+    result viewed 8 bytes at a time, ``int8 byte 8 j + i = 1 - 2 bit_i(src[r, j])`` (zero
+    padding bits become +1). One table load and one 8-byte store per packed byte, where
+    ``np.unpackbits`` followed by ``1 - 2 bits`` makes three passes over the int8 size."""
+    table = _PM1_BYTES
+    for r in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            out[r, j] = table[src[r, j]]
+
+
+@njit(**_EXACT)
+def multibit_epilogue(dots: np.ndarray, pad: int, alpha: np.ndarray, scale: np.ndarray,
+                      bias: np.ndarray, fused: bool, out: np.ndarray) -> None:
+    """``out[m, n] = (sum_p alpha[p, m] * (dots[p, m, n] - pad)) * scale[n] + bias[n]``, float32,
+    one thread.
+
+    dots (P, M, N) int32 (``pad``: the zero padding bits the int8 path counted as +1 * +1,
+    0 from the popcount path); alpha (P, M) float32; scale, bias float32 (N,) or empty (no
+    multiply / no add). The sum runs over the planes in order from 0.0, each term added with
+    one rounding (``fused``: a fused multiply-add) or two (product, then sum); then one
+    rounding for the scale and one for the bias (compiled without fastmath, so nothing else
+    is fused or reordered).
+    """
+    planes, _, n_cols = dots.shape
+    has_scale, has_bias = scale.shape[0] > 0, bias.shape[0] > 0
+    for m in range(out.shape[0]):
+        row = out[m]
+        row[:] = np.float32(0.0)
+        for p in range(planes):  # planes in order, each a vector pass over the row
+            a = alpha[p, m]
+            plane = dots[p, m]
+            if fused:
+                for n in range(n_cols):
+                    row[n] = _fma32(a, np.float32(plane[n] - pad), row[n])
+            else:
+                for n in range(n_cols):
+                    row[n] = row[n] + a * np.float32(plane[n] - pad)
+        if has_scale:
+            for n in range(n_cols):
+                row[n] = row[n] * scale[n]
+        if has_bias:
+            for n in range(n_cols):
+                row[n] = row[n] + bias[n]
+
+
+@njit(**_EXACT)
+def residual_sign_step(x: np.ndarray, approx: np.ndarray, prev_bits: np.ndarray,
+                       prev_alpha: np.ndarray, first: bool, abs_err: np.ndarray,
+                       bits: np.ndarray) -> None:
+    """One step of Tang et al.'s residual binarization on float32 rows, one thread.
+
+    Unless ``first``: ``approx += prev_alpha[r] * H_prev`` (H_prev = +-1 from ``prev_bits``,
+    the previous plane); then ``E = x - approx``, ``abs_err = |E|`` and the packed signs of
+    ``H = sign(E)`` (sign(0) = +1) into ``bits`` (R, 4 KW) uint8 (LSB first, padding 0).
+    x, approx, abs_err (R, K) float32 (approx starts at 0.0); prev_alpha (R,) float32.
+    Compiled without fastmath: ``alpha * (+-1)`` is exact, and each subtraction and addition
+    is rounded once, as the torch ops of ``bnnbench.functional.residual_planes`` round them.
+    The caller takes ``alpha = mean(abs_err)`` with torch (its summation order). One thread:
+    the pass is memory-bound, and two measured slower on the bench machine.
+    """
+    k = x.shape[1]
+    nbytes = bits.shape[1]
+    neg = np.zeros(8 * nbytes, np.uint8)  # the bytes past k stay 0: zero padding bits
+    neg64 = neg.view(np.uint64)
+    for r in range(x.shape[0]):
+        if not first:  # approx += alpha_{i-1} H_{i-1}, H from the previous plane's bits
+            a = prev_alpha[r]
+            for i in range(k):
+                h = -a if (prev_bits[r, i >> 3] >> (i & 7)) & 1 else a
+                approx[r, i] = approx[r, i] + h
+        for i in range(k):
+            e = x[r, i] - approx[r, i]
+            abs_err[r, i] = abs(e)
+            neg[i] = not e >= 0  # H = sign(E), sign(0) = +1; NaN -> -1 as torch.where does
+        for j in range(nbytes):
+            bits[r, j] = np.uint8((neg64[j] * _BYTE_GATHER) >> np.uint64(56))

@@ -129,20 +129,33 @@ def _binary_weight_linear(self: nn.Module, x: Tensor) -> Tensor:
     return _kernels().binary_weight_gemm(x, self.xnor_weight, self.xnor_scale, self.bias)
 
 
+def _compiled_planes(x: Tensor) -> bool:
+    """Whether the CPU kernels' residual binarization (bit for bit ``residual_planes`` +
+    ``pack_signs``) applies: eager float32 contiguous CPU input with a batch dim."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2
+            and x.is_contiguous() and type(x) is Tensor and not x.requires_grad
+            and not torch.compiler.is_compiling())
+
+
 def _residual_linear(self: nn.Module, x: Tensor) -> Tensor:
     """Tang: sum_i a_i xnor_dot(H_i, W) (* alpha_o) + b in one multibit_xnor_gemm launch."""
     from bnnbench.functional import residual_planes
 
     K = _kernels()
     iq = self.input_quantizer
-    _, planes, alphas = residual_planes(x, iq.num_bits, iq.per_sample)
+    if _compiled_planes(x):  # the same planes and alphas, packed in compiled passes
+        from bnnbench.kernels import cpu
+
+        packed, alphas = cpu.residual_sign_planes(x, iq.num_bits, iq.per_sample)
+    else:
+        _, planes, alphas = residual_planes(x, iq.num_bits, iq.per_sample)
+        packed = K.pack_signs(torch.stack([_linear_rows(h) for h in planes]))
     rows = x.shape[:-1].numel()
     if iq.per_sample:  # one alpha per sample, repeated over the sample's rows
         alphas = alphas.reshape(iq.num_bits, x.shape[0], 1).expand(
             -1, -1, rows // max(x.shape[0], 1)).reshape(iq.num_bits, rows)
     else:
         alphas = alphas.reshape(iq.num_bits, 1).expand(-1, rows)
-    packed = K.pack_signs(torch.stack([_linear_rows(h) for h in planes]))
     y = K.multibit_xnor_gemm(packed, self.xnor_weight, alphas.to(torch.float32).contiguous(),
                              x.shape[-1], self.xnor_scale, self.bias)
     return y.to(x.dtype).reshape(*x.shape[:-1], -1)

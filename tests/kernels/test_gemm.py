@@ -155,9 +155,18 @@ def test_residual_binarize_reconstructs():
     assert err[0] > err[1] > err[2]
 
 
+@pytest.fixture(params=["popcount", "int8"])
+def multibit_path(request, monkeypatch):
+    """Force one of the two CPU strategies of multibit_xnor_gemm regardless of the shape."""
+    int8 = request.param == "int8"
+    monkeypatch.setattr(C, "MULTIBIT_INT8_MIN_ROWS", 0 if int8 else 1 << 30)
+    monkeypatch.setattr(C, "MULTIBIT_INT8_MIN_N", 0 if int8 else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("per_row", [True, False])
 @pytest.mark.parametrize("m,n,k,p", MB_SHAPES)
-def test_multibit_cpu(m, n, k, p, per_row):
+def test_multibit_cpu(m, n, k, p, per_row, multibit_path):
     planes, alpha, wp, scale, bias = _mb_operands(m, n, k, p, per_row)
     y = K.multibit_xnor_gemm(planes, wp, alpha, k, scale, bias, backend="cpu")
     _mb_check(y, planes, alpha, wp, k, scale, bias)
@@ -174,6 +183,51 @@ def test_multibit_triton_paths(m, n, k, p, per_row, path):
     pl, w_, al_, sc, bi = tdev(planes, wp, al, scale, bias)
     y = T.multibit_xnor_gemm(pl, w_, al_, k, sc, bi, path=path).cpu()
     _mb_check(y, planes, alpha, wp, k, scale, bias)
+
+
+@pytest.mark.parametrize("p,m,n,k", [(2, 5, 10, 1031), (2, 40, 300, 64), (3, 3, 133, 77),
+                                     (3, 3, 134, 77), (1, 17, 401, 33)])
+def test_multibit_cpu_rounds_as_einsum(p, m, n, k, multibit_path):
+    """The CPU plane sum is bit for bit ``torch.einsum`` over float32 dots, then ``* scale``
+    and ``+ bias`` (what the CPU path computed before its compiled epilogue): fused
+    multiply-adds from P N = 400 (torch's BLAS bmm), product-then-sum below (its plain loop)."""
+    planes = R.pack_signs_ref(rand_signs_source((p, m, k), seed=7))
+    wp = R.pack_signs_ref(rand_signs_source((n, k), seed=8))
+    g = torch.Generator().manual_seed(9)
+    alpha, scale, bias = torch.rand(p, m, generator=g) * 3, torch.rand(n, generator=g) + 0.5, \
+        torch.randn(n, generator=g)
+    dots = torch.stack([R.xnor_gemm_ref(planes[i], wp, k) for i in range(p)]).to(torch.float32)
+    want = torch.einsum("pm,pmn->mn", alpha, dots)
+    assert torch.equal(K.multibit_xnor_gemm(planes, wp, alpha, k, backend="cpu"), want)
+    want = want * scale + bias
+    assert torch.equal(K.multibit_xnor_gemm(planes, wp, alpha, k, scale, bias, backend="cpu"),
+                       want)
+
+
+@pytest.mark.parametrize("r,k", [(1, 1), (3, 33), (5, 1031), (2, 64)])
+def test_cpu_unpack_pm1_int8(r, k):
+    """The compiled unpacking gives the signs as int8 +-1, and +1 on the zero padding bits."""
+    packed = R.pack_signs_ref(rand_signs_source((r, k), seed=3))
+    got = C._unpack_pm1_int8(packed)
+    assert got.dtype == torch.int8 and got.shape == (r, packed.shape[1] * 32)
+    assert torch.equal(got[:, :k], R.unpack_signs_ref(packed, k, dtype=torch.int8))
+    assert bool((got[:, k:] == 1).all())
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+@pytest.mark.parametrize("planes", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(4, 100), (1, 33), (3, 5, 64), (7, 1031)])
+def test_cpu_residual_sign_planes(shape, planes, per_sample):
+    """The compiled residual binarization equals bnnbench's (functional.residual_planes, then
+    pack_signs) bit for bit: packed planes and alphas, exact zeros and -0.0 included."""
+    from bnnbench.functional import residual_planes
+
+    x = rand_signs_source(shape, seed=11) * 3
+    _, hs, alphas = residual_planes(x, planes, per_sample)
+    got_planes, got_alphas = C.residual_sign_planes(x, planes, per_sample)
+    assert torch.equal(got_planes, R.pack_signs_ref(torch.stack([h.reshape(-1, shape[-1])
+                                                                 for h in hs])))
+    assert got_alphas.shape == alphas.shape and torch.equal(got_alphas, alphas)
 
 
 def test_multibit_is_sum_of_planes():
