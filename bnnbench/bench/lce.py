@@ -34,14 +34,13 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from bnnbench.bench import GEOMETRY, MLP_4096, composed, trained_like_batchnorm
+from bnnbench.bench import GEOMETRY, MLP_4096, composed, median_ms, trained_like_batchnorm
 from bnnbench.errors import BnnbenchError
 from bnnbench.files import write_atomic
 from bnnbench.nn.layers import QuantLinear
@@ -214,20 +213,6 @@ def agreement(ours: np.ndarray, theirs: np.ndarray, exact: bool) -> tuple[bool, 
                 + ("" if ok else " (DIFFER)"))
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    import statistics
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def bnnbench_side(path: Path, inputs: dict[int, torch.Tensor],
                   layer_inputs: dict[int, torch.Tensor], layer: str, repeats: int,
@@ -246,7 +231,7 @@ def bnnbench_side(path: Path, inputs: dict[int, torch.Tensor],
                 outputs[(model, batch)] = fn(x).numpy()
                 for t in threads:
                     torch.set_num_threads(t)  # the compiled kernels follow torch's count
-                    times[(model, batch, t)] = _median_ms(lambda: fn(x), repeats)
+                    times[(model, batch, t)] = median_ms(lambda: fn(x), repeats, warmup=3)
     finally:
         torch.set_num_threads(saved)
     return times, outputs

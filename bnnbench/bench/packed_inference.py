@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bnnbench.bench import GEOMETRY, MLP_4096, composed, cpu_model, lce, trained_like_batchnorm
+from bnnbench.bench import (GEOMETRY, MLP_4096, composed, cpu_model, lce, median_ms,
+                            trained_like_batchnorm)
 from bnnbench.packed.format import load_packed, save_packed
 from bnnbench.spec import build_net
 from bnnbench.files import write_atomic
@@ -49,16 +48,6 @@ CASES = (  # (label, method, overrides, batch sizes, input geometry)
     ("resnet18 (ImageNet 224 px)", "bnn", ["model=resnet18"], (1, 8), IMAGENET),
     ("nin (ImageNet 224 px)", "bnn", ["model=nin"], (1, 8), IMAGENET),
 )
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
