@@ -158,12 +158,6 @@ def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> 
     return bits.to(dtype).mul_(-2).add_(1)
 
 
-def _unpack_int8_padded(packed: Tensor) -> Tensor:
-    """(R, KW) -> (R, KW*32) int8 +-1 over all bits (zero pad bits become +1)."""
-    bits = np.unpackbits(packed.contiguous().numpy().view(np.uint8), axis=-1, bitorder="little")
-    return torch.from_numpy((1 - 2 * bits.view(np.int8)).astype(np.int8, copy=False))
-
-
 def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
     """a (M, K) int8 @ b_t (N, K).T int8 -> (M, N) int32, exact."""
     try:
@@ -350,8 +344,8 @@ def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     m, kw = a_packed.shape
     if use_popcount(m, w_packed.shape[0]):
         return _popcount_gemm(a_packed, w_packed, k)
-    a8 = _unpack_int8_padded(a_packed)
-    w8 = _unpack_int8_padded(w_packed)
+    a8 = _unpack_pm1_int8(a_packed)
+    w8 = _unpack_pm1_int8(w_packed)
     return int8_matmul(a8, w8).sub_(kw * WORD_BITS - k)
 
 
