@@ -63,3 +63,8 @@ FAST = [
     "trainer.accelerator=cpu",
     "logger=csv",
 ]
+
+# ResNet-18's short fit: 2 train batches of 8, 1 val and 1 test batch of 8 (seconds on a CPU)
+RESNET18_FAST = ["model=resnet18", *(o for o in FAST if not o.startswith("+trainer.limit_")),
+                 "data.batch_size=8", "+data.eval_batch_size=8", "+trainer.limit_train_batches=2",
+                 "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]

@@ -27,7 +27,7 @@ from bnnbench.nn.layers import is_quantized, quantized_layers
 from bnnbench.nn.paper_layers import GradQuantLinear, Scale, XnorConv2d, XnorLinear
 from bnnbench.nn.shift import ShiftAdamax, ShiftBatchNorm, ap2
 from bnnbench.train import run
-from tests.conftest import CONF, FAST
+from tests.conftest import CONF, FAST, RESNET18_FAST
 
 METHODS = list_methods()
 MLP_KW = dict(hidden_features=64)
@@ -150,11 +150,8 @@ def test_convert_binarizes_the_right_layers(method, model):
 @pytest.mark.parametrize("model", ["mlp", "resnet18"])
 @pytest.mark.parametrize("method", METHODS)
 def test_short_fit_has_no_nan(make_cfg, method, model):
-    overrides = [f"+method={method}", f"model={model}", *FAST]
-    if model == "resnet18":  # 2 train batches of 8, 1 val and 1 test batch of 8: seconds on a CPU
-        overrides = [o for o in overrides if not o.startswith("+trainer.limit_")] + [
-            "data.batch_size=8", "+data.eval_batch_size=8", "+trainer.limit_train_batches=2",
-            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    overrides = [f"+method={method}",
+                 *(RESNET18_FAST if model == "resnet18" else [f"model={model}", *FAST])]
     record = run(make_cfg(overrides))
     assert record.method == method
     assert all(math.isfinite(v) for v in record.curves["train/loss"])

@@ -16,7 +16,7 @@ from bnnbench.recipes import source_names, warm_start
 from bnnbench.record import RunRecord
 from bnnbench.train import run
 from bnnbench.trained import load_checkpoint
-from tests.conftest import FAST
+from tests.conftest import FAST, RESNET18_FAST
 
 MLP = ["model.hidden_features=32"]
 
@@ -380,12 +380,6 @@ def test_fp_recipes_train_the_full_precision_host_first(make_cfg):
             assert "init" not in record.extra and len(record.curves["train/kd"]) == 1
 
 
-RESNET18_TINY = ["model=resnet18", "data.batch_size=8", "+data.eval_batch_size=8",
-                 "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-                 "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
-                 "trainer.accelerator=cpu", "logger=csv"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method, recipe", [("bireal", "two_stage"), ("reactnet", "fp_init")])
 def test_recipes_run_on_resnet18(make_cfg, method, recipe):
@@ -394,7 +388,7 @@ def test_recipes_run_on_resnet18(make_cfg, method, recipe):
     stage 2 hold ±1 weights where stage 1 held real ones."""
     from bnnbench.trained import load_trained
 
-    cfg = make_cfg([*RESNET18_TINY, f"+method={method}", f"+recipe={recipe}"])
+    cfg = make_cfg([*RESNET18_FAST, f"+method={method}", f"+recipe={recipe}"])
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     record = run(cfg)
     state1, _ = load_checkpoint(run_dir / "stage1" / "checkpoints" / "last.ckpt")
