@@ -73,27 +73,32 @@ def check_same_device(op: str, **tensors: Tensor | None) -> torch.device:
     """All given tensors on one device; returns it."""
     devs = {name: t.device for name, t in tensors.items() if t is not None}
     uniq = set(devs.values())
-    check(len(uniq) == 1, op, "tensors must be on one device, got "
-          + ", ".join(f"{k} on {v}" for k, v in devs.items()))
+    if len(uniq) != 1:  # messages are formatted only for bad input (a cold call pays for each)
+        raise KernelInputError(f"{op}: tensors must be on one device, got "
+                               + ", ".join(f"{k} on {v}" for k, v in devs.items()))
     return next(iter(uniq))
 
 
 def check_packed(t: Tensor, name: str, op: str, ndim: int | None = None) -> None:
-    if isinstance(t, Tensor) and t.dtype == torch.int32 and (ndim is None or t.dim() == ndim):
-        return  # (the messages below are only built for bad input)
-    check(isinstance(t, Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    check(t.dtype == torch.int32, op,
-          f"{name} must be int32 packed signs (from pack_signs), got dtype {t.dtype}")
-    if ndim is not None:
-        check(t.dim() == ndim, op, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if not isinstance(t, Tensor):
+        raise KernelInputError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32:
+        raise KernelInputError(
+            f"{op}: {name} must be int32 packed signs (from pack_signs), got dtype {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise KernelInputError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
 
 
 def check_words(t: Tensor, name: str, k: int, op: str, dim: int = -1) -> None:
     kw = num_words(k)
-    if t.shape[dim] == kw:
-        return
-    check(t.shape[dim] == kw, op, f"{name} has {t.shape[dim]} words along dim {dim} but "
-          f"k={k} needs ceil(k/32)={kw}")
+    if t.shape[dim] != kw:
+        raise KernelInputError(f"{op}: {name} has {t.shape[dim]} words along dim {dim} but "
+                               f"k={k} needs ceil(k/32)={kw}")
+
+
+def check_k(k: int, op: str) -> None:
+    if not (isinstance(k, int) and k >= 1):
+        raise KernelInputError(f"{op}: k must be a positive int, got {k!r}")
 
 
 def check_channel_vec(t: Tensor | None, name: str, n: int, op: str) -> None:
@@ -114,11 +119,11 @@ def pair(v: int | Sequence[int], name: str, op: str) -> tuple[int, int]:
 
 
 def check_float(t: Tensor, name: str, op: str) -> None:
-    if isinstance(t, Tensor) and t.dtype in FLOAT_DTYPES:
-        return
-    check(isinstance(t, Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    check(t.dtype in FLOAT_DTYPES, op,
-          f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    if not isinstance(t, Tensor):
+        raise KernelInputError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise KernelInputError(f"{op}: {name} must be float16, bfloat16 or float32, "
+                               f"got {t.dtype}")
 
 
 def conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
@@ -131,17 +136,9 @@ def conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
 # ---------------------------------------------------------------------------------------------
 def validate_xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, op: str) -> torch.device:
     """a (..., KW) and w (N, KW) int32 packed along K, KW = ceil(k/32), one device."""
-    # valid arguments in one expression: no message is built unless something is wrong (the
-    # checks below, which name the problem, formatted ~10 messages per call: ~100 us cold)
-    if (isinstance(a_packed, Tensor) and isinstance(w_packed, Tensor)
-            and a_packed.dtype == torch.int32 and w_packed.dtype == torch.int32
-            and w_packed.dim() == 2 and a_packed.dim() >= 1 and isinstance(k, int) and k >= 1
-            and a_packed.shape[-1] == w_packed.shape[-1] == num_words(k)
-            and a_packed.device == w_packed.device):
-        return a_packed.device
     check_packed(a_packed, "a_packed", op)
     check_packed(w_packed, "w_packed", op, 2)
-    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check_k(k, op)
     check(a_packed.dim() >= 1, op, "a_packed must have at least one dim")
     check_words(a_packed, "a_packed", k, op)
     check_words(w_packed, "w_packed", k, op)
@@ -167,7 +164,7 @@ def validate_multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tenso
     """planes (P, M, KW), w (N, KW), alpha (P,) or (P, M) float, scale/bias (N,) or None."""
     check_packed(a_planes, "a_planes", op, 3)
     check_packed(w_packed, "w_packed", op, 2)
-    check(isinstance(k, int) and k >= 1, op, f"k must be a positive int, got {k!r}")
+    check_k(k, op)
     check_words(a_planes, "a_planes", k, op)
     check_words(w_packed, "w_packed", k, op)
     p, m = a_planes.shape[0], a_planes.shape[1]

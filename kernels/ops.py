@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch
 from . import reference as ref
 from ._common import (
     FLOAT_DTYPES,
+    KernelInputError,
     check,
     check_float,
     check_same_device,
@@ -231,8 +232,8 @@ def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     op = "pack_signs"
     check_float(x, "x", op)
     if not (x.dim() >= 1 and x.shape[dim] >= 1):
-        check(False, op,
-              f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
+        raise KernelInputError(
+            f"{op}: x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
     be = resolve_backend(backend, x.device, op)
     last = dim in (-1, x.dim() - 1)  # packing along the last dim: no movedim to dispatch
     xt = x if last else x.movedim(dim, -1)
