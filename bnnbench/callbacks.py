@@ -1,6 +1,6 @@
 """Lightning callbacks: :class:`EpochRecorder` (every run's per-epoch curves and epoch times, the
-numbers metrics.json keeps) and the optional ones a run switches on from the ``callbacks/``
-config group.
+numbers metrics.json keeps), :class:`BatchNormRecalibration` (``bn_recalibration=<batches>``)
+and the optional ones a run switches on from the ``callbacks/`` config group.
 
 :class:`FlipRatio` records the statistic of Tang, Hua, Wang 2017 ("How to Train a Compact Binary
 Neural Network with High Accuracy?", AAAI), Section "Learning rate" and Figure 2: how often the
@@ -14,10 +14,14 @@ averaged over the steps of an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -151,3 +155,107 @@ class EpochRecorder(pl.Callback):
             if metrics.get(key) is not None:
                 self.curves.setdefault(key, []).append(float(metrics[key]))
         self.curves["lr"].append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+# ------------------------------------------------------------------------------------- precise BN
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Leave the global RNGs (torch, CUDA, numpy, random) as they were: a recalibration draws a
+    shuffled batch order and dropout masks, and must not change the training that follows."""
+    torch_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def recalibrate_batchnorm(net: nn.Module, inputs: Iterator[Tensor], batches: int) -> int:
+    """Recompute every BatchNorm's running statistics of ``net`` from up to ``batches`` input
+    batches; returns how many batches were used (0 leaves the statistics untouched).
+
+    "Precise BN" (``torch.optim.swa_utils.update_bn`` does the same after SWA): each BatchNorm's
+    ``running_mean``/``running_var`` become the plain average over the batches of the batch mean
+    and the unbiased batch variance that training mode computes, ``mu = 1/B sum_b mu_b``,
+    ``var = 1/B sum_b var_b`` (momentum ``None``: PyTorch's cumulative average), instead of
+    the exponential average training leaves, whose weights lag behind the latest weights and,
+    after ``s`` steps at momentum ``m``, still give the initial ``(0, 1)`` the weight
+    ``(1 - m)^s``. Layers run in training mode without gradients; each BatchNorm's momentum and
+    the network's mode are restored afterwards.
+    """
+    norms = [m for m in net.modules() if isinstance(m, _NORMS) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(),
+              m.num_batches_tracked.clone()) for m in norms]
+    was_training = net.training
+    used = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        net.train()
+        with torch.no_grad():
+            for x in inputs:
+                if used >= batches:
+                    break
+                net(x)
+                used += 1
+    finally:
+        for m, momentum, mean, var, count in saved:
+            m.momentum = momentum
+            if used == 0:  # no data: keep what training left rather than the reset (0, 1)
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        net.train(was_training)
+    return used
+
+
+class BatchNormRecalibration(pl.Callback):
+    """Before every validation and test: :func:`recalibrate_batchnorm` over the first
+    ``batches`` training batches (in the loader's order, with the global RNGs restored
+    afterwards, so training draws what it would have drawn without it).
+
+    Why: a short run leaves running statistics far from the batch statistics the network was
+    trained with (few steps at momentum 0.1, while the weights and a method's learnable scales
+    and shifts still move), and eval mode then scores another network. Each validation's
+    recalibrated statistics are in the checkpoint saved after it, so ``evaluate``, ``export``
+    and the test split see them; ``metrics.json`` records ``extra.bn_recalibration``. Under DDP
+    each rank averages its own shard's batches (rank 0's are the ones saved).
+    """
+
+    def __init__(self, batches: int) -> None:
+        self.batches = int(batches)
+        self.used = 0
+
+    def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Tensor]:
+        loader = None
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "train_dataloader"):
+            with contextlib.suppress(Exception):  # no train split (e.g. a test-only module)
+                loader = datamodule.train_dataloader()
+        if loader is None:
+            return iter(())
+        device = pl_module.device
+        return (batch[0].to(device) for batch in loader)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with preserved_rng(), trainer.precision_plugin.forward_context():
+            self.used = recalibrate_batchnorm(pl_module.net, self._inputs(trainer, pl_module),
+                                              self.batches)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._run(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from bnnbench.callbacks import EpochRecorder, FlipRatio
+from bnnbench.callbacks import BatchNormRecalibration, EpochRecorder, FlipRatio
 from bnnbench.errors import (
     BnnbenchError,
     Diverged,
@@ -98,6 +98,7 @@ def validate(cfg: DictConfig) -> None:
         if section != "trainer":
             factories[section] = instantiate(node)
     check_range("trainer.max_epochs", cfg.trainer.max_epochs, low=1, integer=True)
+    check_range("bn_recalibration", cfg.get("bn_recalibration") or 0, low=0, integer=True)
     check_range("optimizer.lr", cfg.optimizer.lr, low=0, low_inclusive=False)
     if cfg.get("teacher_weights") and not str(cfg.get("teacher") or "").startswith("timm:"):
         raise BnnbenchError(f"teacher_weights={cfg.teacher_weights} are the weights of a "
@@ -352,6 +353,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
                        kd_weight=float(kd.get("weight", 1.0)))
 
     recorder = EpochRecorder()
+    recalibration = int(cfg.get("bn_recalibration") or 0)
+    recalibrate = [BatchNormRecalibration(recalibration)] if recalibration else []
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     # Lightning runs ModelCheckpoint last: a checkpoint saved at the end of a training epoch holds
     # the recorder's (and FlipRatio's) curves so far, so a resume continues with every curve
@@ -362,7 +365,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         enable_checkpointing=bool(checkpoints),  # else Lightning adds its own, elsewhere
         callbacks=[recorder, StoreSpecInCheckpoint(spec), ResumableRNG(),
                    StopOnDivergence(run_dir / CHECKPOINT_DIR),
-                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT), *optional])
+                   SaveOnPreemption(run_dir / CHECKPOINT_DIR / PREEMPTED_CHECKPOINT),
+                   *recalibrate, *optional])
 
     start = time.perf_counter()
     try:
@@ -400,6 +404,8 @@ def train_claimed(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> RunR
         config_hash=recipe_hash(cfg), git_commit=git_commit(), device=describe_device(trainer),
         overrides=list(HydraConfig.get().overrides.task),
         extra={"size": {k: size[k] for k in SIZE_SUMMARY}, "tags": tags,
+               "bn_recalibration": {"batches": recalibration,
+                                    "used": recalibrate[0].used if recalibrate else 0},
                **({"init": warm.to_dict()} if warm is not None else {}),
                **({"recipe": recipe_record(cfg)} if cfg.get("recipe") is not None else {})},
         status="diverged" if diverged else "finished", error=str(diverged) if diverged else None,

@@ -329,7 +329,7 @@ def executed_modules(net: nn.Module, x: Tensor) -> list[tuple[nn.Module, Tensor,
     return [call for call in calls if not isinstance(call[0], _CARRIERS)]
 
 
-@pytest.mark.parametrize("method", ["xnor", "abcnet", "xnorpp"])
+@pytest.mark.parametrize("method", ["xnor", "abcnet"])
 @pytest.mark.parametrize("host", list(XNOR_BLOCK_HOSTS))
 def test_xnor_block_keeps_the_relus_no_sign_reads(host, method):
     """alexnetxnor.lua: conv1 -> BN -> ReLU -> MaxPool (FP), [BN -> sign -> binary conv] for

@@ -97,13 +97,18 @@ EXTRA_PARAMS = {
     ("reactnet", "mlp"): 2 * (64 + 3 * 64),
     ("reactnet", "resnet18"): 4 * 256 + 448 + 3 * 512 + 896 + 3 * 1024 + 1792 + 3 * 2048,
     ("reactnet", "cnn"): (8 + 24) + (8 + 48) + (576 + 96), ("reactnet", "blocks"): 56 + 64,
-    # XNOR-Net++: XNOR-Net's extra BatchNorms plus Gamma = o + h_out + w_out per binary conv (o per
-    # binary Linear); resnet18 on 28 x 28: layer1-4 maps 28, 14, 7, 4 (4 convs each; layer2-4 a
-    # binary downsample each)
-    ("xnorpp", "mlp"): 2 * 64 + 2 * 64,
-    ("xnorpp", "resnet18"): 2 * 1920 + 4 * 120 + 5 * 156 + 5 * 270 + 5 * 520,
-    ("xnorpp", "cnn"): 2 * 576 + 2 * 16 + (8 + 56) + (16 + 12) + 32,
-    ("xnorpp", "blocks"): -16 + 72 + 44 + 2 * 784,
+    # XNOR-Net++ (strong-baseline units): per binary layer Gamma (o + h_out + w_out per conv, o
+    # per Linear), a PReLU slope per output channel and a BatchNorm over its input (2 x c_in);
+    # the host's BatchNorm after it goes (-2 x o, where it had one). resnet18 on 28 x 28, maps
+    # 28, 14, 7, 4; downsample real: layer1 4 x (120 + 64); layer2 (156 + 128 + 128 - 256) +
+    # 3 x (156 + 128); layer3 (270 + 256 + 256 - 512) + 3 x (270 + 256); layer4 (520 + 512 +
+    # 512 - 1024) + 3 x (520 + 512). cnn: conv 8->8 (64 + 8), conv 8->16 on 6 x 6 (28 + 16 + 16 -
+    # 32), Linear 576->32 (32 + 32 + 1152 - 64); blocks: conv 8->16 (72 + 16 + 16 - 32), conv
+    # 16->16 on 14 x 14 (44 + 16 + 32 - 32)
+    ("xnorpp", "mlp"): 2 * (64 + 64),
+    ("xnorpp", "resnet18"): 4 * 184 + 156 + 3 * 284 + 270 + 3 * 526 + 520 + 3 * 1032,
+    ("xnorpp", "cnn"): 72 + 28 + 1152,
+    ("xnorpp", "blocks"): (72 + 16 + 16 - 32) + (44 + 16 + 32 - 32),
 }
 
 

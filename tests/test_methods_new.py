@@ -23,6 +23,8 @@ from bnnbench.nn.modern_layers import (
     BinaryUnit,
     BiRealBlock,
     GammaConv2d,
+    GammaLinear,
+    PreNormUnit,
     RPReLU,
     approx_sign,
     magnitude_sign,
@@ -257,13 +259,91 @@ def test_reactnet_rsign_shift_is_what_the_sign_sees():
     assert block.shift1.shift.grad is not None and block.shift1.shift.grad.abs().sum() > 0
 
 
+def ref_xnorpp_unit(unit: nn.Module, x: Tensor, train: bool) -> Tensor:
+    """The strong baseline's half block from its formula (Real-to-Binary Sec. 4.1, larq zoo's
+    ``half_binary_block``): ``PReLU(Gamma . conv(sign(BN(x)), sign(W)))``, Gamma = alpha (x)
+    beta (x) gamma (XNOR-Net++ Eq. 5), PReLU with one slope per channel; no shortcut added."""
+    conv, bn, prelu = unit.layer, unit.norm, unit.act
+    w = conv.weight.detach()
+    z = F.conv2d(ref_sign(bn_ref(bn, x, train)), ref_sign(w), stride=conv.stride,
+                 padding=conv.padding)
+    gamma = (conv.scale_channel.detach().view(1, -1, 1, 1)
+             * conv.scale_height.detach().view(1, 1, -1, 1)
+             * conv.scale_width.detach().view(1, 1, 1, -1))
+    y = z * gamma
+    slope = prelu.weight.detach().view(1, -1, 1, 1)
+    return torch.where(y >= 0, y, slope * y)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_xnorpp_resnet_block_is_the_strong_baseline(train):
+    """XNOR-Net++ on ResNet-18: each BasicBlock is two half blocks ``x + PReLU(Gamma .
+    conv(sign(BN(x))))`` (the downsample, real, as the first one's shortcut); no ReLU and no
+    BatchNorm between Gamma and the addition, so a per-channel Gamma reaches the sum."""
+    torch.manual_seed(0)
+    net = create_method("xnorpp").convert(
+        create_model("resnet18", in_chans=1, num_classes=10, img_size=28))
+    trained_like_batchnorm(net, seed=1)
+    blocks = [net.get_submodule(f"layer{i}.{j}") for i in (1, 3) for j in (0,)]
+    for p in net.parameters():  # Gamma and PReLU away from their inits
+        if p.dim() == 1:
+            p.data.mul_(torch.rand_like(p) + 0.5)
+    x = {0: torch.randn(4, 64, 28, 28), 1: torch.randn(4, 128, 14, 14)}
+    for i, block in enumerate(blocks):
+        block.train(train)
+        with torch.no_grad():
+            got = block(x[i])
+        unit1, unit2 = block.conv1, block.conv2
+        down = unit1.shortcut
+        if isinstance(down, nn.Identity):
+            shortcut = x[i]
+        else:  # AvgPool(2) -> real 1x1 conv -> BN
+            assert not is_quantized(down[1])
+            pooled = F.avg_pool2d(x[i], 2, 2, ceil_mode=True)
+            shortcut = bn_ref(down[2], F.conv2d(pooled, down[1].weight.detach()), train)
+        y1 = ref_xnorpp_unit(unit1, x[i], train) + shortcut
+        want = ref_xnorpp_unit(unit2, y1, train) + y1
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, nn.ReLU) for n, m in net.named_modules() if "layer" in n)
+
+
+def test_xnorpp_channel_gamma_changes_the_trained_like_network():
+    """The review's check on the composed network: rescaling any one binary layer's per-channel
+    alpha by positive factors changes the train-mode output (a BatchNorm right after the layer
+    would cancel it) on resnet18, vgg_small and mlp."""
+    hosts = {"resnet18": dict(img_size=28), "mlp": dict(img_size=28, hidden_features=32),
+             "vgg_small": dict(img_size=16, widths=(8, 16, 16), hidden_features=16)}
+    for host, kw in hosts.items():
+        torch.manual_seed(0)
+        net = create_method("xnorpp", scales="channel").convert(
+            create_model(host, in_chans=1, num_classes=10, **kw))
+        trained_like_batchnorm(net, seed=1).train()
+        x = torch.randn(8, 1, kw["img_size"], kw["img_size"])
+        layers = [m for m in net.modules() if isinstance(m, (GammaConv2d, GammaLinear))]
+        assert layers
+        with torch.no_grad():
+            base = net(x)
+            for layer in layers:
+                old = layer.scale_channel.clone()
+                layer.scale_channel.mul_(torch.rand_like(old) * 3 + 0.2)
+                changed = not torch.allclose(net(x), base, rtol=1e-5, atol=1e-6)
+                layer.scale_channel.copy_(old)
+                # a layer that changes the shape on a plain host has no shortcut: its alpha
+                # reaches the next unit's BatchNorm only through PReLU / max-pool, which are
+                # positively homogeneous per channel, so training mode cancels it
+                unit_has_path = host == "resnet18" or any(
+                    u.layer is layer and u.shortcut is not None for u in net.modules()
+                    if isinstance(u, PreNormUnit)) or layer is layers[-1]
+                assert changed or not unit_has_path, (host, layer)
+
+
 def test_xnorpp_factorized_scales_follow_the_feature_maps():
     net = create_method("xnorpp").convert(
         create_model("resnet18", in_chans=1, num_classes=10, img_size=28))
     sizes = {name.removesuffix(".layer"): (len(m.scale_height), len(m.scale_width))
              for name, m in net.named_modules() if isinstance(m, GammaConv2d)}
     assert sizes["layer1.0.conv1"] == (28, 28) and sizes["layer2.0.conv1"] == (14, 14)
-    assert sizes["layer3.1.conv2"] == (7, 7) and sizes["layer4.0.downsample.0"] == (4, 4)
+    assert sizes["layer3.1.conv2"] == (7, 7) and sizes["layer4.0.conv2"] == (4, 4)
     channel = create_method("xnorpp", scales="channel").convert(
         create_model("resnet18", in_chans=1, num_classes=10, img_size=28))
     assert all(m.scale_height is None for m in channel.modules() if isinstance(m, GammaConv2d))
@@ -313,7 +393,7 @@ BAD_KNOBS = [
     ("bireal", {"weight_gradient": "ste"}, "method.weight_gradient"),
     ("reactnet", {"latent_clip": 0.0}, "method.latent_clip"),
     ("xnorpp", {"scales": "spatial"}, "method.scales"),
-    ("xnorpp", {"activation": "relu"}, "method.activation"),
+    ("xnorpp", {"activation": "swish"}, "method.activation"),
 ]
 
 

@@ -20,7 +20,7 @@ from bnnbench.errors import BnnbenchError
 from bnnbench.methods import create_method, list_methods
 from bnnbench.models import create_model
 from bnnbench.nn.layers import is_quantized, quantized_layers
-from bnnbench.nn.modern_layers import ReActNetABlock, RPReLU
+from bnnbench.nn.modern_layers import PreNormUnit, ReActNetABlock, RPReLU
 from bnnbench.train import run
 from tests.conftest import FAST
 from tests.test_methods_new import bn_ref, ref_rprelu, ref_sign
@@ -179,7 +179,11 @@ def test_every_method_binarizes_the_26_block_convs(method):
     ends = {"stem": not recipe.fp_first, "fc": not recipe.fp_last}
     assert len(quantized) == 26 + sum(ends.values())
     assert {end: any(n.startswith(end) for n in quantized) for end in ends} == ends
-    assert sum(isinstance(m, ReActNetABlock) for m in net.modules()) == 13
+    if method == "xnorpp":  # each block as the strong baseline's two units, shortcuts kept
+        units = [m for m in net.modules() if isinstance(m, PreNormUnit)]
+        assert len(units) == 26 and all(u.shortcut is not None for u in units)
+    else:
+        assert sum(isinstance(m, ReActNetABlock) for m in net.modules()) == 13
     x = torch.randn(2, 1, 16, 16)
     net(x).sum().backward()
 

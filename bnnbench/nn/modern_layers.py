@@ -21,6 +21,9 @@ Modules:
   own real-valued shortcut (Bi-Real Net Fig. 1; ReActNet adds ``shift`` and ``act``).
 * :class:`BiRealBlock`: a ResNet BasicBlock rebuilt as two such units, keeping the host's
   parameter names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``downsample``).
+* :class:`PreNormUnit`: ``act(layer(norm(x))) + shortcut(x)`` -- XNOR-Net++'s block as its
+  authors' Real-to-Binary strong baseline builds it (BN -> sign -> conv -> Gamma -> PReLU -> add).
+* :class:`ChannelRepeat`: ``[x, x, ...]`` along the channels (ReActNet-A's doubling shortcut).
 * :class:`ReActNetABlock`: ReActNet-A's block (MobileNet-V1's separable pair as two units with
   real shortcuts; the 1x1 unit doubles the channels by concatenation), the block of
   ``model=reactnet_a``.
@@ -34,6 +37,9 @@ References
          Generalized Activation Functions. ECCV 2020; authors' code github.com/liuzechun/ReActNet
          (resnet/*/birealnet.py, mobilenet/*/reactnet.py).
 [XNORPP] Bulat, Tzimiropoulos. XNOR-Net++: Improved Binary Neural Networks. BMVC 2019.
+[R2B]    Martinez, Yang, Bulat, Tzimiropoulos. Training Binary Neural Networks with Real-to-Binary
+         Convolutions. ICLR 2020 (Sec. 4.1, the strong baseline; larq zoo
+         ``larq_zoo/literature/real_to_bin_nets.py``, ``StrongBaselineNet``).
 """
 
 from __future__ import annotations
@@ -336,6 +342,53 @@ class BinaryUnit(nn.Module):
         if self.shortcut is not None:
             y = y + self.shortcut(x)
         return self.act(y)
+
+
+class PreNormUnit(nn.Module):
+    r"""``y = act(layer(norm(x))) + shortcut(x)``: one binary layer behind its own BatchNorm.
+
+    XNOR-Net++'s learned scale ``Gamma`` must reach what follows the layer: a BatchNorm right
+    after it would cancel any per-channel scale, ``BN(a z) = BN(z)`` for ``a > 0``. The same
+    authors' strong baseline ([R2B] Sec. 4.1, built on [XNORPP]; larq zoo's
+    ``StrongBaselineNet.half_binary_block``) orders each half block
+
+        ``BatchNorm -> sign -> binary conv -> Gamma -> PReLU -> + shortcut``
+
+    with Bi-Real's real-valued shortcut around every binary conv: ``Gamma`` then scales the
+    binary branch against the unscaled shortcut, so it changes the sum the next unit
+    normalizes. ``norm`` normalizes the layer's *input* (the sign reads its output); the
+    layer's input quantizer binarizes it and ``Gamma`` lives in the layer
+    (:class:`GammaConv2d`). ``shortcut`` None: no addition (the layer changes the shape and the
+    host offers no real-valued path). Gradients: autograd through every term (the sign's STE
+    inside the layer).
+    """
+
+    def __init__(self, norm: nn.Module, layer: nn.Module, act: nn.Module | None = None,
+                 shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.norm = norm
+        self.layer = layer
+        self.act = act if act is not None else nn.Identity()
+        self.shortcut = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act(self.layer(self.norm(x)))
+        return y if self.shortcut is None else y + self.shortcut(x)
+
+
+class ChannelRepeat(nn.Module):
+    """``[x, x, ...]`` (``copies`` times) along dim 1: ReActNet-A's shortcut where the 1x1
+    conv doubles the channels (:class:`ReActNetABlock`)."""
+
+    def __init__(self, copies: int) -> None:
+        super().__init__()
+        self.copies = copies
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.copies == 1 else torch.cat([x] * self.copies, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"copies={self.copies}"
 
 
 class BiRealBlock(nn.Module):

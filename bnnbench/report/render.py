@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnnbench.files import write_atomic
+from bnnbench.record import RunRecord
 from bnnbench.report.collect import Published, Run, group_rows, row_key
 from bnnbench.report.flips import flip_table
 from bnnbench.report.verdicts import claim_lines
@@ -28,11 +29,22 @@ DATA_DESCRIPTIONS = {
                "1,000 test)",
 }
 #: the run facts that set a table's scale: a table mixing them says so
-SCALE_FIELDS = {"data": "data", "model": "model", "epochs": "epochs"}
+SCALE_FIELDS = {"data": "data", "model": "model", "epochs": "epochs",
+                "BatchNorm recalibration": "bn_recalibration"}
 LONG_COLUMNS = ["setting", "seed", "status", "error", "method", "model", "data", "epochs",
                 "test_top1", "test_top5", "best_val_top1", "num_params", "size_bytes",
-                "fp32_bytes", "compression", "wall_time_s", "s_per_epoch", "config_hash",
-                "git_commit", "device", "run_dir"]
+                "fp32_bytes", "compression", "bn_recalibration", "wall_time_s", "s_per_epoch",
+                "config_hash", "git_commit", "device", "run_dir"]
+
+
+def recalibration_batches(rec: RunRecord | None) -> int | None:
+    """How many training batches set the BatchNorm statistics the run was scored with (0: the
+    running averages of training); None for a run recorded before the option existed."""
+    if rec is None:
+        return None
+    value = (rec.extra.get("bn_recalibration") or {}) if isinstance(rec.extra, dict) else {}
+    used = value.get("used") if isinstance(value, dict) else None
+    return int(used) if isinstance(used, (int, float)) and math.isfinite(used) else None
 
 
 def fmt(mean: float, std: float, digits: int = 2) -> str:
@@ -68,6 +80,7 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
             "num_params": rec.num_params if rec else None,
             "size_bytes": size.get("total_bytes"), "fp32_bytes": size.get("fp32_bytes"),
             "compression": size.get("compression"),
+            "bn_recalibration": recalibration_batches(rec),
             "wall_time_s": rec.wall_time_s if rec else None,
             # median: a run's first epoch pays one-off warm-ups (first kernel calls, allocator,
             # progress bar), and one epoch slowed by another job should not set the figure
@@ -81,7 +94,7 @@ def runs_frame(runs: list[Run], keys: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows).reindex(columns=columns)
     # counts stay integers beside a run that has none (pandas would make the column float)
     return frame.astype({c: "Int64" for c in ("seed", "epochs", "num_params", "size_bytes",
-                                              "fp32_bytes")})
+                                              "fp32_bytes", "bn_recalibration")})
 
 
 def finished(long: pd.DataFrame) -> pd.DataFrame:
@@ -174,6 +187,14 @@ def not_finished_frame(long: pd.DataFrame) -> pd.DataFrame:
     return rest[["setting", "seed", "status", "error", "run_dir"]]
 
 
+def recalibration_line(values: list[str]) -> str:
+    """'running averages of training' / 'recomputed over 20 training batches' per value."""
+    if not values:
+        return "not recorded"
+    return "; ".join("running averages of training (no recalibration)" if v == "0" else
+                     f"recomputed over {v} training batches (bn_recalibration)" for v in values)
+
+
 def scale_lines(long: pd.DataFrame) -> list[str]:
     """Where the numbers come from (data, model, epochs, device, commit) and whether the runs
     mix scales."""
@@ -186,6 +207,7 @@ def scale_lines(long: pd.DataFrame) -> list[str]:
     lines = [f"- data: {described or '-'}",
              f"- model: `{', '.join(values('model'))}`; epochs: {', '.join(values('epochs'))}; "
              f"runs: {len(long)} ({(long['status'] == 'finished').sum()} finished)",
+             f"- BatchNorm statistics at val/test: {recalibration_line(values('bn_recalibration'))}",
              f"- device: {', '.join(values('device')) or '-'}",
              f"- bnnbench commit: {', '.join(values('git_commit')) or '-'}"]
     mixed = [name for name, column in SCALE_FIELDS.items() if len(values(column)) > 1]
