@@ -7,7 +7,8 @@ of a two-stage recipe (ReActNet's step 1, ``method.binary_weights=false``, then 
 The latent weights of a binary layer take the source layer's real weights; every other tensor
 (BatchNorm affine and statistics, shifts, slopes, the real first and last layers) is copied where
 the name and the shape agree. A method that wraps a layer (``<name>.layer``: XNOR-Net's input
-BatchNorm, Bi-Real units on plain hosts) still finds its source ``<name>``. The optimizer, the
+BatchNorm, Bi-Real units on plain hosts) still finds its source ``<name>``, and a BatchNorm that
+``convert`` moved into a Bi-Real unit (``<name>.norm``) its host name. The optimizer, the
 epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
 
 ``teacher=<run dir>`` trains with ``(1 - kd.weight) * method loss + kd.weight * KD``
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +68,18 @@ class WarmStart:
                 "kept_names": self.kept[:20]}
 
 
-def source_names(target: str) -> list[str]:
+def source_names(target: str, moved: Mapping[str, str] | None = None) -> list[str]:
     """Names a target tensor may have had in the source network, most specific first:
-    itself, then with each ``.layer`` wrapper removed."""
+    itself, then with each ``.layer`` wrapper removed, then (``moved``: ``{module name now:
+    its name in the host}``, :func:`bnnbench.methods.base.moved_from`) under the host name of
+    the module that ``convert`` moved it with (a BatchNorm inside a Bi-Real unit)."""
     names = [target]
     parts = target.split(".")
     if "layer" in parts:
         names.append(".".join(p for p in parts if p != "layer"))
+    for now, before in (moved or {}).items():
+        if target.startswith(f"{now}."):
+            names.append(before + target[len(now):])
     return names
 
 
@@ -98,15 +105,18 @@ def warm_start(net: nn.Module, source: str | Path) -> WarmStart:
     """
     from bnnbench.trained import load_checkpoint
 
+    from bnnbench.methods.base import moved_from
+
     path = init_checkpoint(source)
     state, _spec = load_checkpoint(path)
     loaded, kept = [], []
     target = net.state_dict()
+    moved = moved_from(net)
     with torch.no_grad():
         for name, tensor in target.items():
             if ".weight_quantizer." in f".{name}" or name.endswith("num_batches_tracked"):
                 continue
-            match = next((state[s] for s in source_names(name)
+            match = next((state[s] for s in source_names(name, moved)
                           if s in state and tuple(state[s].shape) == tuple(tensor.shape)), None)
             if match is None:
                 kept.append(name)

@@ -119,6 +119,22 @@ class BinarizationMethod(ABC):
 # --- helpers to swap layers --------------------------------------------------------------------
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+#: the attribute a module moved to a new place by ``convert`` keeps its old name in (the float
+#: host's), so that a warm start from the host finds its tensors (:func:`moved_from`)
+MOVED_FROM = "bnnbench_moved_from"
+
+
+def mark_moved(module: nn.Module, old_name: str) -> None:
+    """Record that ``module`` stood at ``old_name`` of the host before ``convert`` moved it
+    (e.g. a BatchNorm into a Bi-Real unit, :func:`bnnbench.methods.bireal.wrap_units`)."""
+    if getattr(module, MOVED_FROM, None) is None:  # the host's name, not an intermediate one
+        setattr(module, MOVED_FROM, old_name)
+
+
+def moved_from(model: nn.Module) -> dict[str, str]:
+    """``{name now: name in the host}`` of every module of ``model`` that ``convert`` moved."""
+    return {name: getattr(m, MOVED_FROM) for name, m in model.named_modules()
+            if getattr(m, MOVED_FROM, None) is not None}
 
 
 def weight_layer_names(model: nn.Module) -> list[str]:
