@@ -24,7 +24,8 @@ stage 2 using stage 1's run through ``init=`` or ``teacher=`` (:data:`STAGE1_LIN
   weights (``method.binary_weights=false``), stage 2 binary weights too, initialised from stage
   1's ``last.ckpt`` by :func:`warm_start`;
 * ``fp_init`` (Bi-Real Net's and DoReFa's): stage 1 trains the full-precision network of the same
-  host (no method), stage 2 the method warm-started from it;
+  host with every ReLU replaced by clip(-1, x, 1) (Bi-Real Sec. 3.4; ``recipe.stage1.method.
+  activation=relu`` keeps the ReLUs), stage 2 the method warm-started from it;
 * ``fp_teacher``: stage 1 the same full-precision network, stage 2 the method distilling from it
   (``teacher=``, ReActNet's distributional loss at the defaults ``kd.weight=1 kd.temperature=1``).
 
@@ -288,11 +289,15 @@ def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+FULL_PRECISION = "bnnbench.methods.fp.FullPrecision"
+
+
 def has_binary_weights(cfg: DictConfig) -> bool:
-    """Whether a run's config binarizes weights: it has a method, and not one with
-    ``binary_weights=false`` (the full-precision reference has none)."""
+    """Whether a run's config binarizes weights: it has a method, not the full-precision
+    reference, and not one with ``binary_weights=false``."""
     method = cfg.get("method")
-    return method is not None and method.get("binary_weights", True) is not False
+    return (method is not None and method.get("_target_") != FULL_PRECISION
+            and method.get("binary_weights", True) is not False)
 
 
 def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
@@ -317,7 +322,8 @@ def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
 
 def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) -> DictConfig:
     """The config of one stage of a recipe: the run's config with the recipe's ``stage<n>``
-    settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network)
+    settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network;
+    a node with its own ``_target_`` replaces the run's instead of merging into it)
     and, for stage 2, ``<link>=<stage1_dir>`` (:data:`STAGE1_LINK`: ``init`` or ``teacher``);
     Bop becomes Adam in a stage without binary weights (:func:`stage_optimizer`). The stage
     records ``recipe: {name, stage}``. A setting the run's config lacks (a method without
@@ -332,7 +338,9 @@ def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) ->
     if cfg.get("method") is None:
         raise BnnbenchError(f"recipe={name} trains a binary network in its last stage and this "
                             "run has no method: add one, e.g. +method=reactnet")
-    for key in _leaves(patch):
+    # a node with its own _target_ (fp_init's full-precision method) replaces the run's node
+    replaced = [k for k, v in patch.items() if isinstance(v, dict) and "_target_" in v]
+    for key in _leaves({k: v for k, v in patch.items() if k not in replaced}):
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             hint = ("stage 1 trains real weights with binary activations, which needs "
                     "method.binary_weights (+method=reactnet or +method=bireal)"
@@ -343,6 +351,8 @@ def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) ->
     out = copy.deepcopy(cfg)
     with open_dict(out):
         del out["recipe"]
+        for key in replaced:
+            out[key] = None
         out.merge_with(patch)
         out.recipe = {"name": name, "stage": stage}
         optimizer = stage_optimizer(out)

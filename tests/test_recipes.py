@@ -401,6 +401,36 @@ def test_binary_weights_false_is_real_weights_and_sign_activations(method, train
     assert [layer.weight_bits for _, layer in quantized_layers(binary)] == [1, 1]
 
 
+# ------------------------------------------------------------ fp_init's real network
+@pytest.mark.parametrize("host", ["mlp", "resnet18"])
+@pytest.mark.parametrize("option, reference", [
+    ([], lambda x: torch.clamp(x, -1.0, 1.0)),  # Bi-Real Sec. 3.4: clip(-1, x, 1)
+    (["recipe.stage1.method.activation=relu"], lambda x: torch.clamp(x, min=0.0)),
+], ids=["default-clip", "relu"])
+def test_fp_init_pretrains_with_clip_by_default_and_relu_as_an_option(make_cfg, host, option,
+                                                                      reference):
+    """Stage 1 of ``+recipe=fp_init`` builds the host with every activation where the host has
+    a ReLU computing clip(-1, x, 1) (Bi-Real Net Sec. 3.4), or max(0, x) with the option; stage
+    2 is the run's binary method."""
+    from bnnbench.recipes import stage_config
+    from bnnbench.spec import build_net
+
+    geometry = {"in_chans": 1, "num_classes": 10, "img_size": 32}
+    cfg = make_cfg([f"model={host}", *(MLP if host == "mlp" else []), "+method=bireal",
+                    "+recipe=fp_init", *option])
+    stage1 = stage_config(cfg, 1)
+    plain = create_model(host, **geometry, **({"hidden_features": 32} if host == "mlp" else {}))
+    relus = [n for n, m in plain.named_modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) >= 2
+    net = build_net(stage1, geometry)
+    assert not any(hasattr(m, "weight_quantizer") for m in net.modules())
+    x = torch.linspace(-3, 3, 61)
+    for name in relus:
+        torch.testing.assert_close(net.get_submodule(name)(x.clone()), reference(x))
+    stage2 = stage_config(cfg, 2, Path("stage1"))
+    assert stage2.method._target_.endswith("bireal.BiRealNet") and stage2.init == "stage1"
+
+
 # --------------------------------------------------------------- optimizers of the stages
 @pytest.mark.parametrize("recipe", ["two_stage", "fp_init", "fp_teacher"])
 def test_bop_flips_only_in_the_stage_with_binary_weights(make_cfg, recipe, tmp_path):
@@ -422,8 +452,8 @@ def test_bop_flips_only_in_the_stage_with_binary_weights(make_cfg, recipe, tmp_p
     # the stage's network: real weights (two_stage), no method (the fp recipes)
     if recipe == "two_stage":
         assert stage1.method.binary_weights is False and stage2.init == str(tmp_path / "stage1")
-    else:
-        assert stage1.method is None
+    else:  # the full-precision network (fp_init's with clip activations)
+        assert stage1.method is None or stage1.method._target_.endswith("fp.FullPrecision")
         link = "init" if recipe == "fp_init" else "teacher"
         assert stage2[link] == str(tmp_path / "stage1") and stage2.method.binary_weights
         assert stage2.get("teacher" if link == "init" else "init") is None

@@ -264,7 +264,7 @@ class BiRealNet(_UnitMethod):
     none; ``latent_clip`` adds one). First and last layers real.
     Paper's recipe: initialise from a real-valued net trained with clip(-1, 1) in place of ReLU
     (the ``init`` recipe, not part of this method; ``+recipe=fp_init`` trains both in one
-    command); Adam, lr 1e-3 (authors' code), batch 512.
+    command, its first stage with clip); Adam, lr 1e-3 (authors' code), batch 512.
     ``binary_weights=false`` is stage 1 of the two-stage recipe (``+recipe=two_stage``): the
     same units with real weights, ``y = BN(conv(sign(x), W)) + x`` with ApproxSign's gradient
     for the activations and the plain gradient ``dL/dW`` for ``W`` (no ``alpha``, no mask):
