@@ -239,6 +239,33 @@ def test_timm_teacher_loads_a_saved_state_dict(tmp_path):
         torch.testing.assert_close(teacher(x), trained(x))
 
 
+class _Pickled:  # an object a weights_only load refuses: unpickling it would run code
+    pass
+
+
+def test_timm_teacher_reads_a_local_checkpoint_as_data_only(tmp_path):
+    """teacher=timm:<name> teacher_weights=<file>: a safetensors file, or a torch.save file read
+    with weights_only=True; anything that needs code to unpickle is one line, not loaded."""
+    import timm
+    from safetensors.torch import save_file
+
+    from bnnbench.recipes import load_teacher
+
+    torch.manual_seed(0)
+    trained = timm.create_model(TINY_TIMM, num_classes=10, in_chans=1).eval()
+    path = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    teacher = load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, path)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), trained(x))
+    pickled = tmp_path / "code.pth"
+    torch.save({"state_dict": trained.state_dict(), "extra": _Pickled()}, pickled)
+    with pytest.raises(BnnbenchError, match="not a readable state dict") as info:
+        load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, pickled)
+    assert "\n" not in str(info.value)
+
+
 def test_timm_teacher_without_weights_is_one_line_naming_the_fix(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
