@@ -104,9 +104,8 @@ def warm_start(net: nn.Module, source: str | Path) -> WarmStart:
     Tensors inside weight quantizers are never copied (they are recomputed from the latent
     weights). A source that shares no tensor with ``net`` is refused with one line.
     """
-    from bnnbench.trained import load_checkpoint
-
     from bnnbench.methods.base import moved_from
+    from bnnbench.trained import load_checkpoint
 
     path = init_checkpoint(source)
     state, _spec = load_checkpoint(path)

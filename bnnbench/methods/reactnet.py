@@ -44,10 +44,12 @@ class ReActNet(_UnitMethod):
     Two-step training (Sec. 4.1): step 1 ``binary_weights=false`` (binary activations, real
     weights, weight decay 1e-5), step 2 ``binary_weights=true`` initialised from step 1 (weight
     decay 0), every tensor (as the paper and resnet/2_step2; the authors' mobilenet/2_step2
-    skips the binary convs' step-1 weights, whose parameter name and shape changed). Weight decay applies to conv weights, binary layers' weights and the learnable
-    shifts (the authors' 4-D tensors), everything else (BN, RPReLU slopes, the real classifier)
-    has none (:meth:`param_groups`, the authors' two Adam groups). The distributional loss (KL to a real teacher's softmax, T = 1) is the
-    knowledge-distillation recipe, not part of this method. Adam lr 5e-4 to 2.5e-3, linear decay.
+    skips the binary convs' step-1 weights, whose parameter name and shape changed). Weight
+    decay applies to conv weights, binary layers' weights and the learnable shifts (the
+    authors' 4-D tensors), everything else (BN, RPReLU slopes, the real classifier) has none
+    (:meth:`param_groups`, the authors' two Adam groups). The distributional loss (KL to a real
+    teacher's softmax, T = 1) is the knowledge-distillation recipe, not part of this method.
+    Adam lr 5e-4 to 2.5e-3, linear decay.
     Reproduces: ReActNet-A 69.4 / 88.6 top-1 / top-5 on ImageNet (``model=reactnet_a``,
     Table 4); ReActNet ResNet-18 65.5 top-1 (``model=resnet18``).
     """
