@@ -20,7 +20,9 @@ quantizer is a sign of the weight, possibly times a per-channel or per-layer ``m
 every weight is +-1), with a gradient that reaches ``|W| = 1`` (:func:`binary_weights`). The
 method's optimizer groups (``param_groups``: lr scales, weight decay) are split into their binary
 and their real parameters (:func:`split_binary_groups`); a binary group ignores ``lr_scale`` and
-``weight_decay`` (a flip has no step size; decay towards 0 has no meaning for +-1).
+``weight_decay`` (a flip has no step size; decay towards 0 has no meaning for +-1). ``g`` is
+the gradient w.r.t. the binary weight: the gradient through XNOR-Net's ``mean|W|`` scale is
+stopped for Bop's weights, as larq's ``MagnitudeAwareSign`` does (:func:`stop_scale_gradients`).
 """
 
 from __future__ import annotations
@@ -182,12 +184,27 @@ def binary_weights(net: nn.Module, method: Any = None) -> list[nn.Parameter]:
     return found
 
 
+def stop_scale_gradients(net: nn.Module) -> None:
+    """Stop the gradient through the ``mean|W|`` scale of XNOR-Net/BWN weights
+    (:class:`~bnnbench.nn.paper_quantizers.ScaledSignQuantizer`, ``scale_gradient=False``), as
+    larq's ``MagnitudeAwareSign`` does for its Bop-trained kernels: Bop's ``m`` then averages
+    ``g = dL/dsign(W)`` (``alpha = 1`` at ``|W| = 1``) and not ``g + sign(W) / n * sum g
+    sign(W)``, the derivative of the scale that +-1 weights hold fixed at 1. The other sign
+    quantizers Bop takes have no gradient through a scale already (BinaryNet's sign, DoReFa's
+    1-bit ``E``, Bi-Real/ReActNet's ``code`` gradient)."""
+    for _, layer in quantized_layers(net):
+        if isinstance(layer.weight_quantizer, ScaledSignQuantizer):
+            layer.weight_quantizer.scale_gradient = False
+
+
 def split_binary_groups(groups: list[dict[str, Any]], net: nn.Module,
                         method: Any = None) -> list[dict[str, Any]]:
     """A method's optimizer groups with each group's binary weights (:func:`binary_weights`)
     moved into a group of their own marked ``binary: True`` (after its group, order kept);
-    the real parameters keep their group's settings."""
+    the real parameters keep their group's settings. The binary layers' weight gradients
+    become Bop's (:func:`stop_scale_gradients`)."""
     binary = {id(p) for p in binary_weights(net, method)}
+    stop_scale_gradients(net)
     out: list[dict[str, Any]] = []
     for group in groups:
         params = list(group["params"])

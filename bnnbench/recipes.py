@@ -7,7 +7,8 @@ of a two-stage recipe (ReActNet's step 1, ``method.binary_weights=false``, then 
 The latent weights of a binary layer take the source layer's real weights; every other tensor
 (BatchNorm affine and statistics, shifts, slopes, the real first and last layers) is copied where
 the name and the shape agree. A method that wraps a layer (``<name>.layer``: XNOR-Net's input
-BatchNorm, Bi-Real units on plain hosts) still finds its source ``<name>``. The optimizer, the
+BatchNorm, Bi-Real units on plain hosts) still finds its source ``<name>``, and a BatchNorm that
+``convert`` moved into a Bi-Real unit (``<name>.norm``) its host name. The optimizer, the
 epoch and the RNG start fresh (``ckpt_path=`` is the way to *resume* a run).
 
 ``teacher=<run dir>`` trains with ``(1 - kd.weight) * method loss + kd.weight * KD``
@@ -23,7 +24,8 @@ stage 2 using stage 1's run through ``init=`` or ``teacher=`` (:data:`STAGE1_LIN
   weights (``method.binary_weights=false``), stage 2 binary weights too, initialised from stage
   1's ``last.ckpt`` by :func:`warm_start`;
 * ``fp_init`` (Bi-Real Net's and DoReFa's): stage 1 trains the full-precision network of the same
-  host (no method), stage 2 the method warm-started from it;
+  host with every ReLU replaced by clip(-1, x, 1) (Bi-Real Sec. 3.4; ``recipe.stage1.method.
+  activation=relu`` keeps the ReLUs), stage 2 the method warm-started from it;
 * ``fp_teacher``: stage 1 the same full-precision network, stage 2 the method distilling from it
   (``teacher=``, ReActNet's distributional loss at the defaults ``kd.weight=1 kd.temperature=1``).
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +69,18 @@ class WarmStart:
                 "kept_names": self.kept[:20]}
 
 
-def source_names(target: str) -> list[str]:
+def source_names(target: str, moved: Mapping[str, str] | None = None) -> list[str]:
     """Names a target tensor may have had in the source network, most specific first:
-    itself, then with each ``.layer`` wrapper removed."""
+    itself, then with each ``.layer`` wrapper removed, then (``moved``: ``{module name now:
+    its name in the host}``, :func:`bnnbench.methods.base.moved_from`) under the host name of
+    the module that ``convert`` moved it with (a BatchNorm inside a Bi-Real unit)."""
     names = [target]
     parts = target.split(".")
     if "layer" in parts:
         names.append(".".join(p for p in parts if p != "layer"))
+    for now, before in (moved or {}).items():
+        if target.startswith(f"{now}."):
+            names.append(before + target[len(now):])
     return names
 
 
@@ -96,17 +104,19 @@ def warm_start(net: nn.Module, source: str | Path) -> WarmStart:
     Tensors inside weight quantizers are never copied (they are recomputed from the latent
     weights). A source that shares no tensor with ``net`` is refused with one line.
     """
+    from bnnbench.methods.base import moved_from
     from bnnbench.trained import load_checkpoint
 
     path = init_checkpoint(source)
     state, _spec = load_checkpoint(path)
     loaded, kept = [], []
     target = net.state_dict()
+    moved = moved_from(net)
     with torch.no_grad():
         for name, tensor in target.items():
             if ".weight_quantizer." in f".{name}" or name.endswith("num_batches_tracked"):
                 continue
-            match = next((state[s] for s in source_names(name)
+            match = next((state[s] for s in source_names(name, moved)
                           if s in state and tuple(state[s].shape) == tuple(tensor.shape)), None)
             if match is None:
                 kept.append(name)
@@ -278,11 +288,15 @@ def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+FULL_PRECISION = "bnnbench.methods.fp.FullPrecision"
+
+
 def has_binary_weights(cfg: DictConfig) -> bool:
-    """Whether a run's config binarizes weights: it has a method, and not one with
-    ``binary_weights=false`` (the full-precision reference has none)."""
+    """Whether a run's config binarizes weights: it has a method, not the full-precision
+    reference, and not one with ``binary_weights=false``."""
     method = cfg.get("method")
-    return method is not None and method.get("binary_weights", True) is not False
+    return (method is not None and method.get("_target_") != FULL_PRECISION
+            and method.get("binary_weights", True) is not False)
 
 
 def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
@@ -307,7 +321,8 @@ def stage_optimizer(cfg: DictConfig) -> DictConfig | None:
 
 def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) -> DictConfig:
     """The config of one stage of a recipe: the run's config with the recipe's ``stage<n>``
-    settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network)
+    settings merged in (conf/recipe/<name>.yaml; ``method: null`` is the full-precision network;
+    a node with its own ``_target_`` replaces the run's instead of merging into it)
     and, for stage 2, ``<link>=<stage1_dir>`` (:data:`STAGE1_LINK`: ``init`` or ``teacher``);
     Bop becomes Adam in a stage without binary weights (:func:`stage_optimizer`). The stage
     records ``recipe: {name, stage}``. A setting the run's config lacks (a method without
@@ -322,7 +337,9 @@ def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) ->
     if cfg.get("method") is None:
         raise BnnbenchError(f"recipe={name} trains a binary network in its last stage and this "
                             "run has no method: add one, e.g. +method=reactnet")
-    for key in _leaves(patch):
+    # a node with its own _target_ (fp_init's full-precision method) replaces the run's node
+    replaced = [k for k, v in patch.items() if isinstance(v, dict) and "_target_" in v]
+    for key in _leaves({k: v for k, v in patch.items() if k not in replaced}):
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             hint = ("stage 1 trains real weights with binary activations, which needs "
                     "method.binary_weights (+method=reactnet or +method=bireal)"
@@ -333,6 +350,8 @@ def stage_config(cfg: DictConfig, stage: int, stage1_dir: Path | None = None) ->
     out = copy.deepcopy(cfg)
     with open_dict(out):
         del out["recipe"]
+        for key in replaced:
+            out[key] = None
         out.merge_with(patch)
         out.recipe = {"name": name, "stage": stage}
         optimizer = stage_optimizer(out)

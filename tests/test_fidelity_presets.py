@@ -147,3 +147,116 @@ def test_abcnet_resnet18_m5n5_is_the_papers_headline_row(make_cfg):
     assert {(layer.weight_bits, layer.input_bits) for layer in layers} == {(5, 5)}
     assert type(net.conv1) is nn.Conv2d and type(net.fc) is nn.Linear
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ------------------------------------------------- the Bi-Real / ReActNet authors' ImageNet recipes
+# Values from liuzechun/Bi-Real-net pytorch_implementation/BiReal18_34/train.py (+ run.sh) and
+# liuzechun/ReActNet {resnet,mobilenet}/{1_step1,2_step2}/train.py (+ run.sh, 256-epoch lines).
+IMAGENET_MEAN_255 = [0.485 * 255, 0.456 * 255, 0.406 * 255]  # transforms.Normalize(mean) on 0..1
+IMAGENET_STD_255 = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """The authors' CrossEntropyLabelSmooth (utils.py) in closed form: targets (1 - eps) onehot +
+    eps / K, i.e. (1 - eps) * CE + eps * mean over classes of -log p, averaged over the batch."""
+    log_p = logits.log_softmax(dim=1)
+    ce = -log_p.gather(1, target[:, None]).squeeze(1)
+    return ((1 - eps) * ce + eps * (-log_p).mean(dim=1)).mean()
+
+
+def check_authors_imagenet_data(cfg) -> None:
+    assert cfg.data._target_.endswith("ImageNetFFCV") and cfg.data.img_size == 224
+    assert cfg.data.train_crop == "rrc"  # RandomResizedCrop(224, scale=(0.08, 1.0))
+    assert cfg.data.crop_ratio == pytest.approx(224 / 256)  # Resize(256) -> CenterCrop(224)
+    assert list(cfg.data.mean) == pytest.approx(IMAGENET_MEAN_255)
+    assert list(cfg.data.std) == pytest.approx(IMAGENET_STD_255)
+
+
+def check_linear_decay(cfg, lr: float) -> None:
+    """LambdaLR(lambda step: 1 - step / epochs): the lr falls linearly to 0 over the run."""
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == lr
+    opt = instantiate(cfg.optimizer)([nn.Parameter(torch.zeros(1))])
+    sched = instantiate(cfg.scheduler)(opt)
+    sched.total_steps = 256
+    for _ in range(128):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr / 2)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_the_authors_smoothed_cross_entropy(eps):
+    from bnnbench.methods import create_method
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 10) * 3, torch.randint(0, 10, (16,))
+    for name in ("bireal", "reactnet", "bnn", "fp"):
+        loss = create_method(name, label_smoothing=eps).loss(logits, target)
+        torch.testing.assert_close(loss, smoothed_cross_entropy(logits, target, eps))
+    plain = torch.nn.functional.cross_entropy(logits, target)
+    assert (create_method("bireal", label_smoothing=eps).loss(logits, target) != plain) == (eps > 0)
+
+
+def test_label_smoothing_needs_the_cross_entropy():
+    from bnnbench.errors import BnnbenchError
+    from bnnbench.methods import create_method
+
+    with pytest.raises(BnnbenchError, match="method.loss=cross_entropy") as info:
+        create_method("bnn", loss="squared_hinge", label_smoothing=0.1)
+    assert "\n" not in str(info.value)
+    with pytest.raises(BnnbenchError, match="method.label_smoothing"):
+        create_method("bnn", label_smoothing=1.5)
+
+
+def test_bireal_resnet18_imagenet_is_the_authors_pytorch_train_py(make_cfg):
+    cfg = make_cfg(["+preset=bireal_resnet18_imagenet"])
+    assert cfg.method._target_.endswith("bireal.BiRealNet") and cfg.model.name == "resnet18"
+    assert cfg.method.weight_gradient == "code"  # HardBinaryConv: detached scale, clamp STE
+    assert cfg.method.label_smoothing == 0.1  # --label_smooth 0.1 (criterion_smooth trains)
+    assert cfg.data.batch_size == 512 and cfg.trainer.max_epochs == 256
+    assert cfg.optimizer.weight_decay == 0.0  # --weight_decay 0
+    assert cfg.get("teacher") is None and cfg.get("recipe") is None  # from scratch, no KD
+    check_linear_decay(cfg, 1e-3)
+    check_authors_imagenet_data(cfg)
+    method = instantiate(cfg.method)
+    net = method.convert(create_model("resnet18", in_chans=3, num_classes=10, img_size=32))
+    assert len([1 for _, layer in quantized_layers(net) if layer.weight_bits == 1]) == 16
+    logits, target = net(torch.randn(2, 3, 32, 32)), torch.tensor([1, 7])
+    torch.testing.assert_close(method.loss(logits, target),
+                               smoothed_cross_entropy(logits, target, 0.1))
+
+
+@pytest.mark.parametrize("preset, model, batch, lr", [
+    ("reactnet_resnet18_imagenet", "resnet18", 512, 1e-3),  # resnet/run.sh, 256 epochs
+    ("reactnet_a_imagenet", "reactnet_a", 256, 5e-4),  # mobilenet/run.sh, 256 epochs
+])
+def test_reactnet_imagenet_presets_are_the_authors_two_steps(make_cfg, tmp_path, preset, model,
+                                                             batch, lr):
+    import timm
+    from torchvision.models import ResNet34_Weights
+
+    from bnnbench.recipes import stage_config
+
+    cfg = make_cfg([f"+preset={preset}"])
+    assert cfg.method._target_.endswith("reactnet.ReActNet") and cfg.model.name == model
+    assert cfg.method.weight_gradient == "code"
+    assert cfg.data.batch_size == batch and cfg.trainer.max_epochs == 256
+    check_linear_decay(cfg, lr)
+    check_authors_imagenet_data(cfg)
+    # train(): loss = DistributionLoss(student, teacher) alone (T = 1); the smoothed criterion
+    # they build with --label_smooth 0.1 never reaches train(), and weighs 0 at kd.weight = 1
+    assert (cfg.kd.weight, cfg.kd.temperature, cfg.method.label_smoothing) == (1.0, 1.0, 0.1)
+    # teacher: torchvision's resnet34(pretrained=True)
+    name = cfg.teacher.removeprefix("timm:")
+    teacher = timm.create_model(name, pretrained=False)
+    assert teacher.pretrained_cfg["url"] == ResNet34_Weights.IMAGENET1K_V1.url
+    # step 1: real weights, weight decay 1e-5; step 2: binary weights from step 1, none
+    step1, step2 = stage_config(cfg, 1), stage_config(cfg, 2, tmp_path / "stage1")
+    assert step1.method.binary_weights is False and step1.optimizer.weight_decay == 1e-5
+    assert step2.method.binary_weights is True and step2.optimizer.weight_decay == 0.0
+    assert step2.init == str(tmp_path / "stage1")
+    assert step1.teacher == step2.teacher == cfg.teacher
+    kwargs = {"width_multiplier": 0.25} if model == "reactnet_a" else {}
+    net = instantiate(cfg.method).convert(
+        create_model(model, in_chans=3, num_classes=10, img_size=32, **kwargs))
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -357,16 +357,38 @@ def test_xnorpp_factorized_needs_the_input_size_one_line():
     assert "\n" not in str(info.value)
 
 
-def test_reactnet_weight_decay_reaches_weights_only():
+def authors_shape(module: nn.Module, local: str, param: torch.Tensor) -> tuple[int, ...]:
+    """The shape the authors' network (liuzechun/ReActNet resnet/2_step2/birealnet.py,
+    mobilenet/1_step1/reactnet.py) gives the tensor in this role: each learnable shift is a
+    ``LearnableBias`` of shape (1, C, 1, 1) (move0 before the sign; move1 and move2 around the
+    PReLU); RPReLU's slope is their ``nn.PReLU(C)`` weight (C,); convs, BatchNorm and the fc
+    keep their shapes."""
+    from bnnbench.nn.modern_layers import LearnableShift, RPReLU
+
+    if isinstance(module, LearnableShift) or (isinstance(module, RPReLU)
+                                              and local in ("shift_in", "shift_out")):
+        return (1, param.numel(), 1, 1)
+    return tuple(param.shape)
+
+
+@pytest.mark.parametrize("host", ["resnet18", "reactnet_a"])
+def test_reactnet_weight_decay_groups_are_the_authors(host):
+    """The authors' train.py (resnet/1_step1, mobilenet/1_step1): ``if p.ndimension() == 4 or
+    'conv' in pname`` -> the group with ``weight_decay=args.weight_decay``, the rest
+    ``other_parameters`` at Adam's default 0. (Every parameter of theirs whose name holds
+    'conv' is a 4-D kernel, so the rule is the 4-D one on their shapes.)"""
     net = create_method("reactnet").convert(
-        create_model("resnet18", in_chans=1, num_classes=10, img_size=28))
+        create_model(host, in_chans=3, num_classes=10, img_size=32))
+    expected = {f"{m}.{local}" if m else local
+                for m, module in net.named_modules()
+                for local, p in module.named_parameters(recurse=False)
+                if len(authors_shape(module, local, p)) == 4}
     free, decayed = create_method("reactnet").param_groups(net)
     assert free["weight_decay"] == 0.0 and "weight_decay" not in decayed
     names = {id(p): n for n, p in net.named_parameters()}
-    decayed_names = {names[id(p)] for p in decayed["params"]}
-    assert "layer1.0.conv1.weight" in decayed_names and "conv1.weight" in decayed_names
-    assert not any(k in n for n in decayed_names for k in ("shift", "slope", "bn", "fc"))
+    assert {names[id(p)] for p in decayed["params"]} == expected
     assert len(free["params"]) + len(decayed["params"]) == len(list(net.parameters()))
+    assert any(".shift" in n for n in expected)  # the shifts are there to be decayed
 
 
 def test_reactnet_step1_binary_activations_real_weights():

@@ -119,6 +119,43 @@ def test_bop_takes_every_method_with_sign_weights(method, knobs):
     assert len(binary_weights(net, m)) >= 1
 
 
+@pytest.mark.parametrize("method", ["xnor", "bwn"])
+def test_bop_on_scaled_sign_layers_averages_the_gradient_of_the_binary_weight(method):
+    """Helwegen et al. Algorithm 2 on an XNOR-Net / BWN layer: ``m = gamma * g`` after one step
+    from ``m = 0``, with ``g = dL/dW_b`` the gradient of the binary weight (larq's
+    ``MagnitudeAwareSign`` stops the gradient through mean|W|, which is 1 for +-1 weights). The
+    reference ``g = G^T x`` is written by hand for a Linear ``y = x W_b^T (+ b)`` with a known
+    upstream gradient ``G`` and inputs of +-1 (so XNOR-Net's sign(x) is x and its K = mean|x| is
+    1). Then a weight flips exactly where ``|m| > tau`` and ``sign(m) = w``."""
+    torch.manual_seed(0)
+    m = create_method(method)
+    net = m.convert(mlp(hidden=24))
+    name, layer = [(n, layer) for n, layer in quantized_layers(net)
+                   if layer.weight_quantizer.precision == 1][0]
+    gamma = 0.25
+    opt = Bop(split_binary_groups(m.param_groups(net), net, m), lr=1e-3, gamma=gamma,
+              threshold=0.0)
+    w0 = layer.weight.detach().clone()
+    assert torch.equal(w0.abs(), torch.ones_like(w0)), name
+    x = torch.randint(0, 2, (6, layer.in_features), dtype=torch.float32) * 2 - 1
+    upstream = torch.randn(6, layer.out_features)
+    layer.eval()(x).backward(upstream)  # eval: no input dropout (the weight path is the same)
+    g = upstream.T @ x  # dL/dW_b for y = x W_b^T
+
+    m_expected = gamma * g
+    tau = m_expected.abs().median().item()  # about half the weights pass the threshold
+    for group in opt.param_groups:
+        group["threshold"] = tau
+    others = [p for p in net.parameters() if p is not layer.weight]
+    for p in others:
+        p.grad = None
+    opt.step()
+    torch.testing.assert_close(opt.state[layer.weight]["m"], m_expected)
+    flips = (m_expected.abs() > tau) & (torch.sign(m_expected) == w0)
+    assert 0 < int(flips.sum()) < flips.numel()
+    torch.testing.assert_close(layer.weight.detach(), torch.where(flips, -w0, w0))
+
+
 @pytest.mark.slow
 def test_bop_fit_learns_digits():
     """A short fit with Bop on the binary layers (sklearn's 8x8 digits, 60 steps): training

@@ -26,6 +26,101 @@ def test_source_names_drop_layer_wrappers():
     assert source_names("layer1.0.conv1.layer.weight") == ["layer1.0.conv1.layer.weight",
                                                            "layer1.0.conv1.weight"]
     assert source_names("fc.bias") == ["fc.bias"]
+    assert source_names("6.norm.weight", {"6.norm": "7"}) == ["6.norm.weight", "7.weight"]
+    assert source_names("f.2.conv.norm.bias", {"f.2.conv.norm": "f.2.bn"}) == [
+        "f.2.conv.norm.bias", "f.2.bn.bias"]
+
+
+HOSTS = {"mlp": {"in_chans": 1, "num_classes": 10, "img_size": 28, "hidden_features": 32},
+         "vgg_small": {"in_chans": 3, "num_classes": 10, "img_size": 32, "widths": [8, 16, 32],
+                       "hidden_features": 16},
+         "resnet18": {"in_chans": 1, "num_classes": 10, "img_size": 32}}
+
+
+def save_as_run_checkpoint(net: torch.nn.Module, host: str, path: Path) -> Path:
+    """``net`` as a full-precision run's checkpoint (Lightning's ``net.`` prefix, the spec)."""
+    from bnnbench.spec import CHECKPOINT_SPEC_KEY
+
+    kwargs = {k: v for k, v in HOSTS[host].items() if k not in ("in_chans", "num_classes",
+                                                                "img_size")}
+    spec = {"model": {"name": host, "kwargs": kwargs}, "method": {"name": "fp", "knobs": {}},
+            "data": {"name": "synthetic", "args": {}}}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                CHECKPOINT_SPEC_KEY: spec}, path)
+    return path
+
+
+def counterparts(binary: torch.nn.Module, host_modules: dict[int, str],
+                 fp: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """(binary module, float module) pairs, found without the warm start's name mapping: a
+    module ``convert`` kept (the same object as in the host it converted) by its host name; a
+    Conv/Linear it replaced by position among the host's replaced layers of the same weight
+    shape (conversion keeps their order within a shape)."""
+    fp_named = dict(fp.named_modules())
+    pairs, new_layers = [], {}
+    kept_names = set()
+    for module in binary.modules():
+        if id(module) in host_modules:
+            kept_names.add(host_modules[id(module)])
+            pairs.append((module, fp_named[host_modules[id(module)]]))
+        elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            new_layers.setdefault(tuple(module.weight.shape), []).append(module)
+    replaced = {}
+    for name, module in fp.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and name not in kept_names:
+            replaced.setdefault(tuple(module.weight.shape), []).append(module)
+    assert {k: len(v) for k, v in new_layers.items()} == {k: len(v) for k, v in replaced.items()}
+    for shape, layers in new_layers.items():
+        pairs += list(zip(layers, replaced[shape]))
+    return pairs
+
+
+def own_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in [*module.named_parameters(recurse=False),
+                              *module.named_buffers(recurse=False)]
+            if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+@pytest.mark.parametrize("method", ["bireal", "reactnet", "xnor", "bnn"])
+def test_warm_start_copies_every_tensor_that_has_a_float_counterpart(tmp_path, method, host):
+    """Bi-Real Sec. 3.4's initialisation from the real network: after ``init=`` every tensor of
+    the binary network with a counterpart in the float host equals it (BatchNorm affine and
+    statistics included, wherever ``convert`` moved them), and every float tensor has one."""
+    torch.manual_seed(0)
+    fp = create_model(host, **HOSTS[host])
+    with torch.no_grad():  # every tensor away from its init, so a tensor left as is shows
+        for tensor in own_state(fp):
+            tensor.copy_(torch.rand_like(tensor) + 0.5)
+    path = save_as_run_checkpoint(fp, host, tmp_path / "fp.ckpt")
+
+    torch.manual_seed(1)
+    host_net = create_model(host, **HOSTS[host])
+    alive = list(host_net.modules())  # ids stay unique while the replaced modules live
+    host_modules = {id(m): name for name, m in host_net.named_modules()}
+    net = create_method(method).convert(host_net)
+    warm_start(net, path)
+
+    compared = set()
+    for binary, float_module in counterparts(net, host_modules, fp):
+        theirs = own_tensors(float_module)
+        for key, tensor in own_tensors(binary).items():
+            if key in theirs and theirs[key].shape == tensor.shape:
+                torch.testing.assert_close(tensor, theirs[key], msg=f"{method} {host} {key}")
+                compared.add(id(theirs[key]))
+    every = {id(t) for m in fp.modules() for t in own_tensors(m).values()}
+    if (method, host) == ("xnor", "vgg_small"):
+        # XNOR-Net's block BN -> sign -> conv -> pool gives each binary ConvBlock a BatchNorm
+        # over the conv's *input* channels in place of the host's over its output: the host's
+        # block BatchNorms have no counterpart there
+        assert compared < every and alive
+    else:
+        assert compared == every and alive
+
+
+def own_state(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [t for m in net.modules() for t in own_tensors(m).values()
+            if t.is_floating_point()]
 
 
 @pytest.mark.slow
@@ -44,8 +139,10 @@ def test_binary_run_warm_starts_from_a_full_precision_run(make_cfg):
     torch.testing.assert_close(state["6.layer.weight"], fp_state["6.weight"])
     torch.testing.assert_close(state["2.weight"], fp_state["2.weight"])  # the real first layer
     torch.testing.assert_close(state["3.running_var"], fp_state["3.running_var"])
-    # the BatchNorm that moved into the unit has no source of its new name: left as initialised
-    assert "6.norm.weight" in warm.kept and "6.layer.weight" in warm.loaded
+    # the host's BatchNorm after that Linear (index 7 of the MLP) moved into the unit as its norm
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        torch.testing.assert_close(state[f"6.norm.{key}"], fp_state[f"7.{key}"])
+    assert warm.kept == []  # Bi-Real adds no tensor: every one has a source
 
     record = run(make_cfg([*FAST, *MLP, "+method=bireal", f"init={fp_dir}"]))
     assert record.extra["init"]["loaded"] == len(warm.loaded)
@@ -140,6 +237,33 @@ def test_timm_teacher_loads_a_saved_state_dict(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(teacher(x), trained(x))
+
+
+class _Pickled:  # an object a weights_only load refuses: unpickling it would run code
+    pass
+
+
+def test_timm_teacher_reads_a_local_checkpoint_as_data_only(tmp_path):
+    """teacher=timm:<name> teacher_weights=<file>: a safetensors file, or a torch.save file read
+    with weights_only=True; anything that needs code to unpickle is one line, not loaded."""
+    import timm
+    from safetensors.torch import save_file
+
+    from bnnbench.recipes import load_teacher
+
+    torch.manual_seed(0)
+    trained = timm.create_model(TINY_TIMM, num_classes=10, in_chans=1).eval()
+    path = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    teacher = load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, path)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), trained(x))
+    pickled = tmp_path / "code.pth"
+    torch.save({"state_dict": trained.state_dict(), "extra": _Pickled()}, pickled)
+    with pytest.raises(BnnbenchError, match="not a readable state dict") as info:
+        load_teacher(f"timm:{TINY_TIMM}", GEOMETRY, pickled)
+    assert "\n" not in str(info.value)
 
 
 def test_timm_teacher_without_weights_is_one_line_naming_the_fix(tmp_path, monkeypatch):
@@ -304,6 +428,36 @@ def test_binary_weights_false_is_real_weights_and_sign_activations(method, train
     assert [layer.weight_bits for _, layer in quantized_layers(binary)] == [1, 1]
 
 
+# ------------------------------------------------------------ fp_init's real network
+@pytest.mark.parametrize("host", ["mlp", "resnet18"])
+@pytest.mark.parametrize("option, reference", [
+    ([], lambda x: torch.clamp(x, -1.0, 1.0)),  # Bi-Real Sec. 3.4: clip(-1, x, 1)
+    (["recipe.stage1.method.activation=relu"], lambda x: torch.clamp(x, min=0.0)),
+], ids=["default-clip", "relu"])
+def test_fp_init_pretrains_with_clip_by_default_and_relu_as_an_option(make_cfg, host, option,
+                                                                      reference):
+    """Stage 1 of ``+recipe=fp_init`` builds the host with every activation where the host has
+    a ReLU computing clip(-1, x, 1) (Bi-Real Net Sec. 3.4), or max(0, x) with the option; stage
+    2 is the run's binary method."""
+    from bnnbench.recipes import stage_config
+    from bnnbench.spec import build_net
+
+    geometry = {"in_chans": 1, "num_classes": 10, "img_size": 32}
+    cfg = make_cfg([f"model={host}", *(MLP if host == "mlp" else []), "+method=bireal",
+                    "+recipe=fp_init", *option])
+    stage1 = stage_config(cfg, 1)
+    plain = create_model(host, **geometry, **({"hidden_features": 32} if host == "mlp" else {}))
+    relus = [n for n, m in plain.named_modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) >= 2
+    net = build_net(stage1, geometry)
+    assert not any(hasattr(m, "weight_quantizer") for m in net.modules())
+    x = torch.linspace(-3, 3, 61)
+    for name in relus:
+        torch.testing.assert_close(net.get_submodule(name)(x.clone()), reference(x))
+    stage2 = stage_config(cfg, 2, Path("stage1"))
+    assert stage2.method._target_.endswith("bireal.BiRealNet") and stage2.init == "stage1"
+
+
 # --------------------------------------------------------------- optimizers of the stages
 @pytest.mark.parametrize("recipe", ["two_stage", "fp_init", "fp_teacher"])
 def test_bop_flips_only_in_the_stage_with_binary_weights(make_cfg, recipe, tmp_path):
@@ -325,8 +479,8 @@ def test_bop_flips_only_in_the_stage_with_binary_weights(make_cfg, recipe, tmp_p
     # the stage's network: real weights (two_stage), no method (the fp recipes)
     if recipe == "two_stage":
         assert stage1.method.binary_weights is False and stage2.init == str(tmp_path / "stage1")
-    else:
-        assert stage1.method is None
+    else:  # the full-precision network (fp_init's with clip activations)
+        assert stage1.method is None or stage1.method._target_.endswith("fp.FullPrecision")
         link = "init" if recipe == "fp_init" else "teacher"
         assert stage2[link] == str(tmp_path / "stage1") and stage2.method.binary_weights
         assert stage2.get("teacher" if link == "init" else "init") is None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnnbench.errors import BnnbenchError, check_knobs
+from bnnbench.errors import BnnbenchError, check_knobs, check_range
 from bnnbench.nn.layers import quantized_layers, set_submodule
 from bnnbench.nn.quantizers import clamp_
 
@@ -74,6 +74,10 @@ class BinarizationMethod(ABC):
         fp_last: keep the last layer (the classifier) full precision.
         fp_shortcut: keep ResNet projection shortcuts (``downsample``) full precision.
         loss: ``cross_entropy`` or BinaryNet's ``squared_hinge``.
+        label_smoothing: ``eps`` of the cross entropy with smoothed targets ``(1 - eps)
+            onehot(y) + eps / K`` over ``K`` classes (Szegedy et al. 2016), the Bi-Real and
+            ReActNet authors' ``CrossEntropyLabelSmooth`` (``--label_smooth 0.1`` in their
+            train.py): ``(1 - eps) CE + eps * mean_k(-log p_k)``. Default 0, plain cross entropy.
     """
 
     name: ClassVar[str]
@@ -81,12 +85,18 @@ class BinarizationMethod(ABC):
     binarizes: ClassVar[str] = ""
 
     def __init__(self, fp_first: bool = True, fp_last: bool = True, fp_shortcut: bool = False,
-                 loss: str = "cross_entropy") -> None:
+                 loss: str = "cross_entropy", label_smoothing: float = 0.0) -> None:
         check_choice("method.loss", loss, LOSSES)
+        check_range("method.label_smoothing", label_smoothing, low=0, high=1)
+        if label_smoothing and loss != "cross_entropy":
+            raise BnnbenchError(f"method.label_smoothing={label_smoothing} smooths the cross "
+                                f"entropy's targets and method.loss={loss}: set "
+                                "method.loss=cross_entropy or method.label_smoothing=0")
         self.fp_first = fp_first
         self.fp_last = fp_last
         self.fp_shortcut = fp_shortcut
         self.loss_name = loss
+        self.label_smoothing = label_smoothing
 
     @abstractmethod
     def convert(self, model: nn.Module) -> nn.Module:
@@ -109,7 +119,7 @@ class BinarizationMethod(ABC):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.loss_name == "squared_hinge":
             return squared_hinge_loss(logits, target)
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -119,6 +129,22 @@ class BinarizationMethod(ABC):
 # --- helpers to swap layers --------------------------------------------------------------------
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
+#: the attribute a module moved to a new place by ``convert`` keeps its old name in (the float
+#: host's), so that a warm start from the host finds its tensors (:func:`moved_from`)
+MOVED_FROM = "bnnbench_moved_from"
+
+
+def mark_moved(module: nn.Module, old_name: str) -> None:
+    """Record that ``module`` stood at ``old_name`` of the host before ``convert`` moved it
+    (e.g. a BatchNorm into a Bi-Real unit, :func:`bnnbench.methods.bireal.wrap_units`)."""
+    if getattr(module, MOVED_FROM, None) is None:  # the host's name, not an intermediate one
+        setattr(module, MOVED_FROM, old_name)
+
+
+def moved_from(model: nn.Module) -> dict[str, str]:
+    """``{name now: name in the host}`` of every module of ``model`` that ``convert`` moved."""
+    return {name: getattr(m, MOVED_FROM) for name, m in model.named_modules()
+            if getattr(m, MOVED_FROM, None) is not None}
 
 
 def weight_layer_names(model: nn.Module) -> list[str]:

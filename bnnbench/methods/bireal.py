@@ -20,6 +20,7 @@ from bnnbench.methods.base import (
     check_choice,
     first_and_last,
     layers_to_binarize,
+    mark_moved,
     register_method,
     replace_activations,
     replace_layers,
@@ -147,7 +148,9 @@ def wrap_units(model: nn.Module, names: list[str], make_shift: ModuleFactory,
     """Wrap each named layer with the BatchNorm right after it into a :class:`BinaryUnit`
     (``norm(layer(shift(x))) + shortcut(x)`` then ``act``); the layer moves to
     ``<name>.layer``. The BatchNorm is the next sibling in an ``nn.Sequential`` or a
-    ConvBlock's ``bn`` right after its ``conv``; it leaves its old place. Returns the names."""
+    ConvBlock's ``bn`` right after its ``conv``; it leaves its old place, which it keeps as its
+    host name (:func:`~bnnbench.methods.base.mark_moved`: a warm start from the host copies it).
+    Returns the names."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -158,12 +161,14 @@ def wrap_units(model: nn.Module, names: list[str], make_shift: ModuleFactory,
             if parent.bn is not None and order.index("conv") + 1 < len(order) and \
                     order[order.index("conv") + 1] == "bn":
                 norm, parent.bn = parent.bn, None
+                mark_moved(norm, f"{parent_name}.bn" if parent_name else "bn")
         elif isinstance(parent, nn.Sequential):
             keys = list(parent._modules)
             after = keys.index(child) + 1
             if after < len(keys) and isinstance(parent._modules[keys[after]], _NORMS):
                 norm = parent._modules[keys[after]]
                 parent._modules[keys[after]] = nn.Identity()
+                mark_moved(norm, f"{parent_name}.{keys[after]}" if parent_name else keys[after])
         conv = isinstance(layer, nn.Conv2d)
         c_in = layer.in_channels if conv else layer.in_features
         c_out = layer.out_channels if conv else layer.out_features
@@ -259,7 +264,7 @@ class BiRealNet(_UnitMethod):
     none; ``latent_clip`` adds one). First and last layers real.
     Paper's recipe: initialise from a real-valued net trained with clip(-1, 1) in place of ReLU
     (the ``init`` recipe, not part of this method; ``+recipe=fp_init`` trains both in one
-    command); Adam, lr 1e-3 (authors' code), batch 512.
+    command, its first stage with clip); Adam, lr 1e-3 (authors' code), batch 512.
     ``binary_weights=false`` is stage 1 of the two-stage recipe (``+recipe=two_stage``): the
     same units with real weights, ``y = BN(conv(sign(x), W)) + x`` with ApproxSign's gradient
     for the activations and the plain gradient ``dL/dW`` for ``W`` (no ``alpha``, no mask):

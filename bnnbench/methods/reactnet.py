@@ -43,10 +43,13 @@ class ReActNet(_UnitMethod):
     ``g * 1{|W| <= 1}`` (``paper``: Bi-Real's ``g * alpha_o 1{|W| < 1}``).
     Two-step training (Sec. 4.1): step 1 ``binary_weights=false`` (binary activations, real
     weights, weight decay 1e-5), step 2 ``binary_weights=true`` initialised from step 1 (weight
-    decay 0). Weight decay applies to conv weights and binary layers' weights only, everything
-    else (BN, shifts, slopes, the real classifier) has none (:meth:`param_groups`, the authors'
-    two Adam groups). The distributional loss (KL to a real teacher's softmax, T = 1) is the
-    knowledge-distillation recipe, not part of this method. Adam lr 5e-4 to 2.5e-3, linear decay.
+    decay 0), every tensor (as the paper and resnet/2_step2; the authors' mobilenet/2_step2
+    skips the binary convs' step-1 weights, whose parameter name and shape changed). Weight
+    decay applies to conv weights, binary layers' weights and the learnable shifts (the
+    authors' 4-D tensors), everything else (BN, RPReLU slopes, the real classifier) has none
+    (:meth:`param_groups`, the authors' two Adam groups). The distributional loss (KL to a real
+    teacher's softmax, T = 1) is the knowledge-distillation recipe, not part of this method.
+    Adam lr 5e-4 to 2.5e-3, linear decay.
     Reproduces: ReActNet-A 69.4 / 88.6 top-1 / top-5 on ImageNet (``model=reactnet_a``,
     Table 4); ReActNet ResNet-18 65.5 top-1 (``model=resnet18``).
     """
@@ -60,8 +63,17 @@ class ReActNet(_UnitMethod):
         return self._convert(model, LearnableShift, RPReLU)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Two groups, the authors' (resnet/ and mobilenet/ ``train.py``: ``p.ndimension() == 4
+        or 'conv' in pname`` -> the group with ``--weight_decay``, the rest none): their 4-D
+        tensors are the conv kernels and the ``LearnableBias`` shifts (``1 x C x 1 x 1``), so
+        the decayed group holds every conv weight, the binary layers' weights and every
+        learnable shift (RSign's, RPReLU's two); BatchNorm, RPReLU's slopes (their ``nn.PReLU``)
+        and the real classifier have none."""
         decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
         decayed |= {id(layer.weight) for _, layer in quantized_layers(model)}
+        decayed |= {id(m.shift) for m in model.modules() if isinstance(m, LearnableShift)}
+        decayed |= {id(p) for m in model.modules() if isinstance(m, RPReLU)
+                    for p in (m.shift_in, m.shift_out)}
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
                   {"params": [p for p in params if id(p) in decayed]}]

@@ -30,13 +30,32 @@ class ScaledSignQuantizer(Quantizer):
     """XNOR-Net / BWN weights: ``alpha_o * sign(W)``, one ``alpha = mean|W|`` per output channel.
 
     See :func:`bnnbench.functional.xnor_weight` (forward, exact STE gradient, [XNOR] Eq. 4-7).
+
+    ``scale_gradient=False`` keeps the forward and stops the gradient through ``alpha``:
+    ``dL/dW_i = alpha_o g_i 1{|W_i| <= 1}`` (larq's ``MagnitudeAwareSign``:
+    ``stop_gradient(mean|W|) * ste_sign(W)``). Bop sets it (:func:`bnnbench.optimizers.
+    split_binary_groups`): its weights are +-1, where ``alpha = 1`` and this is ``g``, the
+    gradient w.r.t. the binary weight, which is what Bop's moving average accumulates
+    (Helwegen et al. 2019, Algorithm 2); the chain rule through ``alpha`` would add
+    ``sign(W_i) / n * sum_j g_j sign(W_j)`` to every weight of the channel.
     """
 
     precision = 1
     scales_per_channel = 1
 
+    def __init__(self, scale_gradient: bool = True) -> None:
+        super().__init__()
+        self.scale_gradient = scale_gradient
+
     def forward(self, x: Tensor) -> Tensor:
-        return BF.xnor_weight(x)
+        if self.scale_gradient:
+            return BF.xnor_weight(x)
+        dims = tuple(range(1, x.dim()))
+        alpha = x.detach().abs().mean(dim=dims, keepdim=True) if dims else x.detach().abs()
+        return alpha * BF.sign_ste(x)
+
+    def extra_repr(self) -> str:
+        return "" if self.scale_gradient else "scale_gradient=False"
 
 
 class DoReFaWeightQuantizer(Quantizer):
