@@ -76,7 +76,7 @@ from bnnbench.packed.encoding import (PackedWeight, channels_last_planes, check_
                                      encode_exact)
 from bnnbench.packed.fusion import fuse_sign_chains
 from bnnbench.packed.reader import Header, PackedFileError, load_json, read_header, read_tensors
-from bnnbench.packed.routes import use_kernels
+from bnnbench.packed.routes import check_input, use_kernels
 from bnnbench.size import account, deployed_tensors
 from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain, check_spec
 from bnnbench.trained import check_shapes
@@ -260,6 +260,9 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     if left:  # a tensor the file does not hold (an export always holds them all)
         raise PackedFileError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
                               "re-export the run")
+    for layer in net.modules():  # the kernels see word counts, not features: checked first
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            layer.register_forward_pre_hook(check_input)
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)

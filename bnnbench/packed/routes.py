@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnnbench.errors import BnnbenchError
 from bnnbench.nn.layers import QuantConv2d, QuantLinear
 from bnnbench.nn.quantizers import Identity, SignQuantizer
 from bnnbench.packed.encoding import PackedWeight
@@ -98,6 +99,32 @@ def use_kernels(net: nn.Module) -> int:
         layer.forward = forwards[route].__get__(layer)  # type: ignore[method-assign]
         count += 1
     return count
+
+
+def check_input(layer: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of every linear and conv layer of a loaded packed model (whatever its
+    route, full-precision layers included, so all refuse alike): its float input has
+    the layer's feature count, the last dim equal to ``in_features`` (linear), dim -3 of a
+    (N, C, H, W) or (C, H, W) input equal to ``in_channels`` (conv); one BnnbenchError line
+    otherwise.
+
+    The kernels see only word counts (ceil(features / 32)), so an input a few features short
+    would run on its padding bits; the trained layer refuses it, and so does every packed
+    route. Packed signs a fused chain hands on (int32, :mod:`bnnbench.packed.fusion`) were
+    sized by the producing kernel and pass."""
+    x = args[0] if args else None
+    if not isinstance(x, Tensor) or (x.dtype == torch.int32
+                                     and getattr(layer, "_sign_in", None) is not None):
+        return
+    if isinstance(layer, nn.Conv2d):
+        want, got = layer.in_channels, (x.shape[-3] if x.dim() >= 3 else None)
+        what = "channels (N, C, H, W)"
+    else:
+        want, got = layer.in_features, (x.shape[-1] if x.dim() >= 1 else None)
+        what = "features (last dim)"
+    if got != want:
+        raise BnnbenchError(f"packed {type(layer).__name__} takes inputs with {want} {what}, "
+                            f"got shape {tuple(x.shape)}")
 
 
 def _linear_rows(x: Tensor) -> Tensor:
