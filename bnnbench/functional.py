@@ -64,9 +64,10 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _pm1(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1, same dtype as x (no gradient)."""
+    """sign with sign(0) = +1, same dtype as x (no gradient): -1 iff ``x < 0``, so NaN -> +1,
+    the one rule of every path (the packed kernels store bit 1 iff ``x < 0``, at no cost)."""
     one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    return torch.where(x < 0, -one, one)
 
 
 def _hardtanh_mask(x: Tensor, dtype: torch.dtype) -> Tensor:

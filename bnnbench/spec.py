@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,8 @@ HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_conv
 LOADING_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
                             "checkpoint_path", "cache_dir"})
 SECTIONS = {"model": "kwargs", "method": "knobs", "data": "args"}
+# a timm architecture name and an optional pretrained tag: no scheme (hf-hub:, local-dir:), no path
+PLAIN_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
 # where a Lightning checkpoint keeps the spec it was trained with
 CHECKPOINT_SPEC_KEY = "bnnbench_spec"
 
@@ -97,6 +100,7 @@ def check_spec(spec: Any, where: str) -> Spec:
             raise BnnbenchError(f"{where}.{section} must be {{name: <str>, {args_key}: {{...}}}}")
         out[section] = {"name": part["name"],
                         args_key: check_plain(part[args_key], f"{where}.{section}.{args_key}")}
+    check_model_name(out["model"]["name"], f"{where}.model.name")
     if out["method"]["name"] not in list_methods():
         raise BnnbenchError(f"{where}.method.name={out['method']['name']!r} is not a registered "
                             f"method ({', '.join(list_methods())})")
@@ -109,6 +113,23 @@ def check_spec(spec: Any, where: str) -> Spec:
         raise BnnbenchError(f"{where}.model.kwargs.{min(refused)} is refused (the geometry "
                             "comes from the data; bnnbench never loads pretrained files)")
     return out
+
+
+def check_model_name(name: str, where: str) -> str:
+    """A registered model's name, or a plain timm architecture name (``resnet18``, optionally
+    with a pretrained tag, ``resnet18.a1_in1k``): letters, digits and ``_`` only, so never a
+    ``hf-hub:`` or ``local-dir:`` name that makes timm read the network or a path."""
+    from bnnbench.models import list_models
+
+    if name in list_models():
+        return name
+    if PLAIN_TIMM_NAME.fullmatch(name):
+        import timm
+
+        if timm.is_model(name):
+            return name
+    raise BnnbenchError(f"{where}={name[:80]!r} is not a registered model or a plain timm model "
+                        f"name (registered: {', '.join(list_models())})")
 
 
 # ---------------------------------------------------------------------------------- configs

@@ -261,7 +261,7 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
         raise PackedFileError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
                               "re-export the run")
     for layer in net.modules():  # the kernels see word counts, not features: checked first
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
             layer.register_forward_pre_hook(check_input)
     net = net.to(device).eval()
     if kernels == "auto":
@@ -304,7 +304,9 @@ def _build_budget(tensors: int, path: Path):
     """While active, building a network in this thread may register at most
     ``BUILD_REGISTRATIONS_PER_TENSOR * tensors + BUILD_REGISTRATIONS_BASE`` modules,
     parameters and buffers; past that the build stops with one PackedFileError line (a network
-    that large cannot hold only the file's tensors, and building it could take minutes)."""
+    that large cannot hold only the file's tensors, and building it could take minutes). A
+    build that fails otherwise (a size from the file whose storage overflows, say) is one
+    line too."""
     from torch.nn.modules import module as torch_module
 
     limit = BUILD_REGISTRATIONS_PER_TENSOR * tensors + BUILD_REGISTRATIONS_BASE
@@ -326,6 +328,12 @@ def _build_budget(tensors: int, path: Path):
         raise PackedFileError(f"{path}: the model its spec builds has far more layers than the "
                               f"file's {tensors} tensors (over {limit} modules and tensors); "
                               "refused while building it") from None
+    except BnnbenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. a size whose storage overflows int64
+        raise PackedFileError(f"{path}: the model its spec builds cannot be built "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+                              ) from None
     finally:
         for handle in handles:
             handle.remove()

@@ -102,11 +102,11 @@ def use_kernels(net: nn.Module) -> int:
 
 
 def check_input(layer: nn.Module, args: tuple[Any, ...]) -> None:
-    """Forward pre-hook of every linear and conv layer of a loaded packed model (whatever its
-    route, full-precision layers included, so all refuse alike): its float input has
-    the layer's feature count, the last dim equal to ``in_features`` (linear), dim -3 of a
-    (N, C, H, W) or (C, H, W) input equal to ``in_channels`` (conv); one BnnbenchError line
-    otherwise.
+    """Forward pre-hook of every linear, conv and BatchNorm layer of a loaded packed model
+    (whatever its route, full-precision layers included, so all refuse alike): its input has
+    the layer's feature count, ``in_features`` in the last dim (linear), ``in_channels`` in
+    dim -3 of (N, C, H, W) or (C, H, W) (conv), ``num_features`` in dim 1 (BatchNorm); one
+    BnnbenchError line otherwise.
 
     The kernels see only word counts (ceil(features / 32)), so an input a few features short
     would run on its padding bits; the trained layer refuses it, and so does every packed
@@ -118,13 +118,13 @@ def check_input(layer: nn.Module, args: tuple[Any, ...]) -> None:
         return
     if isinstance(layer, nn.Conv2d):
         want, got = layer.in_channels, (x.shape[-3] if x.dim() >= 3 else None)
-        what = "channels (N, C, H, W)"
+    elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        want, got = layer.num_features, (x.shape[1] if x.dim() >= 2 else None)
     else:
         want, got = layer.in_features, (x.shape[-1] if x.dim() >= 1 else None)
-        what = "features (last dim)"
     if got != want:
-        raise BnnbenchError(f"packed {type(layer).__name__} takes inputs with {want} {what}, "
-                            f"got shape {tuple(x.shape)}")
+        raise BnnbenchError(f"packed {type(layer).__name__} takes {want} input features, got "
+                            f"{got} (input shape {tuple(x.shape)})")
 
 
 def _linear_rows(x: Tensor) -> Tensor:
