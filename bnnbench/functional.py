@@ -6,7 +6,8 @@ actually implemented, and the paper it comes from (larq style).
 
 Conventions used throughout
 ---------------------------
-* ``sign(0) = +1`` (BinaryNet, Eq. 1 of Tang et al. 2017): a binarized value is never 0.
+* ``sign(0) = +1`` (BinaryNet, Eq. 1 of Tang et al. 2017): a binarized value is never 0; and
+  ``sign(NaN) = +1`` (-1 iff ``x < 0``), as the packed kernels store it.
 * ``1{.}`` is the indicator function; ``g`` is the incoming gradient ``dL/d(output)``.
 * "STE" (straight-through estimator, Bengio et al. 2013; Hubara/Courbariaux et al. 2016): the
   backward pass replaces the derivative of a step function by that of a surrogate; the surrogate is
@@ -93,7 +94,7 @@ class _SignSTE(torch.autograd.Function):
 def sign_ste(x: Tensor, cancel: bool = True) -> Tensor:
     r"""Deterministic binarization with a straight-through estimator.
 
-    Forward:  ``y = +1 if x >= 0 else -1``  (sign(0) = +1).
+    Forward:  ``y = -1 if x < 0 else +1``  (sign(0) = +1, and NaN -> +1).
 
     Backward: ``cancel=True`` (activations): ``dL/dx = g * 1{|x| <= 1}``, the derivative of
     ``hardtanh(x)`` ("cancels the gradient when x is too large", [BNN] Sec. 1.3; Tang

@@ -233,7 +233,8 @@ def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     """Pack the signs of ``x`` along ``dim``: 32 per int32 word, LSB first.
 
     ``word[j] = sum_{b<32} [x[32 j + b] < 0] << b``: bit 1 = -1 (``x < 0``), bit 0 = +1
-    (``x >= 0``: sign(0) = +1), zero padded to a multiple of 32. Output has
+    (``x >= 0`` or NaN: sign(0) = sign(-0.0) = sign(NaN) = +1, bnnbench's one rule), zero
+    padded to a multiple of 32. Output has
     ``ceil(x.shape[dim] / 32)`` words along ``dim``.
     """
     op = "pack_signs"

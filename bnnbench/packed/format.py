@@ -42,10 +42,14 @@ The file's size on disk is the ``deployed`` accounting of :mod:`bnnbench.size` p
 (and, per quantized layer, under one byte of bit padding per plane and the codebook values beyond
 the quantizer's declared scales: one float for ABC-Net, ``<= 2^k`` for DoReFa k-bit).
 
-Loading (:func:`load_packed`) treats the file as data: it validates every metadata field (no
-``_target_`` anywhere, registered names, positive integer shapes that agree with the tensors,
-``planes <= 32``, a sane geometry), checks on the meta device that the network the spec builds
-holds exactly the file's tensors, and only then rebuilds it through the registries (model + the
+Loading (:func:`load_packed`) treats the file as data: it validates the safetensors header
+(:mod:`bnnbench.packed.reader`: bounded size and nesting, known dtypes, tensors tiling the data)
+and every metadata field (no ``_target_`` anywhere, registered model, method and data names,
+positive integer shapes that agree with the tensors, ``planes <= 32``, a sane geometry), checks
+on the meta device that the network the spec builds holds exactly the file's tensors (shapes and
+dtypes; its construction stopped when it registers far more modules and tensors than the file
+stores), and only then reads the tensors (into memory, or memory-mapped with ``mmap=True``) and
+rebuilds the network through the registries (model + the
 method's ``convert``; nothing the file names is ever instantiated or imported), puts a
 :class:`PackedWeight` in place of each quantized layer's weight quantizer
 (the latent weight is dropped; ``quantized_weight()`` returns the decoded weight), and loads the
@@ -54,6 +58,8 @@ a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscal
 and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
 (bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`), and two such
 layers joined by BatchNorm -> sign only exchange packed bits (:mod:`bnnbench.packed.fusion`).
+Every linear, conv and BatchNorm layer of the loaded model checks its input's feature count
+(:func:`bnnbench.packed.routes.check_input`): the kernels see only word counts.
 """
 
 from __future__ import annotations
