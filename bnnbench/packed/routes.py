@@ -110,11 +110,11 @@ def check_input(layer: nn.Module, args: tuple[Any, ...]) -> None:
 
     The kernels see only word counts (ceil(features / 32)), so an input a few features short
     would run on its padding bits; the trained layer refuses it, and so does every packed
-    route. Packed signs a fused chain hands on (int32, :mod:`bnnbench.packed.fusion`) were
-    sized by the producing kernel and pass."""
+    route. Integer inputs pass: the packed signs a fused chain hands on (int32, through the
+    BatchNorm between its layers too: :mod:`bnnbench.packed.fusion`) were sized by the
+    producing kernel, and any other integer input is refused by the layer itself."""
     x = args[0] if args else None
-    if not isinstance(x, Tensor) or (x.dtype == torch.int32
-                                     and getattr(layer, "_sign_in", None) is not None):
+    if not isinstance(x, Tensor) or not x.is_floating_point():
         return
     if isinstance(layer, nn.Conv2d):
         want, got = layer.in_channels, (x.shape[-3] if x.dim() >= 3 else None)
