@@ -208,15 +208,15 @@ def test_kernels_cpu_validates_before_compiled_code(call, message):
 
 
 def test_a_huge_word_count_does_not_segfault():
-    """xnor_gemm with a 1e8-word activation against a 1-word weight: one line, in a subprocess
+    """xnor_gemm with a 1e7-word activation against a 1-word weight: one line, in a subprocess
     (reading past the weight segfaulted)."""
     proc = run_python("""
         import torch
         from bnnbench.kernels import cpu, KernelInputError
-        a = torch.zeros(1, 10**8, dtype=torch.int32)
+        a = torch.zeros(1, 10**7, dtype=torch.int32)
         w = torch.zeros(4, 1, dtype=torch.int32)
-        for call in (lambda: cpu.xnor_gemm(a, w, 32 * 10**8),
-                     lambda: torch.ops.bnnbench.xnor_gemm(a, w, 32 * 10**8, "cpu")):
+        for call in (lambda: cpu.xnor_gemm(a, w, 32 * 10**7),
+                     lambda: torch.ops.bnnbench.xnor_gemm(a, w, 32 * 10**7, "cpu")):
             try:
                 call()
             except KernelInputError as err:
@@ -480,3 +480,20 @@ def test_evaluate_takes_how_data_is_read_from_the_user(small_export):
         resolve_data(spec, None)
     resolved, _ = resolve_data(spec, {"num_samples": 300})
     assert resolved["data"]["args"] == {"num_samples": 300}
+
+
+def test_version_2_planes_are_reordered_in_blocks_of_bounded_memory():
+    """A version-2 conv layer's planes are put channels last a block of output channels at a
+    time: no temporary grows with the layer (the whole-layer reorder unpacked every bit to a
+    byte and packed through int32: 9x-32x the planes)."""
+    from tests.test_packed_memory import _Allocations
+
+    from bnnbench.packed.encoding import channels_last_planes
+
+    shape = [256, 64, 3, 3]  # 147,456 weights: 18 KiB per plane
+    planes = torch.randint(0, 256, (2, 147_456 // 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(7))
+    with _Allocations() as allocs:
+        channels_last_planes(planes, shape, chunk_bits=1 << 12)
+    largest = max(n * d.itemsize for _, d, n in allocs.seen)
+    assert largest <= 2 * 147_456 // 8  # the result itself; blocks of 8 channels: ~18 KiB each
