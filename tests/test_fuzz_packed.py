@@ -7,12 +7,15 @@ The kernels, fed random shapes, dtypes, word counts and conv arguments, either c
 float64 reference computes or refuse with one KernelInputError line.
 
 CI runs these as they are: fixed ``max_examples``, no per-example deadline, derandomized (the
-same examples every run), about 20 s together on one core.
+same examples every run), about 20 s together on one core. A longer fuzzing session:
+``BNNBENCH_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_packed.py`` (random examples, that many per
+test).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tempfile
 from functools import lru_cache
@@ -37,8 +40,11 @@ SPEC = {"model": {"name": "mlp", "kwargs": {"hidden_features": 40, "depth": 2}},
         "method": {"name": "bnn", "knobs": {"fp_first": False}},
         "data": {"name": "synthetic", "args": {}}}
 X = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+LONG = int(os.environ.get("BNNBENCH_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=LONG or 40, deadline=None, derandomize=not LONG, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
+KERNEL_FUZZ = settings(FUZZ, max_examples=LONG or 150)
 
 
 @lru_cache(maxsize=1)
@@ -183,7 +189,7 @@ def refused_or(call, want):
 SMALL = st.integers(1, 80)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@KERNEL_FUZZ
 @given(m=st.integers(1, 4), n=st.integers(1, 5), ka=SMALL, kw=SMALL, k=st.integers(-2, 100),
        dtype=st.sampled_from([torch.int32, torch.int32, torch.int64, torch.float32]),
        pad_bit=st.booleans(), public=st.booleans())
@@ -217,7 +223,7 @@ def pad_bits_set(words: torch.Tensor, k: int) -> bool:
     return bool((last >> (k % 32)).any())
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None)
+@KERNEL_FUZZ
 @given(c=st.integers(1, 40), cw=st.integers(1, 40), hw=st.integers(1, 6), ks=st.integers(1, 3),
        stride=st.one_of(st.integers(-1, 3), st.floats(0.5, 2), st.just((1, 2)), st.just(2**63)),
        padding=st.one_of(st.integers(-1, 5), st.just((0, 1)), st.just("same"), st.just(10**5)),
