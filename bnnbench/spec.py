@@ -62,11 +62,13 @@ def check_plain(value: Any, where: str) -> Any:
         out = {}
         for key, v in value.items():
             if not isinstance(key, str):
-                raise BnnbenchError(f"{where} has a non-string key {key!r}")
+                raise BnnbenchError(f"{where} has a non-string key {key!r:.40}")
+            if not key.isprintable():  # a newline in a key would split the one-line message
+                raise BnnbenchError(f"{where} has a key {key!r:.40} that is not printable text")
             if key in HYDRA_KEYS:
                 raise BnnbenchError(f"{where}.{key} is refused: a saved config is data, and "
                                     "bnnbench never instantiates a class path read from a file")
-            out[key] = check_plain(v, f"{where}.{key}")
+            out[key] = check_plain(v, f"{where}.{key[:40]}")
         return out
     raise BnnbenchError(f"{where} holds a {type(value).__name__}, not plain data")
 
@@ -75,11 +77,11 @@ def check_geometry(geometry: Any, where: str = "geometry") -> dict[str, int]:
     """``in_chans``, ``num_classes``, ``img_size``: positive ints within :data:`GEOMETRY_LIMITS`."""
     if not isinstance(geometry, Mapping) or set(geometry) != set(GEOMETRY_KEYS):
         got = sorted(geometry) if isinstance(geometry, Mapping) else geometry
-        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; got {got!r}")
+        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; got {got!r:.80}")
     for key in GEOMETRY_KEYS:
         value = geometry[key]
         if type(value) is not int or not 1 <= value <= GEOMETRY_LIMITS[key]:
-            raise BnnbenchError(f"{where}.{key}={value!r} is not an integer in "
+            raise BnnbenchError(f"{where}.{key}={value!r:.40} is not an integer in "
                                 f"1..{GEOMETRY_LIMITS[key]}")
     return {k: int(geometry[k]) for k in GEOMETRY_KEYS}
 
@@ -102,10 +104,10 @@ def check_spec(spec: Any, where: str) -> Spec:
                         args_key: check_plain(part[args_key], f"{where}.{section}.{args_key}")}
     check_model_name(out["model"]["name"], f"{where}.model.name")
     if out["method"]["name"] not in list_methods():
-        raise BnnbenchError(f"{where}.method.name={out['method']['name']!r} is not a registered "
+        raise BnnbenchError(f"{where}.method.name={out['method']['name']!r:.60} is not a registered "
                             f"method ({', '.join(list_methods())})")
     if out["data"]["name"] not in DATA_MODULES:
-        raise BnnbenchError(f"{where}.data.name={out['data']['name']!r} is not a registered data "
+        raise BnnbenchError(f"{where}.data.name={out['data']['name']!r:.60} is not a registered data "
                             f"module ({', '.join(sorted(DATA_MODULES))})")
     refused = LOADING_KWARGS & set(out["model"]["kwargs"]) | set(GEOMETRY_KEYS) & set(
         out["model"]["kwargs"])
@@ -206,7 +208,7 @@ def build_method(spec: Spec) -> Any:
     try:
         return create_method(name, **knobs)
     except TypeError as err:  # an unknown knob
-        raise BnnbenchError(f"method {name!r}: {err}") from err
+        raise BnnbenchError(f"method {name!r}: {str(err)[:200]}") from err
 
 
 def build_model(spec: Spec, geometry: dict[str, int]) -> nn.Module:
@@ -218,7 +220,7 @@ def build_model(spec: Spec, geometry: dict[str, int]) -> nn.Module:
     try:
         return create_model(name, **geometry, **kwargs)
     except TypeError as err:  # an unknown keyword
-        raise BnnbenchError(f"model {name!r}: {err}") from err
+        raise BnnbenchError(f"model {name!r:.60}: {str(err)[:200]}") from err
 
 
 def as_spec(spec_or_config: Any) -> Spec:
