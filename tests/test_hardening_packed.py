@@ -114,26 +114,44 @@ def test_mmap_is_an_explicit_option_and_gives_the_same_model(tmp_path):
 
 
 # ------------------------------------------------------------------ 2. inputs of the wrong size
-@pytest.mark.parametrize("method, knobs", [("binaryconnect", {}), ("bnn", {}),
-                                           ("bnn", {"fp_first": False}),
-                                           ("xnor", {"fp_first": False})])
+@pytest.mark.parametrize("method, knobs, first_packed", [
+    ("binaryconnect", {}, True), ("bnn", {"fp_first": False}, True),
+    ("bnn", {}, False), ("xnor", {"fp_first": False}, False)])
 @pytest.mark.parametrize("kwargs", [{}, {"fuse": False}, {"kernels": "never"}],
                          ids=["fused", "unfused", "never"])
-def test_a_27x29_image_into_a_784_input_mlp_is_one_line(tmp_path, method, knobs, kwargs):
+def test_a_27x29_image_into_a_784_input_mlp_is_refused(tmp_path, method, knobs, first_packed,
+                                                       kwargs):
     """783 features fit the same 25 words as 784: the kernels alone would accept them. The
-    trained model refuses, and so does every packed route, with the same line."""
+    trained model refuses; so does the packed one: a packed first layer with the same line on
+    every route, a full-precision first module (BinaryNet's fp_first layer, XNOR-Net's input
+    BatchNorm) with the trained model's own error. Never a prediction."""
     net, path = export(tmp_path, spec_of(method, knobs), MNIST)
     bad = torch.randn(2, 1, 27, 29)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError) as trained:
         net(bad)
     packed = load_packed(path, **kwargs)
-    with pytest.raises(BnnbenchError, match=r"takes 784 input features, got 783 \(input "
-                                            r"shape \(2, 783\)\)") as err:
-        packed(bad)
-    assert one_line(err.value)
+    if first_packed:
+        with pytest.raises(BnnbenchError, match=r"takes 784 input features, got 783 \(input "
+                                                r"shape \(2, 783\)\)") as err:
+            packed(bad)
+        assert one_line(err.value)
+    else:
+        with pytest.raises(RuntimeError) as err:
+            packed(bad)
+        assert str(err.value) == str(trained.value)
     good = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert packed(good).argmax(1).tolist() == net(good).argmax(1).tolist()
+
+
+def test_every_packed_layer_checks_its_input_not_only_the_first(tmp_path):
+    """A hidden layer fed the wrong width directly, on each route."""
+    _, path = export(tmp_path, spec_of("bnn", {"fp_first": False}), MNIST)
+    for kwargs in ({}, {"fuse": False}, {"kernels": "never"}):
+        hidden = load_packed(path, **kwargs).get_submodule("6")
+        assert hidden.in_features == 64
+        with pytest.raises(BnnbenchError, match="takes 64 input features, got 40"):
+            hidden(torch.randn(3, 40))
 
 
 def test_a_conv_input_with_fewer_channels_is_one_line(tmp_path):

@@ -58,7 +58,7 @@ a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscal
 and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
 (bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`), and two such
 layers joined by BatchNorm -> sign only exchange packed bits (:mod:`bnnbench.packed.fusion`).
-Every linear, conv and BatchNorm layer of the loaded model checks its input's feature count
+Every packed layer checks its input's feature count, whatever its route
 (:func:`bnnbench.packed.routes.check_input`): the kernels see only word counts.
 """
 
@@ -82,7 +82,7 @@ from bnnbench.packed.encoding import (PackedWeight, channels_last_planes, check_
                                      encode_exact)
 from bnnbench.packed.fusion import fuse_sign_chains
 from bnnbench.packed.reader import Header, PackedFileError, load_json, read_header, read_tensors
-from bnnbench.packed.routes import check_input, use_kernels
+from bnnbench.packed.routes import check_input_hook, use_kernels
 from bnnbench.size import account, deployed_tensors
 from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain, check_spec
 from bnnbench.trained import check_shapes
@@ -266,13 +266,14 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     if left:  # a tensor the file does not hold (an export always holds them all)
         raise PackedFileError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
                               "re-export the run")
-    for layer in net.modules():  # the kernels see word counts, not features: checked first
-        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
-            layer.register_forward_pre_hook(check_input)
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)
         net.sign_chains = fuse_sign_chains(net) if fuse else []
+    for name in packed_file.layers:  # the kernel routes check their inputs' size themselves
+        layer = net.get_submodule(name)
+        if not hasattr(layer, "xnor_weight"):
+            layer.register_forward_pre_hook(check_input_hook)
     return CudaGraphed(net) if cuda_graph else net
 
 
