@@ -15,7 +15,10 @@
 * Data: the run's data (the checkpoint's spec), with its preprocessing, unless ``data=<name>``
   picks another option of the ``data/`` config group (composed from ``conf/`` as a run composes
   it, ``data.<key>=<value>`` then edits it); without ``data=``, ``+data.<key>=<value>`` edits the
-  run's data arguments. Only the test split is read (e.g. ``data=mnist`` needs only the t10k
+  run's data arguments. How the data is read (``batch_size``, ``eval_batch_size``,
+  ``num_workers``, ``download``) is never taken from the run's files: the data module's defaults
+  unless given here; image counts a file asks for are bounded (:data:`MAX_FILE_IMAGES`). Only
+  the test split is read (e.g. ``data=mnist`` needs only the t10k
   files). The dataset's geometry (channels, size, classes) must match the run's.
 * Output: top-1 / top-5 printed and written to ``eval.json`` in the run directory (or ``out``: a
   file, or a directory; ``ckpt_path`` alone: the Hydra run dir); when that exists,
@@ -36,7 +39,7 @@ import torch
 from bnnbench.errors import BnnbenchError
 from bnnbench.export import PACKED_FILE, export_run
 from bnnbench.files import free_path, write_atomic
-from bnnbench.packed.format import load_packed, read_packed
+from bnnbench.packed.format import load_packed, packed_spec
 from bnnbench.spec import (
     GEOMETRY_KEYS,
     Spec,
@@ -55,20 +58,45 @@ def resolve_data(run_spec: Spec, data: Mapping[str, Any] | None) -> tuple[Spec, 
 
     ``data``: a composed ``data/`` group option (it has a ``_target_``, compared with the
     registered data modules as a string, never imported), or plain edits of the run's data
-    arguments, or None (the run's data).
+    arguments, or None (the run's data). The run's arguments are read from a file, so
+    evaluation keeps only those that say which images (:func:`file_data_args`).
     """
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)  # type: ignore[assignment]
     if not data:
-        return run_spec, None
+        data = {}
     if "_target_" in data:
         section = data_section(data, "data")
         return {**run_spec, "data": section}, section["name"]
     edits = check_plain(dict(data), "data")
-    args = {**run_spec["data"]["args"], **edits}
+    args = {**file_data_args(run_spec["data"]["args"], edits), **edits}
     return {**run_spec, "data": {"name": run_spec["data"]["name"], "args": args}}, None
+
+
+#: how the data is read, not which images: never taken from a file (the data module's defaults
+#: unless the user sets them with ``+data.<key>=``), so a file cannot pick the worker count or
+#: make evaluation download anything
+USER_DATA_ARGS = ("batch_size", "eval_batch_size", "num_workers", "download")
+#: image counts a file may ask evaluation to generate (synthetic data draws its test images
+#: after its training and validation ones); larger only when the user passes them
+MAX_FILE_IMAGES = 100_000
+SIZE_ARGS = ("num_samples", "num_val", "num_test")
+
+
+def file_data_args(args: Mapping[str, Any], edits: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's (file's) data arguments that evaluation keeps: without :data:`USER_DATA_ARGS`,
+    and with every :data:`SIZE_ARGS` count the user does not set within :data:`MAX_FILE_IMAGES`
+    (one line otherwise)."""
+    kept = {k: v for k, v in args.items() if k not in USER_DATA_ARGS}
+    for key in SIZE_ARGS:
+        value = kept.get(key)
+        if key not in edits and isinstance(value, int) and value > MAX_FILE_IMAGES:
+            raise BnnbenchError(f"the run's data asks for data.{key}={value} images, more than "
+                                f"the {MAX_FILE_IMAGES:,} evaluation takes from a file; pass "
+                                f"+data.{key}=<n> to choose it yourself")
+    return kept
 
 
 def run_data_name(run_dir: Path | None, spec: Spec) -> str:
@@ -146,7 +174,7 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
         if not path.exists() and not packed_path:
             path = export_run(run_dir, path, ckpt_path=ckpt)
         net = load_packed(path, device=dev)
-        trained_spec, trained_geometry, _, _ = read_packed(path)
+        trained_spec, trained_geometry = packed_spec(path)
         source = str(path)
     else:
         net, trained_spec, trained_geometry = load_trained(run_dir, ckpt_path=ckpt)

@@ -6,7 +6,8 @@ actually implemented, and the paper it comes from (larq style).
 
 Conventions used throughout
 ---------------------------
-* ``sign(0) = +1`` (BinaryNet, Eq. 1 of Tang et al. 2017): a binarized value is never 0.
+* ``sign(0) = +1`` (BinaryNet, Eq. 1 of Tang et al. 2017): a binarized value is never 0; and
+  ``sign(NaN) = +1`` (-1 iff ``x < 0``), as the packed kernels store it.
 * ``1{.}`` is the indicator function; ``g`` is the incoming gradient ``dL/d(output)``.
 * "STE" (straight-through estimator, Bengio et al. 2013; Hubara/Courbariaux et al. 2016): the
   backward pass replaces the derivative of a step function by that of a surrogate; the surrogate is
@@ -64,9 +65,10 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _pm1(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1, same dtype as x (no gradient)."""
+    """sign with sign(0) = +1, same dtype as x (no gradient): -1 iff ``x < 0``, so NaN -> +1,
+    the one rule of every path (the packed kernels store bit 1 iff ``x < 0``, at no cost)."""
     one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    return torch.where(x < 0, -one, one)
 
 
 def _hardtanh_mask(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -92,7 +94,7 @@ class _SignSTE(torch.autograd.Function):
 def sign_ste(x: Tensor, cancel: bool = True) -> Tensor:
     r"""Deterministic binarization with a straight-through estimator.
 
-    Forward:  ``y = +1 if x >= 0 else -1``  (sign(0) = +1).
+    Forward:  ``y = -1 if x < 0 else +1``  (sign(0) = +1, and NaN -> +1).
 
     Backward: ``cancel=True`` (activations): ``dL/dx = g * 1{|x| <= 1}``, the derivative of
     ``hardtanh(x)`` ("cancels the gradient when x is too large", [BNN] Sec. 1.3; Tang

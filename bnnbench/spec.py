@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,8 @@ HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_conv
 LOADING_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
                             "checkpoint_path", "cache_dir"})
 SECTIONS = {"model": "kwargs", "method": "knobs", "data": "args"}
+# a timm architecture name and an optional pretrained tag: no scheme (hf-hub:, local-dir:), no path
+PLAIN_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?")
 # where a Lightning checkpoint keeps the spec it was trained with
 CHECKPOINT_SPEC_KEY = "bnnbench_spec"
 
@@ -59,11 +62,13 @@ def check_plain(value: Any, where: str) -> Any:
         out = {}
         for key, v in value.items():
             if not isinstance(key, str):
-                raise BnnbenchError(f"{where} has a non-string key {key!r}")
+                raise BnnbenchError(f"{where} has a non-string key {key!r:.40}")
+            if not key.isprintable():  # a newline in a key would split the one-line message
+                raise BnnbenchError(f"{where} has a key {key!r:.40} that is not printable text")
             if key in HYDRA_KEYS:
                 raise BnnbenchError(f"{where}.{key} is refused: a saved config is data, and "
                                     "bnnbench never instantiates a class path read from a file")
-            out[key] = check_plain(v, f"{where}.{key}")
+            out[key] = check_plain(v, f"{where}.{key[:40]}")
         return out
     raise BnnbenchError(f"{where} holds a {type(value).__name__}, not plain data")
 
@@ -72,11 +77,11 @@ def check_geometry(geometry: Any, where: str = "geometry") -> dict[str, int]:
     """``in_chans``, ``num_classes``, ``img_size``: positive ints within :data:`GEOMETRY_LIMITS`."""
     if not isinstance(geometry, Mapping) or set(geometry) != set(GEOMETRY_KEYS):
         got = sorted(geometry) if isinstance(geometry, Mapping) else geometry
-        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; got {got!r}")
+        raise BnnbenchError(f"{where} must hold exactly {', '.join(GEOMETRY_KEYS)}; got {got!r:.80}")
     for key in GEOMETRY_KEYS:
         value = geometry[key]
         if type(value) is not int or not 1 <= value <= GEOMETRY_LIMITS[key]:
-            raise BnnbenchError(f"{where}.{key}={value!r} is not an integer in "
+            raise BnnbenchError(f"{where}.{key}={value!r:.40} is not an integer in "
                                 f"1..{GEOMETRY_LIMITS[key]}")
     return {k: int(geometry[k]) for k in GEOMETRY_KEYS}
 
@@ -97,11 +102,12 @@ def check_spec(spec: Any, where: str) -> Spec:
             raise BnnbenchError(f"{where}.{section} must be {{name: <str>, {args_key}: {{...}}}}")
         out[section] = {"name": part["name"],
                         args_key: check_plain(part[args_key], f"{where}.{section}.{args_key}")}
+    check_model_name(out["model"]["name"], f"{where}.model.name")
     if out["method"]["name"] not in list_methods():
-        raise BnnbenchError(f"{where}.method.name={out['method']['name']!r} is not a registered "
+        raise BnnbenchError(f"{where}.method.name={out['method']['name']!r:.60} is not a registered "
                             f"method ({', '.join(list_methods())})")
     if out["data"]["name"] not in DATA_MODULES:
-        raise BnnbenchError(f"{where}.data.name={out['data']['name']!r} is not a registered data "
+        raise BnnbenchError(f"{where}.data.name={out['data']['name']!r:.60} is not a registered data "
                             f"module ({', '.join(sorted(DATA_MODULES))})")
     refused = LOADING_KWARGS & set(out["model"]["kwargs"]) | set(GEOMETRY_KEYS) & set(
         out["model"]["kwargs"])
@@ -109,6 +115,23 @@ def check_spec(spec: Any, where: str) -> Spec:
         raise BnnbenchError(f"{where}.model.kwargs.{min(refused)} is refused (the geometry "
                             "comes from the data; bnnbench never loads pretrained files)")
     return out
+
+
+def check_model_name(name: str, where: str) -> str:
+    """A registered model's name, or a plain timm architecture name (``resnet18``, optionally
+    with a pretrained tag, ``resnet18.a1_in1k``): letters, digits and ``_`` only, so never a
+    ``hf-hub:`` or ``local-dir:`` name that makes timm read the network or a path."""
+    from bnnbench.models import list_models
+
+    if name in list_models():
+        return name
+    if PLAIN_TIMM_NAME.fullmatch(name):
+        import timm
+
+        if timm.is_model(name):
+            return name
+    raise BnnbenchError(f"{where}={name[:80]!r} is not a registered model or a plain timm model "
+                        f"name (registered: {', '.join(list_models())})")
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -185,7 +208,7 @@ def build_method(spec: Spec) -> Any:
     try:
         return create_method(name, **knobs)
     except TypeError as err:  # an unknown knob
-        raise BnnbenchError(f"method {name!r}: {err}") from err
+        raise BnnbenchError(f"method {name!r}: {str(err)[:200]}") from err
 
 
 def build_model(spec: Spec, geometry: dict[str, int]) -> nn.Module:
@@ -197,7 +220,7 @@ def build_model(spec: Spec, geometry: dict[str, int]) -> nn.Module:
     try:
         return create_model(name, **geometry, **kwargs)
     except TypeError as err:  # an unknown keyword
-        raise BnnbenchError(f"model {name!r}: {err}") from err
+        raise BnnbenchError(f"model {name!r:.60}: {str(err)[:200]}") from err
 
 
 def as_spec(spec_or_config: Any) -> Spec:

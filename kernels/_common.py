@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -97,8 +99,8 @@ def check_words(t: Tensor, name: str, k: int, op: str, dim: int = -1) -> None:
 
 
 def check_k(k: int, op: str) -> None:
-    if not (isinstance(k, int) and k >= 1):
-        raise KernelInputError(f"{op}: k must be a positive int, got {k!r}")
+    if not (_plain_int(k) and 1 <= k <= MAX_INT * WORD_BITS):
+        raise KernelInputError(f"{op}: k must be a positive int, got {k!r:.40}")
 
 
 def check_channel_vec(t: Tensor | None, name: str, n: int, op: str) -> None:
@@ -110,12 +112,53 @@ def check_channel_vec(t: Tensor | None, name: str, n: int, op: str) -> None:
           f"{name} must have shape ({n},), got {tuple(t.shape)}")
 
 
+#: the largest stride, padding, group count or word count an op takes (int32 indexing)
+MAX_INT = 2**31 - 1
+
+
+def _plain_int(v: object) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def pair(v: int | Sequence[int], name: str, op: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    vals = tuple(int(x) for x in v)
-    check(len(vals) in (1, 2), op, f"{name} must be an int or a pair, got {v!r}")
-    return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
+    """An int or a sequence of one or two ints (not floats, not bools) in 0..MAX_INT, as a
+    pair; one :class:`KernelInputError` line otherwise."""
+    vals = (v,) if _plain_int(v) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if not (len(vals) in (1, 2) and all(_plain_int(x) and 0 <= x <= MAX_INT for x in vals)):
+        raise KernelInputError(f"{op}: {name} must be an int or a pair of ints in "
+                               f"0..{MAX_INT}, got {v!r:.60}")
+    return (int(vals[0]), int(vals[0])) if len(vals) == 1 else (int(vals[0]), int(vals[1]))
+
+
+def check_dim(t: Tensor, dim: object, name: str, op: str) -> int:
+    """``dim`` is an int naming a dim of ``t`` (negative counts from the end); returns it."""
+    if not (_plain_int(dim) and -t.dim() <= dim < t.dim()):
+        raise KernelInputError(f"{op}: dim={dim!r:.40} is not a dim of {name}, which has shape "
+                               f"{tuple(t.shape)}")
+    return dim
+
+
+def _checkable(t: Tensor) -> bool:
+    """Whether a tensor's values can be read now: a plain CPU tensor outside tracing (on CUDA
+    reading them would wait for the device; fake and meta tensors have none)."""
+    return (type(t) is Tensor and t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not t.requires_grad)
+
+
+def check_pad_bits(t: Tensor, name: str, k: int, op: str, dim: int = -1) -> None:
+    """The padding bits of packed signs (bits ``k % 32`` to 31 of the last word along ``dim``)
+    are 0, as :func:`pack_signs` writes them: the XNOR dots count every bit of every word, so a
+    set padding bit would change the result. Checked on CPU tensors (the compiled CPU kernels),
+    where it costs one pass over the last words; on CUDA it would stall on the device."""
+    rem = k % WORD_BITS
+    if rem == 0 or t.numel() == 0 or not _checkable(t):
+        return
+    words = t.numpy()  # numpy: a few us, where the same torch ops cost ~20
+    last = words[..., -1] if dim in (-1, words.ndim - 1) else np.take(words, -1, axis=dim)
+    if int(np.bitwise_or.reduce(last, axis=None)) >> rem:  # any bit from rem up (sign too)
+        raise KernelInputError(f"{op}: {name} has padding bits set past k={k} (bits {rem}..31 "
+                               "of its last word must be 0, as pack_signs writes them)")
 
 
 def check_float(t: Tensor, name: str, op: str) -> None:
@@ -134,6 +177,15 @@ def conv_out_hw(h: int, w: int, kh: int, kw: int, stride: Sequence[int],
 # ---------------------------------------------------------------------------------------------
 # one validator per op, shared by the public functions and the Triton launchers
 # ---------------------------------------------------------------------------------------------
+def validate_pack_signs(x: Tensor, dim: int, op: str) -> None:
+    """x float16/bfloat16/float32 with at least one element along ``dim`` (a dim of x)."""
+    check_float(x, "x", op)
+    check(x.dim() >= 1, op, "x must have at least one dim")
+    check_dim(x, dim, "x", op)
+    check(x.shape[dim] >= 1, op,
+          f"x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
+
+
 def validate_xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, op: str) -> torch.device:
     """a (..., KW) and w (N, KW) int32 packed along K, KW = ceil(k/32), one device."""
     check_packed(a_packed, "a_packed", op)
@@ -142,7 +194,10 @@ def validate_xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int, op: str) -> t
     check(a_packed.dim() >= 1, op, "a_packed must have at least one dim")
     check_words(a_packed, "a_packed", k, op)
     check_words(w_packed, "w_packed", k, op)
-    return check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    device = check_same_device(op, a_packed=a_packed, w_packed=w_packed)
+    check_pad_bits(a_packed, "a_packed", k, op)
+    check_pad_bits(w_packed, "w_packed", k, op)
+    return device
 
 
 def validate_binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
@@ -175,8 +230,11 @@ def validate_multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tenso
     n = w_packed.shape[0]
     check_channel_vec(scale, "scale", n, op)
     check_channel_vec(bias, "bias", n, op)
-    return check_same_device(op, a_planes=a_planes, w_packed=w_packed, alpha=alpha, scale=scale,
-                             bias=bias)
+    device = check_same_device(op, a_planes=a_planes, w_packed=w_packed, alpha=alpha,
+                               scale=scale, bias=bias)
+    check_pad_bits(a_planes, "a_planes", k, op)
+    check_pad_bits(w_packed, "w_packed", k, op)
+    return device
 
 
 def validate_sign_threshold(threshold: Tensor, flip: Tensor, n: int, op: str) -> None:
@@ -196,7 +254,7 @@ def conv_input_dims(x: Tensor, in_channels: int | None, groups: int,
     if x.dtype == torch.int32:
         check(x.dim() == 4, op, f"packed x must be (N, H, W, ceil(C/32)) int32, got "
               f"{tuple(x.shape)}")
-        check(isinstance(in_channels, int) and in_channels >= 1, op,
+        check(_plain_int(in_channels) and 1 <= in_channels <= MAX_INT, op,
               "packed int32 x needs in_channels=C (its words do not say how many channels)")
         check(x.shape[3] == num_words(in_channels), op, f"packed x has {x.shape[3]} words per "
               f"pixel but in_channels={in_channels} needs {num_words(in_channels)}")
@@ -216,7 +274,8 @@ def validate_binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     """x (N, C, H, W) float or packed (N, H, W, ceil(C/32)) int32 with ``in_channels``,
     w (OC, KH, KW, ceil(C/groups/32)) int32; returns the normalized ``(stride, padding,
     device)``; ``padding`` may be an int, a pair, 'valid' or 'same'."""
-    check(isinstance(groups, int) and groups >= 1, op, f"groups must be >= 1, got {groups!r}")
+    check(_plain_int(groups) and 1 <= groups <= MAX_INT, op,
+          f"groups must be a positive int, got {groups!r:.40}")
     _, c, h, w = conv_input_dims(x, in_channels, groups, op)
     check_packed(w_packed, "w_packed", op, 4)
     oc, kh, kw, cw = w_packed.shape
@@ -238,11 +297,17 @@ def validate_binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None,
     else:
         pd = pair(padding, "padding", op)
     check(min(st) >= 1, op, f"stride must be >= 1, got {st}")
-    check(min(pd) >= 0, op, f"padding must be >= 0, got {pd}")
+    # wider zero padding only adds outputs that see no input (and could ask for any memory)
+    check(pd[0] <= kh and pd[1] <= kw, op, f"padding={pd} must be at most the kernel size "
+          f"({kh}, {kw})")
     check(dl == (1, 1), op, f"dilation={dl} is not supported (only 1)")
     oh, ow = conv_out_hw(h, w, kh, kw, st, pd)
     check(oh >= 1 and ow >= 1, op, f"kernel ({kh}, {kw}) is larger than the padded input "
           f"({h + 2 * pd[0]}, {w + 2 * pd[1]})")
     check_channel_vec(scale, "scale", oc, op)
     check_channel_vec(bias, "bias", oc, op)
-    return st, pd, check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    device = check_same_device(op, x=x, w_packed=w_packed, scale=scale, bias=bias)
+    check_pad_bits(w_packed, "w_packed", cg, op)
+    if x.dtype == torch.int32:
+        check_pad_bits(x, "packed x", c, op)
+    return st, pd, device

@@ -49,13 +49,19 @@ cold), and eager calls reach this module without the custom op
 (:func:`_gemm_rows_per_task`), so a thread that loses its core delays little of the call.
 
 All functions take canonical shapes (packing along the last dim, 2-D GEMM operands); the
-public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping and the checks.
+public wrappers in :mod:`bnnbench.kernels.ops` do the reshaping. Every public function here
+that hands memory to compiled code (which reads it unchecked) first runs the op's shared
+validator (:mod:`bnnbench.kernels._common`: shapes, dtypes, word counts, padding bits, CPU
+tensors), the one :mod:`bnnbench.kernels.ops` runs; an eager op call, having validated, calls
+the unchecked bodies (:data:`UNCHECKED`) so that it is validated once.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numba
 import numpy as np
@@ -64,7 +70,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu_jit
-from ._common import WORD_BITS, num_words
+from ._common import (
+    WORD_BITS,
+    check,
+    num_words,
+    resolve_backend,
+    validate_binary_conv2d,
+    validate_binary_weight_gemm,
+    validate_multibit_xnor_gemm,
+    validate_pack_signs,
+    validate_sign_threshold,
+    validate_xnor_gemm,
+)
 
 if sys.byteorder != "little":  # pragma: no cover - every supported CPU is little endian
     raise ImportError("bnnbench.kernels.cpu assumes a little-endian host (int32 words as bytes)")
@@ -112,7 +129,7 @@ def _byte_offsets(groups: int, entries: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # pack / unpack
 # ---------------------------------------------------------------------------------------------
-def pack_signs(x: Tensor) -> Tensor:
+def _pack_signs(x: Tensor) -> Tensor:
     """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32 (bit 1 = x < 0).
 
     One compiled pass over float32 rows (:func:`bnnbench.kernels.cpu_jit.pack_rows_signs`;
@@ -339,7 +356,7 @@ def _pad_cols(x: Tensor, width: int) -> Tensor:
     return F.pad(x, (0, width - x.shape[1]))
 
 
-def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+def _xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
     """Exact int32 dot products of +-1 matrices packed along K (a: M x KW, w: N x KW)."""
     m, kw = a_packed.shape
     if use_popcount(m, w_packed.shape[0]):
@@ -355,13 +372,13 @@ def threshold_signs(dots: Tensor, threshold: Tensor, flip: Tensor) -> Tensor:
     return pack_bools((dots < threshold) ^ (flip & 1).bool())
 
 
-def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+def _xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
                     flip: Tensor) -> Tensor:
     """:func:`xnor_gemm` then :func:`threshold_signs`: (M, ceil(N/32)) int32."""
-    return threshold_signs(xnor_gemm(a_packed, w_packed, k), threshold, flip)
+    return threshold_signs(_xnor_gemm(a_packed, w_packed, k), threshold, flip)
 
 
-def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+def _binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
                        bias: Tensor | None) -> Tensor:
     """y = scale * (x @ w_sign.T) + bias for float x (M, K); returns x.dtype."""
     m, k = x.shape
@@ -408,7 +425,7 @@ def _unpack_pm1_int8(packed: Tensor) -> Tensor:
     return torch.from_numpy(out.view(np.int8))
 
 
-def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+def _multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
                        scale: Tensor | None, bias: Tensor | None) -> Tensor:
     """y = scale * sum_i alpha[i, m] * xnor_dot(H_i, W) + bias; all planes in one GEMM call.
 
@@ -436,7 +453,7 @@ def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int
     return torch.from_numpy(out)
 
 
-def residual_sign_planes(x: Tensor, num_planes: int,
+def _residual_sign_planes(x: Tensor, num_planes: int,
                          per_sample: bool) -> tuple[Tensor, Tensor]:
     """Tang et al.'s residual binarization of float32 ``x`` (B, ..., K), C-contiguous, with the
     planes packed: ``(planes (P, rows, ceil(K/32)) int32, alphas)``, ``rows`` = x.numel() / K.
@@ -543,7 +560,7 @@ def _channel_vec(v: Tensor | None) -> np.ndarray:
     return _NO_VEC if v is None else np.ascontiguousarray(v.detach().to(torch.float32).numpy())
 
 
-def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
+def _binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
                   stride: tuple[int, int], padding: tuple[int, int], groups: int,
                   in_channels: int | None = None) -> Tensor:
     """conv2d(sign(x), w_sign) * scale + bias with zero padding (:func:`_conv_dots`), then
@@ -567,10 +584,116 @@ def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tenso
     return y if odt == torch.float32 else y.to(odt)
 
 
-def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+def _binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
                         stride: tuple[int, int], padding: tuple[int, int], groups: int,
                         in_channels: int | None = None) -> Tensor:
     """The next conv's packed input (N, OH, OW, ceil(OC/32)) int32 from the exact dots
     (:func:`threshold_signs`): no float output is made."""
     dots, _ = _conv_dots(x, w_packed, stride, padding, groups, in_channels)
     return threshold_signs(torch.from_numpy(dots), threshold, flip)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points: the shared validators first, then the compiled bodies
+# ---------------------------------------------------------------------------------------------
+def _cpu(device: torch.device, op: str) -> None:
+    resolve_backend("cpu", device, op)  # CPU tensors only: one line otherwise
+
+
+def pack_signs(x: Tensor) -> Tensor:
+    """Pack along the last dim: (..., K) float -> (..., ceil(K/32)) int32 (bit 1 = x < 0),
+    validated (:func:`bnnbench.kernels._common.validate_pack_signs`); see :func:`_pack_signs`."""
+    op = "cpu.pack_signs"
+    validate_pack_signs(x, -1, op)
+    _cpu(x.device, op)
+    return _pack_signs(x)
+
+
+def xnor_gemm(a_packed: Tensor, w_packed: Tensor, k: int) -> Tensor:
+    """Exact int32 dot products of +-1 matrices packed along K (a: M x KW, w: N x KW),
+    validated (:func:`bnnbench.kernels._common.validate_xnor_gemm`, a 2-D)."""
+    op = "cpu.xnor_gemm"
+    _cpu(validate_xnor_gemm(a_packed, w_packed, k, op), op)
+    check(a_packed.dim() == 2, op, f"a_packed must be (M, KW), got {tuple(a_packed.shape)}")
+    return _xnor_gemm(a_packed, w_packed, k)
+
+
+def xnor_gemm_signs(a_packed: Tensor, w_packed: Tensor, k: int, threshold: Tensor,
+                    flip: Tensor) -> Tensor:
+    """:func:`xnor_gemm` then :func:`threshold_signs`: (M, ceil(N/32)) int32, validated."""
+    op = "cpu.xnor_gemm_signs"
+    _cpu(validate_xnor_gemm(a_packed, w_packed, k, op), op)
+    check(a_packed.dim() == 2, op, f"a_packed must be (M, KW), got {tuple(a_packed.shape)}")
+    validate_sign_threshold(threshold, flip, w_packed.shape[0], op)
+    _cpu(threshold.device, op)
+    return _xnor_gemm_signs(a_packed, w_packed, k, threshold, flip)
+
+
+def binary_weight_gemm(x: Tensor, w_packed: Tensor, scale: Tensor | None,
+                       bias: Tensor | None) -> Tensor:
+    """y = scale * (x @ w_sign.T) + bias for float x (M, K), validated
+    (:func:`bnnbench.kernels._common.validate_binary_weight_gemm`, x 2-D)."""
+    op = "cpu.binary_weight_gemm"
+    _cpu(validate_binary_weight_gemm(x, w_packed, scale, bias, op), op)
+    check(x.dim() == 2, op, f"x must be (M, K), got {tuple(x.shape)}")
+    return _binary_weight_gemm(x, w_packed, scale, bias)
+
+
+def multibit_xnor_gemm(a_planes: Tensor, w_packed: Tensor, alpha: Tensor, k: int,
+                       scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """sum_i alpha[i, m] xnor_dot(H_i, W) (* scale + bias), validated
+    (:func:`bnnbench.kernels._common.validate_multibit_xnor_gemm`, alpha (P, M))."""
+    op = "cpu.multibit_xnor_gemm"
+    _cpu(validate_multibit_xnor_gemm(a_planes, w_packed, alpha, k, scale, bias, op), op)
+    check(alpha.dim() == 2, op, f"alpha must be (P, M), got {tuple(alpha.shape)}")
+    return _multibit_xnor_gemm(a_planes, w_packed, alpha, k, scale, bias)
+
+
+def residual_sign_planes(x: Tensor, num_planes: int,
+                         per_sample: bool) -> tuple[Tensor, Tensor]:
+    """Tang et al.'s residual binarization, packed (:func:`_residual_sign_planes`), for a
+    float32 CPU ``x`` with a batch dim; validated."""
+    op = "cpu.residual_sign_planes"
+    validate_pack_signs(x, -1, op)
+    _cpu(x.device, op)
+    check(x.dtype == torch.float32 and x.dim() >= 2, op,
+          f"x must be float32 (B, ..., K), got {x.dtype} {tuple(x.shape)}")
+    check(isinstance(num_planes, int) and 1 <= num_planes <= 32, op,
+          f"num_planes must be an int in 1..32, got {num_planes!r:.40}")
+    check(isinstance(per_sample, bool), op, f"per_sample must be a bool, got {per_sample!r:.40}")
+    return _residual_sign_planes(x.contiguous(), num_planes, per_sample)
+
+
+def binary_conv2d(x: Tensor, w_packed: Tensor, scale: Tensor | None, bias: Tensor | None,
+                  stride: int | Sequence[int], padding: int | Sequence[int], groups: int,
+                  in_channels: int | None = None) -> Tensor:
+    """Zero-padded conv2d(sign(x), w_sign) * scale + bias (:func:`_binary_conv2d`), validated
+    (:func:`bnnbench.kernels._common.validate_binary_conv2d`)."""
+    op = "cpu.binary_conv2d"
+    st, pd, dev = validate_binary_conv2d(x, w_packed, scale, bias, stride, padding, 1, groups,
+                                         op, in_channels)
+    _cpu(dev, op)
+    return _binary_conv2d(x, w_packed, scale, bias, st, pd, groups, in_channels)
+
+
+def binary_conv2d_signs(x: Tensor, w_packed: Tensor, threshold: Tensor, flip: Tensor,
+                        stride: int | Sequence[int], padding: int | Sequence[int], groups: int,
+                        in_channels: int | None = None) -> Tensor:
+    """The next conv's packed input (:func:`_binary_conv2d_signs`), validated."""
+    op = "cpu.binary_conv2d_signs"
+    st, pd, dev = validate_binary_conv2d(x, w_packed, None, None, stride, padding, 1, groups,
+                                         op, in_channels)
+    _cpu(dev, op)
+    check(groups == 1, op, f"groups={groups}: the fused signs output needs groups=1")
+    validate_sign_threshold(threshold, flip, w_packed.shape[0], op)
+    _cpu(threshold.device, op)
+    return _binary_conv2d_signs(x, w_packed, threshold, flip, st, pd, groups, in_channels)
+
+
+#: the bodies an eager :mod:`bnnbench.kernels.ops` call runs after the same validators (by op
+#: name; the arguments as the custom ops take them)
+UNCHECKED = SimpleNamespace(
+    pack_signs=_pack_signs, unpack_signs=unpack_signs, xnor_gemm=_xnor_gemm,
+    binary_weight_gemm=_binary_weight_gemm, multibit_xnor_gemm=_multibit_xnor_gemm,
+    binary_conv2d=_binary_conv2d, xnor_gemm_signs=_xnor_gemm_signs,
+    binary_conv2d_signs=_binary_conv2d_signs)

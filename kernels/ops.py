@@ -28,6 +28,7 @@ from ._common import (
     FLOAT_DTYPES,
     KernelInputError,
     check,
+    check_dim,
     check_float,
     check_same_device,
     check_packed,
@@ -38,6 +39,7 @@ from ._common import (
     validate_binary_conv2d,
     validate_binary_weight_gemm,
     validate_multibit_xnor_gemm,
+    validate_pack_signs,
     validate_sign_threshold,
     validate_xnor_gemm,
 )
@@ -71,23 +73,28 @@ def _impl(backend: str):
     return mod
 
 
-_BODIES: dict[object, object] = {}  # custom op -> its undecorated body, for _run
+_NAMES: dict[object, str] = {}  # custom op -> its name, for _run
 
 
 def _custom_op(name: str):
-    """``torch.library.custom_op("bnnbench::<name>")`` that also keeps the plain function."""
+    """``torch.library.custom_op("bnnbench::<name>")``, its name kept for :func:`_run`."""
     def register(fn):
         op = torch.library.custom_op(f"bnnbench::{name}", mutates_args=())(fn)
-        _BODIES[op] = fn
+        _NAMES[op] = name
         return op
     return register
 
 
 def _run(op, backend: str, *args) -> Tensor:
-    """``op(*args, backend)``, or the op's own body called directly where :func:`_direct_cpu`
-    allows it: the same code on the same tensors, without the dispatcher."""
+    """``op(*args, backend)``, or, where :func:`_direct_cpu` allows it, the CPU body the op
+    would run, called directly: the same code on the same tensors, without the dispatcher.
+
+    The public functions here validate their arguments before calling this; the op bodies
+    call the backends' public functions, which validate again (so ``torch.ops.bnnbench.*``
+    called directly is as safe), and the direct path calls the CPU bodies that skip the
+    second check (:data:`bnnbench.kernels.cpu.UNCHECKED`)."""
     if _direct_cpu(backend, *(a for a in args if isinstance(a, Tensor))):
-        return _BODIES[op](*args, backend)
+        return getattr(_impl("cpu").UNCHECKED, _NAMES[op])(*args)
     return op(*args, backend)
 
 
@@ -226,14 +233,12 @@ def pack_signs(x: Tensor, dim: int = -1, *, backend: str = "auto") -> Tensor:
     """Pack the signs of ``x`` along ``dim``: 32 per int32 word, LSB first.
 
     ``word[j] = sum_{b<32} [x[32 j + b] < 0] << b``: bit 1 = -1 (``x < 0``), bit 0 = +1
-    (``x >= 0``: sign(0) = +1), zero padded to a multiple of 32. Output has
+    (``x >= 0`` or NaN: sign(0) = sign(-0.0) = sign(NaN) = +1, bnnbench's one rule), zero
+    padded to a multiple of 32. Output has
     ``ceil(x.shape[dim] / 32)`` words along ``dim``.
     """
     op = "pack_signs"
-    check_float(x, "x", op)
-    if not (x.dim() >= 1 and x.shape[dim] >= 1):
-        raise KernelInputError(
-            f"{op}: x needs at least one element along dim {dim}, got shape {tuple(x.shape)}")
+    validate_pack_signs(x, dim, op)
     be = resolve_backend(backend, x.device, op)
     last = dim in (-1, x.dim() - 1)  # packing along the last dim: no movedim to dispatch
     xt = x if last else x.movedim(dim, -1)
@@ -247,7 +252,8 @@ def unpack_signs(packed: Tensor, n: int, dim: int = -1, *, dtype: torch.dtype = 
     op = "unpack_signs"
     check_packed(packed, "packed", op)
     check(packed.dim() >= 1, op, "packed must have at least one dim")
-    check(isinstance(n, int) and n >= 1, op, f"n must be a positive int, got {n!r}")
+    check_dim(packed, dim, "packed", op)
+    check(isinstance(n, int) and n >= 1, op, f"n must be a positive int, got {n!r:.40}")
     check_words(packed, "packed", n, op, dim)
     check(dtype in FLOAT_DTYPES or dtype == torch.int8, op,
           f"dtype must be float16, bfloat16, float32 or int8, got {dtype}")

@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         "packed export vs the float network of the same architecture; the packed figure is "
         "the second of two fresh processes (numba's on-disk kernel cache warm, as in a "
         "deployment). `load_packed` builds the network on the meta device and assigns the file's "
-        "memory-mapped tensors; every binary layer here has a fan-in that is a multiple of 32, "
+        "tensors, read into memory; every binary layer here has a fan-in that is a multiple of 32, "
         "so its stored bits are the kernels' weight words, used in place. Goal: the "
         "packed model adds at most twice its file size plus its activations (the float "
         "network's added peak minus its parameter bytes).",

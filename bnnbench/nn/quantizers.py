@@ -29,10 +29,12 @@ class Quantizer(nn.Module):
 
 
 class SignQuantizer(Quantizer):
-    """BinaryNet's sign: +1 where x >= 0 else -1 (deterministic), or stochastic.
+    """BinaryNet's sign: -1 where x < 0 else +1 (deterministic), or stochastic.
 
     Forward (Courbariaux et al. 2016, Eq. 1-2):
-        deterministic: q = sign(x), with sign(0) = +1;
+        deterministic: q = sign(x), with sign(0) = +1 and sign(NaN) = +1 (q = -1 iff x < 0:
+        the rule of every path, the packed kernels' bits included, so a NaN input gets the
+        same class from the trained and the packed model);
         stochastic:    q = +1 with probability hard_sigmoid(x) = clip((x + 1) / 2, 0, 1), else -1.
     Backward (straight-through estimator, Eq. 4): dq/dx = 1_{|x| <= 1} with ``cancel=True``
     (activations); dq/dx = 1 with ``cancel=False`` (the authors' weight gradient, which reaches

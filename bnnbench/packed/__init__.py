@@ -2,6 +2,8 @@
 
 Layers, each importing only those above it in this list:
 
+* :mod:`bnnbench.packed.reader`: a safetensors file read as untrusted data (the header checked
+  whole, every size bounded by the file's length, tensors read into memory);
 * :mod:`bnnbench.packed.packing`: the one bit order (8 signs per byte, least-significant bit
   first, bit 1 = negative), and the kernels' int32 words built from stored bits;
 * :mod:`bnnbench.packed.encoding`: a deployed weight decomposed exactly (sign + scale, codebook +

@@ -41,14 +41,26 @@ def from_bit_order(stored: Tensor, shape: list[int]) -> Tensor:
     return stored.reshape(shape)
 
 
-def channels_last_planes(planes: Tensor, shape: list[int]) -> Tensor:
+def channels_last_planes(planes: Tensor, shape: list[int], chunk_bits: int = 1 << 16) -> Tensor:
     """Bit planes of a conv weight stored in its (O, C/g, *kernel) order (format version 2)
-    rewritten in :func:`to_bit_order`'s order (version 3); other weights unchanged."""
+    rewritten in :func:`to_bit_order`'s order (version 3); other weights unchanged.
+
+    A block of output channels at a time (a multiple of 8, so each block starts on a byte;
+    about ``chunk_bits`` weights): the temporaries stay a few hundred KiB whatever the layer's
+    size, the result is the one new tensor the planes' size."""
     if len(shape) < 3:
         return planes
-    n = math.prod(shape)
-    return torch.stack([pack_bits(to_bit_order(unpack_bits(p, n).reshape(shape)))
-                        for p in planes])
+    rows, per_row = shape[0], math.prod(shape[1:])
+    out = torch.zeros_like(planes)
+    step = 8 * max(1, chunk_bits // (8 * per_row))
+    for p in range(planes.shape[0]):
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            first, count = r0 * per_row // 8, (r1 - r0) * per_row
+            block = unpack_bits(planes[p, first: first + (count + 7) // 8], count)
+            packed = pack_bits(to_bit_order(block.reshape(r1 - r0, *shape[1:])))
+            out[p, first: first + packed.numel()] = packed
+    return out
 
 
 def encode_weight(wq: Tensor, precision: int,

@@ -42,10 +42,14 @@ The file's size on disk is the ``deployed`` accounting of :mod:`bnnbench.size` p
 (and, per quantized layer, under one byte of bit padding per plane and the codebook values beyond
 the quantizer's declared scales: one float for ABC-Net, ``<= 2^k`` for DoReFa k-bit).
 
-Loading (:func:`load_packed`) treats the file as data: it validates every metadata field (no
-``_target_`` anywhere, registered names, positive integer shapes that agree with the tensors,
-``planes <= 32``, a sane geometry), checks on the meta device that the network the spec builds
-holds exactly the file's tensors, and only then rebuilds it through the registries (model + the
+Loading (:func:`load_packed`) treats the file as data: it validates the safetensors header
+(:mod:`bnnbench.packed.reader`: bounded size and nesting, known dtypes, tensors tiling the data)
+and every metadata field (no ``_target_`` anywhere, registered model, method and data names,
+positive integer shapes that agree with the tensors, ``planes <= 32``, a sane geometry), checks
+on the meta device that the network the spec builds holds exactly the file's tensors (shapes and
+dtypes; its construction stopped when it registers far more modules and tensors than the file
+stores), and only then reads the tensors (into memory, or memory-mapped with ``mmap=True``) and
+rebuilds the network through the registries (model + the
 method's ``convert``; nothing the file names is ever instantiated or imported), puts a
 :class:`PackedWeight` in place of each quantized layer's weight quantizer
 (the latent weight is dropped; ``quantized_weight()`` returns the decoded weight), and loads the
@@ -54,11 +58,16 @@ a layer is plain BinaryNet (``QuantLinear``/``QuantConv2d``, sign inputs, unscal
 and :mod:`bnnbench.kernels` is importable, the layer runs the packed XNOR-popcount kernels instead
 (bit-exact: integer dot products; the routes are :mod:`bnnbench.packed.routes`), and two such
 layers joined by BatchNorm -> sign only exchange packed bits (:mod:`bnnbench.packed.fusion`).
+Every packed layer checks its input's feature count, whatever its route
+(:func:`bnnbench.packed.routes.check_input`): the kernels see only word counts.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +81,8 @@ from bnnbench.packed.cuda_graph import CudaGraphed
 from bnnbench.packed.encoding import (PackedWeight, channels_last_planes, check_layer,
                                      encode_exact)
 from bnnbench.packed.fusion import fuse_sign_chains
-from bnnbench.packed.routes import use_kernels
+from bnnbench.packed.reader import Header, PackedFileError, load_json, read_header, read_tensors
+from bnnbench.packed.routes import check_input_hook, use_kernels
 from bnnbench.size import account, deployed_tensors
 from bnnbench.spec import Spec, as_spec, build_net, check_geometry, check_plain, check_spec
 from bnnbench.trained import check_shapes
@@ -138,36 +148,88 @@ def save_packed(net: nn.Module, path: Path, spec: Spec, geometry: dict[str, int]
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The safetensors metadata of a bnnbench export; BnnbenchError for anything else."""
-    from safetensors import safe_open
+    """The safetensors metadata of a bnnbench export, its header validated
+    (:func:`bnnbench.packed.reader.read_header`); one PackedFileError line for anything else."""
+    return _export_header(path).metadata
 
+
+def _export_header(path: Path) -> Header:
     path = Path(path)
     if not path.is_file():
-        raise BnnbenchError(f"{path} does not exist (export a run with "
-                            "`python -m bnnbench.export run_dir=<dir>`)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:
-        raise BnnbenchError(f"{path} is not a bnnbench export (not a safetensors file: "
-                            f"{str(err).splitlines()[0][:80]})") from err
+        raise PackedFileError(f"{path} does not exist (export a run with "
+                              "`python -m bnnbench.export run_dir=<dir>`)")
+    header = read_header(path)
+    meta = header.metadata
     if meta.get("format") != FORMAT:
-        raise BnnbenchError(f"{path} is not a bnnbench export (a safetensors file without "
-                            f"format={FORMAT} metadata)")
+        raise PackedFileError(f"{path} is not a bnnbench export (a safetensors file without "
+                              f"format={FORMAT} metadata)")
     if meta.get("format_version") not in READ_VERSIONS:
-        raise BnnbenchError(f"{path} has format version {meta.get('format_version')}; this "
-                            f"bnnbench reads versions {', '.join(READ_VERSIONS)}")
-    return meta
+        raise PackedFileError(f"{path} has format version {meta.get('format_version')!r:.24}; "
+                              f"this bnnbench reads versions {', '.join(READ_VERSIONS)}")
+    return header
+
+
+@dataclass(frozen=True)
+class PackedFile:
+    """An export's validated header and metadata (no tensor read yet)."""
+
+    path: Path
+    header: Header
+    spec: Spec
+    geometry: dict[str, int]
+    layers: dict[str, Any]
+
+    def plain_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the tensors stored as they are (not a packed layer's parts)."""
+        return {k: e.shape for k, e in self.header.entries.items()
+                if not _packed_key(k, self.layers)}
+
+
+def inspect_packed(path: Path) -> PackedFile:
+    """An export's header and metadata, every field validated, each packed layer's encoding
+    checked against the shapes and dtypes its tensors declare: no tensor is read or allocated."""
+    path = Path(path)
+    header = _export_header(path)
+    meta = header.metadata
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise PackedFileError(f"{path} lacks the {missing[0]!r} metadata of a bnnbench export; "
+                              "re-export the run with `python -m bnnbench.export`")
+    fields = {key: load_json(meta[key], f"{path}: metadata {key!r}") for key in REQUIRED_METADATA}
+    spec = check_spec(fields["spec"], f"{path}: spec")
+    geometry = check_geometry(fields["geometry"], f"{path}: geometry")
+    layers = check_plain(fields["layers"], f"{path}: layers")
+    if not isinstance(layers, dict):
+        raise PackedFileError(f"{path}: metadata 'layers' must map layer names to encodings")
+    for name, lmeta in layers.items():
+        prefix = f"{name}.weight."
+        parts = {k[len(prefix):]: e.meta() for k, e in header.entries.items()
+                 if k.startswith(prefix)}
+        check_layer(lmeta, parts, f"{path}: layer {name[:80]}")
+    return PackedFile(path, header, spec, geometry, layers)
+
+
+def packed_spec(path: Path) -> tuple[Spec, dict[str, int]]:
+    """(spec, geometry) of an export, validated; no tensor is read."""
+    packed = inspect_packed(path)
+    return packed.spec, packed.geometry
 
 
 def load_packed(path: Path, device: str | torch.device = "cpu",
                 kernels: str = "auto", cuda_graph: bool = False,
-                fuse: bool = True) -> nn.Module:
+                fuse: bool = True, mmap: bool = False) -> nn.Module:
     """The packed inference model of an export (eval mode).
 
-    The file is data: its metadata is validated (:func:`read_packed`) and the network rebuilt
-    through the registries from the spec's names, after checking on the meta device that it holds
-    exactly the file's tensors; nothing the file names is instantiated.
+    The file is data: its header and metadata are validated (:func:`inspect_packed`), the
+    network the spec builds is checked on the meta device to hold exactly the file's tensors
+    (shapes and dtypes; a spec that would build far more tensors than the file holds is refused
+    while it is being built), and only then are the tensors read and the network rebuilt through
+    the registries; nothing the file names is instantiated.
+
+    ``mmap``: ``False`` (default) reads the tensors into memory, so the loaded model does not
+    depend on the file afterwards (overwriting or truncating it changes nothing); ``True``
+    memory-maps them (no copy of the data; the file must then stay unchanged while the model
+    lives: a truncated file kills the process with SIGBUS on the next forward).
 
     ``kernels``: ``auto`` runs every layer :func:`kernel_route` accepts (BinaryNet bit-exact,
     XNOR-Net, Tang's residual binarization, binary-weight linear layers) on
@@ -184,15 +246,15 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     """
     if kernels not in ("auto", "never"):
         raise BnnbenchError(f"kernels={kernels!r} is not valid; choose auto or never")
+    if not isinstance(mmap, bool):
+        raise BnnbenchError(f"mmap={mmap!r} is not valid; choose True or False")
     if cuda_graph and torch.device(device).type != "cuda":
         raise BnnbenchError(f"cuda_graph=True needs device='cuda' (CUDA graphs replay GPU work), "
                             f"got device={str(device)!r}; load on a GPU or drop cuda_graph")
-    spec, geometry, layers, tensors = read_packed(path)
-    check_shapes(spec, geometry, {k: tuple(t.shape) for k, t in tensors.items()
-                                  if not _packed_key(k, layers)}, str(path),
-                 packed={name: tuple(meta["shape"]) for name, meta in layers.items()})
-    net = _build_empty(spec, geometry)
-    for name, lmeta in layers.items():
+    packed_file = inspect_packed(path)
+    net = _checked_empty_net(packed_file)
+    tensors = _read_tensors(packed_file, mmap)
+    for name, lmeta in packed_file.layers.items():
         layer = net.get_submodule(name)
         prefix = f"{name}.weight."
         parts = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
@@ -202,13 +264,97 @@ def load_packed(path: Path, device: str | torch.device = "cpu",
     net.load_state_dict(tensors, strict=False, assign=True)
     left = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
     if left:  # a tensor the file does not hold (an export always holds them all)
-        raise BnnbenchError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
-                            "re-export the run")
+        raise PackedFileError(f"{path} holds no value for {left[0]!r}: the file is incomplete; "
+                              "re-export the run")
     net = net.to(device).eval()
     if kernels == "auto":
         use_kernels(net)
         net.sign_chains = fuse_sign_chains(net) if fuse else []
+    for name in packed_file.layers:  # the kernel routes check their inputs' size themselves
+        layer = net.get_submodule(name)
+        if not hasattr(layer, "xnor_weight"):
+            layer.register_forward_pre_hook(check_input_hook)
     return CudaGraphed(net) if cuda_graph else net
+
+
+def _checked_empty_net(packed: PackedFile) -> nn.Module:
+    """The spec's network on the meta device, after checking that it holds exactly the file's
+    tensors: shapes (:func:`bnnbench.trained.check_shapes`) and the dtypes of the tensors stored
+    as they are. Both builds run under :func:`_build_budget`."""
+    entries = packed.header.entries
+    with _build_budget(len(entries), packed.path):
+        check_shapes(packed.spec, packed.geometry, packed.plain_shapes(), str(packed.path),
+                     packed={name: tuple(meta["shape"]) for name, meta in packed.layers.items()})
+        net = _build_empty(packed.spec, packed.geometry)
+    state = net.state_dict()
+    for key in sorted(packed.plain_shapes()):
+        want = state.get(key)
+        if want is not None and want.dtype != entries[key].dtype:
+            raise PackedFileError(f"{packed.path}: tensor {key} is {entries[key].dtype}, the "
+                                  f"model's is {want.dtype}; re-export the run")
+    return net
+
+
+#: a spec may build at most this many modules, parameters and buffers per tensor of the file
+#: (plus a constant): a converted network registers a few per stored tensor, so an honest file
+#: stays far below, and a crafted ``depth=100000`` is stopped after a few thousand
+BUILD_REGISTRATIONS_PER_TENSOR = 16
+BUILD_REGISTRATIONS_BASE = 1024
+
+
+class _OverBudget(Exception):
+    pass
+
+
+@contextmanager
+def _build_budget(tensors: int, path: Path):
+    """While active, building a network in this thread may register at most
+    ``BUILD_REGISTRATIONS_PER_TENSOR * tensors + BUILD_REGISTRATIONS_BASE`` modules,
+    parameters and buffers; past that the build stops with one PackedFileError line (a network
+    that large cannot hold only the file's tensors, and building it could take minutes). A
+    build that fails otherwise (a size from the file whose storage overflows, say) is one
+    line too."""
+    from torch.nn.modules import module as torch_module
+
+    limit = BUILD_REGISTRATIONS_PER_TENSOR * tensors + BUILD_REGISTRATIONS_BASE
+    owner, count = threading.get_ident(), 0
+
+    def hook(*_: Any) -> None:
+        nonlocal count
+        if threading.get_ident() == owner:
+            count += 1
+            if count > limit:
+                raise _OverBudget
+
+    handles = [torch_module.register_module_module_registration_hook(hook),
+               torch_module.register_module_parameter_registration_hook(hook),
+               torch_module.register_module_buffer_registration_hook(hook)]
+    try:
+        yield
+    except _OverBudget:
+        raise PackedFileError(f"{path}: the model its spec builds has far more layers than the "
+                              f"file's {tensors} tensors (over {limit} modules and tensors); "
+                              "refused while building it") from None
+    except BnnbenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. a size whose storage overflows int64
+        raise PackedFileError(f"{path}: the model its spec builds cannot be built "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:100]})"
+                              ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _read_tensors(packed: PackedFile, mmap: bool) -> dict[str, Tensor]:
+    """The file's tensors, a version-2 file's conv bit planes put channels last."""
+    tensors = read_tensors(packed.path, packed.header, mmap=mmap)
+    if packed.header.metadata["format_version"] == "2":
+        for name, lmeta in packed.layers.items():
+            key = f"{name}.weight.bits"
+            if lmeta["encoding"] != "quantizer":
+                tensors[key] = channels_last_planes(tensors[key], lmeta["shape"])
+    return tensors
 
 
 def _build_empty(spec: Spec, geometry: dict[str, int]) -> nn.Module:
@@ -228,37 +374,8 @@ def _packed_key(key: str, layers: dict[str, Any]) -> bool:
 
 
 def read_packed(path: Path) -> tuple[Spec, dict[str, int], dict[str, Any], dict[str, Tensor]]:
-    """(spec, geometry, per-layer encodings, tensors) of an export, every field validated: one
-    BnnbenchError naming the field for anything a bnnbench export would not hold."""
-    from safetensors.torch import load_file
-
-    meta = read_metadata(path)
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise BnnbenchError(f"{path} lacks the {missing[0]!r} metadata of a bnnbench export; "
-                            "re-export the run with `python -m bnnbench.export`")
-    fields = {}
-    for key in REQUIRED_METADATA:
-        try:
-            fields[key] = json.loads(meta[key])
-        except ValueError as err:
-            raise BnnbenchError(f"{path}: metadata {key!r} is not valid JSON") from err
-    spec = check_spec(fields["spec"], f"{path}: spec")
-    geometry = check_geometry(fields["geometry"], f"{path}: geometry")
-    layers = check_plain(fields["layers"], f"{path}: layers")
-    if not isinstance(layers, dict):
-        raise BnnbenchError(f"{path}: metadata 'layers' must map layer names to encodings")
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except Exception as err:
-        raise BnnbenchError(f"{path} is not a readable safetensors file "
-                            f"({str(err).splitlines()[0][:80]})") from err
-    for name, lmeta in layers.items():
-        prefix = f"{name}.weight."
-        parts = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-        check_layer(lmeta, parts, f"{path}: layer {name}")
-        if meta["format_version"] == "2" and lmeta["encoding"] != "quantizer":
-            tensors[f"{prefix}bits"] = channels_last_planes(parts["bits"], lmeta["shape"])
-    return spec, geometry, layers, tensors
-
-
+    """(spec, geometry, per-layer encodings, tensors read into memory) of an export, every field
+    validated: one PackedFileError naming the field for anything a bnnbench export would not
+    hold."""
+    packed = inspect_packed(path)
+    return packed.spec, packed.geometry, packed.layers, _read_tensors(packed, mmap=False)

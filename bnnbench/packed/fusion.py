@@ -237,8 +237,9 @@ def _fused_forward(self: nn.Module, x: Tensor) -> Tensor:
     """A ``sign``-route layer inside fused chains: reads packed signs from the chain before it
     (int32 input), writes packed signs for the chain after it when that chain is active and
     folds, else its float output exactly as the unfused route computes it."""
-    from bnnbench.packed.routes import _kernels
+    from bnnbench.packed.routes import _kernels, check_input
 
+    check_input(self, x)  # float input: the feature count (packed signs pass)
     K = _kernels()
     chain_in: SignChain | None = getattr(self, "_sign_in", None)
     chain_out: SignChain | None = getattr(self, "_sign_out", None)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bnnbench.errors import BnnbenchError
 from bnnbench.nn.layers import QuantConv2d, QuantLinear
 from bnnbench.nn.quantizers import Identity, SignQuantizer
 from bnnbench.packed.encoding import PackedWeight
@@ -95,9 +96,45 @@ def use_kernels(net: nn.Module) -> int:
         layer.register_buffer("xnor_weight", packed, persistent=False)
         layer.register_buffer("xnor_scale", scale, persistent=False)
         forwards = _LINEAR_FORWARDS if isinstance(layer, QuantLinear) else _CONV_FORWARDS
-        layer.forward = forwards[route].__get__(layer)  # type: ignore[method-assign]
+        layer.forward = _checked(forwards[route]).__get__(layer)  # type: ignore[method-assign]
         count += 1
     return count
+
+
+def check_input(layer: nn.Module, x: Any) -> None:
+    """A loaded packed layer's float input has the layer's feature count: ``in_features`` in the
+    last dim (linear), ``in_channels`` in dim -3 of (N, C, H, W) or (C, H, W) (conv); one
+    BnnbenchError line otherwise, the same for every route (each kernel route and fused forward
+    calls it; with ``kernels="never"`` a forward pre-hook does, :func:`check_input_hook`).
+
+    The kernels see only word counts (ceil(features / 32)), so an input a few features short
+    would run on its padding bits where the trained layer refuses it. Integer inputs pass: the
+    packed signs a fused chain hands on (int32, :mod:`bnnbench.packed.fusion`) were sized by the
+    producing kernel, and any other integer input is refused by the kernels themselves."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        return
+    if isinstance(layer, nn.Conv2d):
+        want, got = layer.in_channels, (x.shape[-3] if x.dim() >= 3 else None)
+    else:
+        want, got = layer.in_features, (x.shape[-1] if x.dim() >= 1 else None)
+    if got != want:
+        raise BnnbenchError(f"packed {type(layer).__name__} takes {want} input features, got "
+                            f"{got} (input shape {tuple(x.shape)})")
+
+
+def check_input_hook(layer: nn.Module, args: tuple[Any, ...]) -> None:
+    """:func:`check_input` as a forward pre-hook (layers that keep their own forward)."""
+    check_input(layer, args[0] if args else None)
+
+
+def _checked(forward):
+    """A route's forward with :func:`check_input` in front (a plain call: a forward pre-hook
+    would put every call on nn.Module's slower hook path, ~8 us per layer)."""
+    def run(self: nn.Module, x: Tensor) -> Tensor:
+        check_input(self, x)
+        return forward(self, x)
+    run.__doc__ = forward.__doc__
+    return run
 
 
 def _linear_rows(x: Tensor) -> Tensor:
