@@ -169,7 +169,8 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
         "data_config": {"name": data_spec["data"]["name"], **data_spec["data"]["args"]},
     }
     path = result_path(out, home, name, packed)
-    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    # a new file only: an evaluation racing this one for the same name is refused, not lost
+    write_atomic(path, json.dumps(record, indent=2) + "\n", replace=False)
     return record, path
 
 
