@@ -134,8 +134,10 @@ def _write_errno(err: BaseException, ours: tuple[Path, Path]) -> int | None:
     if isinstance(err, OSError):
         if err.errno is None:
             return None
+        # a writer's own staging (Lightning's writes a temporary file, then moves it onto
+        # ours) names ours as the second file
         named = [Path(n) for n in (err.filename, err.filename2) if n is not None]
-        return err.errno if all(n in ours for n in named) else None
+        return err.errno if not named or any(n in ours for n in named) else None
     found = _OS_ERROR_TEXT.search(str(err))
     return int(found.group(1)) if found else None
 
