@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.export import PACKED_FILE, export_run
-from bnnbench.files import free_path, write_atomic
+from bnnbench.files import free_path, read_json, write_atomic
 from bnnbench.packed.format import load_packed, read_packed
 from bnnbench.spec import (
     GEOMETRY_KEYS,
@@ -73,9 +74,9 @@ def resolve_data(run_spec: Spec, data: Mapping[str, Any] | None) -> tuple[Spec, 
 
 def run_data_name(run_dir: Path | None, spec: Spec) -> str:
     """The run's data option (metrics.json, else the spec's data name)."""
-    try:
-        return str(json.loads((Path(run_dir) / "metrics.json").read_text())["data"])
-    except (TypeError, OSError, ValueError, KeyError):
+    try:  # bounded: a run directory's metrics.json is data (size, nesting)
+        return str(read_json(Path(run_dir) / "metrics.json")["data"])
+    except (TypeError, BnnbenchError, KeyError):
         return spec["data"]["name"]
 
 
@@ -119,7 +120,9 @@ def result_path(out: Path | None, default_dir: Path, name: str, packed: bool) ->
     directory = Path(out) if out is not None else default_dir
     path = directory / EVAL_FILE
     if path.exists():
-        path = free_path(directory / f"eval-{name}{'-packed' if packed else ''}.json")
+        # the name may come from the run's metrics.json: one plain file name, in ``directory``
+        plain = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100] or "data"
+        path = free_path(directory / f"eval-{plain}{'-packed' if packed else ''}.json")
     return path
 
 

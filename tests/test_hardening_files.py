@@ -254,6 +254,32 @@ def test_export_and_eval_json_on_a_full_disk(trained, full_disk):
     assert debris(where) == []
 
 
+def test_a_run_on_a_full_disk_stops_in_one_line_naming_its_checkpoint(tmp_path):
+    """End to end on a real small filesystem: the configs fit, the first checkpoint does not.
+    The one line names the checkpoint in the run directory (not a temporary file), and what the
+    run wrote before it is still there."""
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs",
+                                            str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (the simulated full disk above runs anywhere)")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bnnbench", "+method=bnn", *FAST, "model.hidden_features=32",
+             f"hydra.run.dir={disk / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+            timeout=600)
+        lines = [x for x in done.stderr.splitlines() if x.startswith("bnnbench: error: ")]
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert len(lines) == 1 and f"could not write {disk / 'run' / 'checkpoints'}/" in lines[0]
+        assert ".tmp" not in lines[0] and "No space left on device" in lines[0]
+        assert "seed: 0" in (disk / "run" / "config_resolved.yaml").read_text()
+        assert debris(disk) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 # ------------------------------------------------------------------ 8: configs as plain data
 BILLION_LAUGHS = "\n".join(
     ["seed: 0", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
@@ -493,3 +519,14 @@ def test_a_moved_run_with_a_truncated_metrics_json_trains_to_its_result(tmp_path
     GlobalHydra.instance().clear()
     assert again.test_top1 == whole.test_top1 and again.status == "finished"
     assert RunRecord.read(tmp_path / "b" / "run").test_top1 == whole.test_top1
+
+
+def test_a_run_directory_cannot_name_the_eval_file_outside_it(tmp_path):
+    """The second evaluation's file is named after the run's data (its metrics.json): a name
+    with path separators stays one file name in the output directory."""
+    from bnnbench.evaluate import result_path
+
+    (tmp_path / "eval.json").write_text("{}")
+    path = result_path(None, tmp_path, "../../escaped/x", packed=False)
+    assert path.parent == tmp_path and path.name == "eval-_.._escaped_x.json"
+    assert result_path(None, tmp_path, "mnist5k", packed=True).name == "eval-mnist5k-packed.json"
