@@ -12,8 +12,11 @@
   multirun a refusal does not stop the sweep: it is kept for the point's task
   (:mod:`bnnbench.multirun`), which skips a finished point of the same recipe and records the
   others as failed.
-* A directory whose ``metrics.json`` says ``"status": "failed"`` (a multirun point that crashed)
-  counts as a killed run: the same config retries it there, resuming from its last checkpoint.
+* A directory whose ``metrics.json`` says ``"status": "failed"`` (a multirun point that crashed),
+  or whose metrics.json is not a readable record with a known status (cut short, tampered with),
+  counts as a killed run when its marker is there: the same config retries it there, resuming
+  from its last checkpoint. Paths inside the run directory are compared relative to it (the
+  marker records where the run was claimed), so a sweep copied or moved elsewhere resumes too.
 """
 
 from __future__ import annotations
@@ -228,7 +231,9 @@ def _recorded_dirs(fd: int) -> list[str]:
         dirs = owner.get("run_dirs", []) if isinstance(owner, dict) else []
     except (OSError, ValueError, RecursionError):
         return []
-    return [d for d in dirs if isinstance(d, str) and d]
+    # "/" would make every path "inside" the run directory
+    return [d for d in dirs if isinstance(d, str) and d.rstrip("/")] \
+        if isinstance(dirs, list) else []
 
 
 def _relative(config: Any, run_dirs: list[str]) -> Any:
