@@ -530,3 +530,16 @@ def test_a_run_directory_cannot_name_the_eval_file_outside_it(tmp_path):
     path = result_path(None, tmp_path, "../../escaped/x", packed=False)
     assert path.parent == tmp_path and path.name == "eval-_.._escaped_x.json"
     assert result_path(None, tmp_path, "mnist5k", packed=True).name == "eval-mnist5k-packed.json"
+
+
+@pytest.mark.parametrize("seed", ["1e30", "inf", ".nan", "abc", "-5"])
+def test_an_unfinished_runs_config_seed_is_shown_as_none_or_its_value(tmp_path, seed):
+    """A run without metrics.json takes its seed from its config: one that is no valid seed
+    is listed without one, never a crash of the report."""
+    runs = tmp_path / "runs"
+    run_dir_with(runs, "done", rec=record())
+    run_dir_with(runs, "killed", f"seed: {seed}\n")
+    report_main([str(runs), "--out", str(tmp_path / "out"), "--no-plots"])
+    rows = {r["run_dir"]: r for r in csv.DictReader(open(tmp_path / "out" / "report.csv"))}
+    assert rows[str(runs / "killed")]["seed"] == "" and rows[str(runs / "killed")]["status"] \
+        == "unfinished"

@@ -25,7 +25,7 @@ from typing import Any
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.files import read_yaml
-from bnnbench.record import METRICS_FILE, RunRecord
+from bnnbench.record import INT64_MAX, METRICS_FILE, RunRecord
 from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RECIPE_MARKER, RUN_MARKER, marker_is_locked
 
 #: config groups whose *choice* (``model=nin``) is a setting, ``method`` first: it usually
@@ -104,8 +104,11 @@ class Run:
     def seed(self) -> int | None:
         if self.record is not None:
             return self.record.seed
-        seed = self.config.get("seed")
-        return int(float(seed)) if seed not in (None, MISSING) else None
+        try:  # an unfinished run's config: a seed the record bounds would have refused is none
+            seed = int(float(self.config.get("seed", MISSING)))
+        except (ValueError, OverflowError):  # missing, text, inf, nan
+            return None
+        return seed if 0 <= seed <= INT64_MAX else None
 
     def setting(self, key: str) -> str:
         """This run's value of a setting: a group choice ('method') or a dotted config key."""
