@@ -424,10 +424,10 @@ def test_pipes_newlines_and_formulas_stay_in_their_cells(tmp_path):
     run_dir_with(runs, "b", "seed: 0\n", record(method="=HYPERLINK(\"http://x\")",
                                                   test_top1=None, status="failed",
                                                   error="boom | x\n| fake | row |"))
-    run_dir_with(runs, "c", "seed: 0\n", record(method="@SUM(A1)"))
+    run_dir_with(runs, "c", "seed: 0\n", record(method="@SUM(A1)", device="cpu\n# injected"))
     report_main([str(runs), "--out", str(tmp_path / "out"), "--no-plots"])
     md = (tmp_path / "out" / "report.md").read_text()
-    assert not any(line.startswith("| injected") or line.startswith("| fake")
+    assert not any(line.startswith(("| injected", "| fake", "# injected"))
                    for line in md.splitlines())
     for table in (md.split("\n\n")):
         lines = [x for x in table.splitlines() if x.startswith("|")]

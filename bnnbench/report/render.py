@@ -219,7 +219,7 @@ def scale_lines(long: pd.DataFrame) -> list[str]:
     """Where the numbers come from (data, model, epochs, device, commit) and whether the runs
     mix scales."""
     def values(column: str) -> list[str]:
-        return sorted({str(v) for v in long[column].dropna()})
+        return sorted({one_line(str(v)) for v in long[column].dropna()})
 
     data = values("data")
     described = "; ".join(f"`{d}` — {DATA_DESCRIPTIONS.get(d, f'see conf/data/{d}.yaml')}"
