@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------ 4: racing for one name
-def race(target, barrier_at, monkeypatch, module, name) -> list[object]:
+def race(target, monkeypatch, module, name) -> list[object]:
     """Run ``target`` in two threads that both pass ``module.name`` (where the name is chosen)
     before either writes: the race a second process starting a moment later would run."""
     barrier = threading.Barrier(2, timeout=120)
@@ -94,7 +95,7 @@ def test_two_exports_racing_for_one_out_one_is_refused(trained, tmp_path, monkey
     from bnnbench.packed.format import load_packed
 
     out = tmp_path / "model.safetensors"
-    outcomes = race(lambda: export.export_run(trained, out), None, monkeypatch, export,
+    outcomes = race(lambda: export.export_run(trained, out), monkeypatch, export,
                     "free_path")
     written = [o for o in outcomes if isinstance(o, Path)]
     refused = [o for o in outcomes if isinstance(o, NameTaken)]
@@ -107,7 +108,7 @@ def test_two_exports_racing_for_one_out_one_is_refused(trained, tmp_path, monkey
 def test_two_evaluations_racing_for_eval_json_one_is_refused(trained, tmp_path, monkeypatch):
     from bnnbench import evaluate
 
-    outcomes = race(lambda: evaluate.evaluate_run(trained, out=tmp_path), None, monkeypatch,
+    outcomes = race(lambda: evaluate.evaluate_run(trained, out=tmp_path), monkeypatch,
                     evaluate, "result_path")
     written = [o for o in outcomes if isinstance(o, tuple)]
     refused = [o for o in outcomes if isinstance(o, NameTaken)]
@@ -122,8 +123,6 @@ def test_a_new_file_never_replaces_one_written_meanwhile(tmp_path):
     code = ("import sys, time; from pathlib import Path; from bnnbench.files import "
             "atomic_path\nwith atomic_path(Path(sys.argv[1]), replace=False) as tmp:\n"
             "    tmp.write_text(sys.argv[2]); time.sleep(float(sys.argv[3]))\n")
-    import sys
-
     slow = subprocess.Popen([sys.executable, "-c", code, str(target), "slow", "3"],
                             stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
@@ -133,6 +132,13 @@ def test_a_new_file_never_replaces_one_written_meanwhile(tmp_path):
     assert slow.wait(timeout=120) != 0 and "NameTaken" in slow.stderr.read()
     assert target.read_text() == "fast"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+
+
+def test_a_new_file_is_refused_over_an_existing_one_which_stays(tmp_path):
+    target = write_atomic(tmp_path / "size.json", "first")
+    with pytest.raises(NameTaken, match="nothing was replaced"):
+        write_atomic(target, "second", replace=False)
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["size.json"]
 
 
 # ------------------------------------------------------------------ 10: a full disk
@@ -234,8 +240,7 @@ def test_size_and_report_on_a_full_disk(full_disk, tmp_path):
     with pytest.raises(WriteFailed) as err:
         write_report(report, where, plots=False)
     assert_one_line_about(err.value, where / "report.md", kept=True)
-    assert {p.name: p.read_bytes() for p in where.iterdir() if p.name != ".filler"} == {
-        k: v for k, v in before.items()}
+    assert {p.name: p.read_bytes() for p in where.iterdir() if p.name != ".filler"} == before
     assert debris(where) == []
 
 
@@ -258,8 +263,6 @@ def test_a_run_on_a_full_disk_stops_in_one_line_naming_its_checkpoint(tmp_path):
     """End to end on a real small filesystem: the configs fit, the first checkpoint does not.
     The one line names the checkpoint in the run directory (not a temporary file), and what the
     run wrote before it is still there."""
-    import sys
-
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs",
