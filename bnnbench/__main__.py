@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -11,10 +13,23 @@ from bnnbench.multirun import is_multirun, run_point
 from bnnbench.train import run
 
 
+# a sweep point's directory name (after its job number) in bytes: file systems allow 255
+MAX_DIRNAME_BYTES = 200
+
+
 def flat_dirname(override_dirname: str) -> str:
     """One directory name for a sweep point: ``/`` in an override's value (``init=runs/x``,
-    ``data.root=/scratch``) would otherwise nest the point's directory several levels deep."""
-    return override_dirname.replace("/", "_")
+    ``data.root=/scratch``) would otherwise nest the point's directory several levels deep.
+    A name longer than :data:`MAX_DIRNAME_BYTES` (``tags=[<250 characters>]``) is cut there and
+    ends with a hash of the whole: the same overrides always give the same directory (a rerun
+    finds its points), different ones different directories."""
+    name = override_dirname.replace("/", "_")
+    encoded = name.encode()
+    if len(encoded) <= MAX_DIRNAME_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    head = encoded[:MAX_DIRNAME_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}-{digest}"
 
 
 # hydra.sweep.subdir (conf/config.yaml) calls it; registered wherever a sweep point runs (the

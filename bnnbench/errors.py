@@ -45,7 +45,8 @@ def check_number(key: str, value: Any, *, integer: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise BnnbenchError(f"{key}={_show(value)} is not a number; need "
                             f"{'an integer' if integer else 'a finite number'}")
-    if not math.isfinite(value):
+    # an int is finite however long (math.isfinite would overflow converting a 400-digit one)
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
         raise BnnbenchError(f"{key}={value} is not a finite number")
     if integer and not isinstance(value, numbers.Integral):
         raise BnnbenchError(f"{key}={value} is not an integer")
@@ -136,7 +137,7 @@ def _accepts(value: Any, annotation: Any) -> bool | None:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
         return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
+                and (isinstance(value, int) or math.isfinite(value)))
     if annotation is str:
         return isinstance(value, str)
     if origin in _SEQUENCES:

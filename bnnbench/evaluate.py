@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch
 
 from bnnbench.errors import BnnbenchError
 from bnnbench.export import PACKED_FILE, export_run
-from bnnbench.files import free_path, write_atomic
+from bnnbench.files import free_path, read_json, write_atomic
 from bnnbench.packed.format import load_packed, packed_spec
 from bnnbench.spec import (
     GEOMETRY_KEYS,
@@ -101,9 +102,9 @@ def file_data_args(args: Mapping[str, Any], edits: Mapping[str, Any]) -> dict[st
 
 def run_data_name(run_dir: Path | None, spec: Spec) -> str:
     """The run's data option (metrics.json, else the spec's data name)."""
-    try:
-        return str(json.loads((Path(run_dir) / "metrics.json").read_text())["data"])
-    except (TypeError, OSError, ValueError, KeyError):
+    try:  # bounded: a run directory's metrics.json is data (size, nesting)
+        return str(read_json(Path(run_dir) / "metrics.json")["data"])
+    except (TypeError, BnnbenchError, KeyError):
         return spec["data"]["name"]
 
 
@@ -147,7 +148,9 @@ def result_path(out: Path | None, default_dir: Path, name: str, packed: bool) ->
     directory = Path(out) if out is not None else default_dir
     path = directory / EVAL_FILE
     if path.exists():
-        path = free_path(directory / f"eval-{name}{'-packed' if packed else ''}.json")
+        # the name may come from the run's metrics.json: one plain file name, in ``directory``
+        plain = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100] or "data"
+        path = free_path(directory / f"eval-{plain}{'-packed' if packed else ''}.json")
     return path
 
 
@@ -197,7 +200,8 @@ def evaluate_run(run_dir: Path | None, data: Mapping[str, Any] | None = None,
         "data_config": {"name": data_spec["data"]["name"], **data_spec["data"]["args"]},
     }
     path = result_path(out, home, name, packed)
-    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    # a new file only: an evaluation racing this one for the same name is refused, not lost
+    write_atomic(path, json.dumps(record, indent=2) + "\n", replace=False)
     return record, path
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bnnbench.files import free_path
+from bnnbench.files import atomic_path, free_path
 from bnnbench.packed.format import read_metadata, save_packed
 from bnnbench.size import format_bytes
 from bnnbench.trained import load_trained, resolve_source
@@ -33,7 +33,12 @@ def export_run(run_dir: Path | None, out: Path | None = None, checkpoint: str = 
     path = Path(out) if out is not None else (run_dir or Path.cwd()) / PACKED_FILE
     if path.is_dir():
         path = path / PACKED_FILE
-    return save_packed(net, free_path(path), spec, geometry, source=str(ckpt))
+    path = free_path(path)
+    # linked into place only if the name is still free: of two exports racing for one name, the
+    # second is refused (NameTaken) instead of replacing the first's file
+    with atomic_path(path, replace=False) as staged:
+        save_packed(net, staged, spec, geometry, source=str(ckpt))
+    return path
 
 
 def export_config(cfg: Any) -> Path:

@@ -35,8 +35,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bnnbench.errors import BnnbenchError, Preempted
+from bnnbench.files import read_json
 from bnnbench.record import METRICS_FILE, RunRecord, git_commit
 from bnnbench.rundir import (
+    ENDED,
     FAILED,
     REFUSED,
     RUN_MARKER,
@@ -118,12 +120,9 @@ def _fail(run_dir: Path, message: str, recorded: bool) -> None:
 
 def finished_record(run_dir: Path) -> dict[str, Any] | None:
     """``run_dir``'s metrics.json when it records a run that ended (not a failed one)."""
-    import json
-
-    status = recorded_status(run_dir)
-    if status is None or status == FAILED:
+    if recorded_status(run_dir) not in ENDED:
         return None
-    return json.loads((run_dir / METRICS_FILE).read_text())
+    return read_json(run_dir / METRICS_FILE)
 
 
 def write_failed(cfg: DictConfig, run_dir: Path, error: str) -> bool:
@@ -150,7 +149,11 @@ def write_failed(cfg: DictConfig, run_dir: Path, error: str) -> bool:
         epoch_time_s=[], curves={}, config_hash=recipe_hash(cfg), git_commit=git_commit(),
         device="", overrides=list(HydraConfig.get().overrides.task), status=FAILED,
         error=" ".join(error.split()))
-    record.write(run_dir)
+    try:
+        record.write(run_dir)
+    except BnnbenchError as err:  # a full disk: the sweep goes on, this point listed at its end
+        print(f"bnnbench: error: {err}", file=sys.stderr)
+        return False
     return True
 
 
@@ -234,11 +237,10 @@ def sweep_failures(sweep_dir: Path) -> dict[Path, str]:
         point = marker.parent.resolve()
         status = recorded_status(point)
         if status == FAILED:
-            import json
-
-            failures[point] = json.loads((point / METRICS_FILE).read_text()).get("error") or ""
+            failures[point] = " ".join(str(read_json(point / METRICS_FILE).get("error")
+                                           or "").split())
         elif status is None and not marker_is_locked(marker):
-            failures.setdefault(point, f"unfinished: no {METRICS_FILE} (killed?)")
+            failures.setdefault(point, f"unfinished: no readable {METRICS_FILE} (killed?)")
     return failures
 
 

@@ -16,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 
-from bnnbench.errors import BnnbenchError, check_knobs, first_line
-from bnnbench.files import write_atomic
+from bnnbench.errors import BnnbenchError, check_knobs, check_range
+from bnnbench.files import read_json, write_atomic
 
 METRICS_FILE = "metrics.json"
 
 
 STATUSES = ("finished", "diverged", "failed")
+
+# Bounds on what a metrics.json may say (it is read back by the report and the sweeps, which
+# aggregate it): accuracies are percentages; counts fit an int64 (pandas' integer columns);
+# curves and times came from float32 tensors or wall clocks.
+INT64_MAX = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+PERCENT_FIELDS = ("test_top1", "test_top5", "best_val_top1")
+COUNT_FIELDS = ("seed", "num_params", "epochs")
+SIZE_COUNTS = ("total_bytes", "fp32_bytes")
 
 
 @dataclasses.dataclass
@@ -66,10 +75,7 @@ class RunRecord:
         """The record in ``<run_dir>/metrics.json``; a BnnbenchError naming the file and what is
         wrong with it (half-written, not JSON, a field missing or of the wrong type)."""
         path = Path(run_dir) / METRICS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise BnnbenchError(f"{path} is not readable JSON ({first_line(err)})") from None
+        data = read_json(path)  # bounded: size, nesting (a BnnbenchError naming the file)
         if not isinstance(data, dict):
             raise BnnbenchError(f"{path} does not hold a JSON object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -83,7 +89,45 @@ class RunRecord:
         if known.get("status", "finished") not in STATUSES:
             raise BnnbenchError(f"{path}: status={known['status']!r} is not one of "
                                 f"{', '.join(STATUSES)}")
+        check_values(str(path), known)
         return cls(**known)
+
+
+def check_values(prefix: str, known: dict[str, Any]) -> None:
+    """The values of a metrics.json that fit their types (:func:`check_knobs`) within the
+    bounds the report aggregates safely; BnnbenchError naming ``<prefix>.<field>`` otherwise."""
+    for name in PERCENT_FIELDS:
+        if known.get(name) is not None:
+            check_range(f"{prefix}.{name}", known[name], low=0, high=100)
+    for name in COUNT_FIELDS:
+        if name in known:
+            check_range(f"{prefix}.{name}", known[name], low=0, high=INT64_MAX, integer=True)
+    if "wall_time_s" in known:
+        check_range(f"{prefix}.wall_time_s", known["wall_time_s"], low=0, high=FLOAT32_MAX)
+    for i, value in enumerate(known.get("epoch_time_s", [])):
+        check_range(f"{prefix}.epoch_time_s[{i}]", value, low=0, high=FLOAT32_MAX)
+    for key, curve in known.get("curves", {}).items():
+        if not isinstance(curve, list):
+            raise BnnbenchError(f"{prefix}.curves.{key} is not a list of numbers")
+        for i, value in enumerate(curve):
+            if value is not None:
+                check_range(f"{prefix}.curves.{key}[{i}]", value, low=-FLOAT32_MAX,
+                            high=FLOAT32_MAX)
+    if not isinstance(known.get("extra", {}), dict):
+        raise BnnbenchError(f"{prefix}.extra={known['extra']!r:.60} is not valid: need an "
+                            "object")
+    size = known.get("extra", {}).get("size")
+    if size is None:
+        return
+    if not isinstance(size, dict):
+        raise BnnbenchError(f"{prefix}.extra.size is not valid: need an object")
+    for name in SIZE_COUNTS:
+        if size.get(name) is not None:
+            check_range(f"{prefix}.extra.size.{name}", size[name], low=0, high=INT64_MAX,
+                        integer=True)
+    if size.get("compression") is not None:
+        check_range(f"{prefix}.extra.size.compression", size["compression"], low=0,
+                    high=FLOAT32_MAX)
 
 
 def finite_or_null(value: Any) -> Any:

@@ -12,8 +12,11 @@
   multirun a refusal does not stop the sweep: it is kept for the point's task
   (:mod:`bnnbench.multirun`), which skips a finished point of the same recipe and records the
   others as failed.
-* A directory whose ``metrics.json`` says ``"status": "failed"`` (a multirun point that crashed)
-  counts as a killed run: the same config retries it there, resuming from its last checkpoint.
+* A directory whose ``metrics.json`` says ``"status": "failed"`` (a multirun point that crashed),
+  or whose metrics.json is not a readable record with a known status (cut short, tampered with),
+  counts as a killed run when its marker is there: the same config retries it there, resuming
+  from its last checkpoint. Paths inside the run directory are compared relative to it (the
+  marker records where the run was claimed), so a sweep copied or moved elsewhere resumes too.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import BnnbenchError, first_line
-from bnnbench.files import write_atomic
-from bnnbench.record import METRICS_FILE
+from bnnbench.files import read_json, read_yaml, write_atomic
+from bnnbench.record import METRICS_FILE, STATUSES
 
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config_resolved.yaml"
@@ -48,6 +51,11 @@ RESUME_IGNORED = ("ckpt_path",)
 # it resumed from, its tags, and its callbacks (early stopping's effect is the recorded epochs).
 RECIPE_IGNORED = ("logger", "ckpt_path", "paths", "tags", "callbacks")
 FAILED = "failed"
+# a metrics.json with one of these statuses records a run that ended: never retried or replaced
+ENDED = tuple(status for status in STATUSES if status != FAILED)
+# where a run's own directory appears in its config (checkpoint and log paths): compared as
+# this placeholder, so a sweep copied or moved elsewhere resumes as the same config
+RUN_DIR_PLACEHOLDER = "<run dir>"
 
 
 @dataclasses.dataclass
@@ -95,12 +103,17 @@ def recipe_hash(cfg: Any) -> str:
 
 def recorded_status(run_dir: Path) -> str | None:
     """The ``status`` of ``run_dir``'s metrics.json (``finished`` when it has none), None when
-    there is no readable metrics.json."""
-    try:
-        record = json.loads((Path(run_dir) / METRICS_FILE).read_text())
-    except (OSError, ValueError):
+    there is no metrics.json, or none that is readable and says one of :data:`STATUSES`
+    (half-written, nested too deeply, ``"status": "bogus"``): nothing counts as ended then."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
         return None
-    return str(record.get("status", "finished")) if isinstance(record, dict) else None
+    try:
+        record = read_json(path)
+    except BnnbenchError:
+        return None
+    status = record.get("status", "finished") if isinstance(record, dict) else None
+    return status if status in STATUSES else None
 
 
 def marker_is_locked(marker: Path) -> bool:
@@ -132,8 +145,10 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
     if is_ddp_worker():  # started by rank 0 before it writes any checkpoint: resume as it does
         return (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
     marker = run_dir / RUN_MARKER
-    if (run_dir / METRICS_FILE).exists() and not (recorded_status(run_dir) == FAILED
-                                                   and marker.exists()):
+    # a run that ended, or a metrics.json this sweep did not write (no marker); a failed run's
+    # or an unreadable one beside a marker (a killed or crashed run of ours) is resumed
+    if recorded_status(run_dir) in ENDED or ((run_dir / METRICS_FILE).exists()
+                                             and not marker.exists()):
         raise BnnbenchError(f"{run_dir} already holds a run that finished ({METRICS_FILE}); "
                             "choose a new hydra.run.dir instead of overwriting it")
     if marker.exists():
@@ -148,7 +163,7 @@ def claim_run_dir(run_dir: Path, config: dict[str, Any] | None = None) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=f".{RUN_MARKER}.", dir=run_dir)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _write_owner(fd)
+        _write_owner(fd, run_dir)
         os.link(tmp, marker)
     except FileExistsError:
         os.close(fd)
@@ -175,17 +190,17 @@ def _take_over(run_dir: Path, marker: Path, config: dict[str, Any] | None) -> bo
             raise BnnbenchError(f"{run_dir} holds an unfinished run without its {CONFIG_FILE}; "
                                 "choose a new hydra.run.dir, its checkpoints stay as they are")
         if saved.exists() and config is not None:
-            import yaml
-
-            differ = _differences(_comparable(yaml.safe_load(saved.read_text())),
-                                  _comparable(config))
+            # a marker from before markers named their directory: the run has not moved
+            earlier = _relative(read_yaml(saved), _recorded_dirs(fd) or _dirs(run_dir))
+            differ = _differences(_comparable(earlier),
+                                  _comparable(_relative(config, _dirs(run_dir))))
             if differ:
                 raise BnnbenchError(
                     f"{run_dir} holds an unfinished run of another config ({', '.join(differ[:3])}"
                     " differ); rerun its own command to resume it, or choose a new "
                     "hydra.run.dir")
         os.ftruncate(fd, 0)
-        _write_owner(fd)
+        _write_owner(fd, run_dir)
     except BaseException:
         os.close(fd)
         raise
@@ -193,12 +208,46 @@ def _take_over(run_dir: Path, marker: Path, config: dict[str, Any] | None) -> bo
     return True
 
 
-def _write_owner(fd: int) -> None:
+def _write_owner(fd: int, run_dir: Path) -> None:
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-             "argv": sys.argv}
+             "argv": sys.argv, "run_dirs": _dirs(run_dir)}
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, (json.dumps(owner) + "\n").encode())
     os.fsync(fd)
+
+
+def _dirs(run_dir: Path) -> list[str]:
+    """The spellings of ``run_dir`` a config may hold: Hydra's absolute path (symlinks kept)
+    and the resolved one."""
+    return list(dict.fromkeys([os.path.abspath(run_dir), str(Path(run_dir).resolve())]))
+
+
+def _recorded_dirs(fd: int) -> list[str]:
+    """Where the marker's run was when it was claimed (``run_dirs``), from the open marker;
+    [] for a marker that does not say."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = json.loads(os.read(fd, 1 << 16).decode())
+        dirs = owner.get("run_dirs", []) if isinstance(owner, dict) else []
+    except (OSError, ValueError, RecursionError):
+        return []
+    # "/" would make every path "inside" the run directory
+    return [d for d in dirs if isinstance(d, str) and d.rstrip("/")] \
+        if isinstance(dirs, list) else []
+
+
+def _relative(config: Any, run_dirs: list[str]) -> Any:
+    """``config`` with every path inside one of ``run_dirs`` written from
+    :data:`RUN_DIR_PLACEHOLDER`: the same run compares equal wherever its directory now is."""
+    if isinstance(config, dict):
+        return {k: _relative(v, run_dirs) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_relative(v, run_dirs) for v in config]
+    if isinstance(config, str):
+        for root in sorted(run_dirs, key=len, reverse=True):
+            if config == root or config.startswith(root.rstrip("/") + "/"):
+                return RUN_DIR_PLACEHOLDER + config[len(root.rstrip("/")):]
+    return config
 
 
 def _comparable(config: Any) -> Any:

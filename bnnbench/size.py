@@ -567,10 +567,13 @@ def render_latex(size: ModelSize, title: str = "") -> str:
 
 
 def write_json(size: ModelSize, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """``size`` (and ``extra``) as JSON in ``path``, a new file (never replacing one, even one
+    that a racing process writes meanwhile)."""
     data = size.to_dict()
     if extra:
         data = {**extra, **data}
-    return write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    return write_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n",
+                        replace=False)
 
 
 def _json_default(obj: Any) -> Any:
@@ -628,7 +631,8 @@ def size_config(cfg: Any) -> ModelSize:
     else:  # the table alone on stdout (pipeable); the files written are named on stderr
         text = render_csv(size) if table_format == "csv" else render_latex(size, title)
         print(text, end="")
-        table_file = write_atomic(free_path(out.with_suffix(TABLE_SUFFIXES[table_format])), text)
+        table_file = write_atomic(free_path(out.with_suffix(TABLE_SUFFIXES[table_format])), text,
+                                  replace=False)
         print(f"wrote {table_file}", file=sys.stderr)
     write_json(size, out, extra)
     print(f"wrote {out}", file=sys.stderr)

@@ -46,7 +46,7 @@ from bnnbench.recipes import (
     stage_config,
     warm_start,
 )
-from bnnbench.record import RunRecord, git_commit
+from bnnbench.record import FLOAT32_MAX, RunRecord, git_commit
 from bnnbench.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -126,6 +126,9 @@ def check_finite(value: Any, key: str = "") -> None:
     """Every float in a (plain) config is finite: ``inf``/``nan`` anywhere is refused by name."""
     if isinstance(value, float) and not math.isfinite(value):
         raise BnnbenchError(f"{key}={value} is not a finite number")
+    if isinstance(value, float) and abs(value) > FLOAT32_MAX:  # finite here, inf in training
+        raise BnnbenchError(f"{key}={value} is not a finite float32 number (at most "
+                            f"{FLOAT32_MAX:.4g}): training computes in float32")
     if isinstance(value, dict):
         for k, v in value.items():
             check_finite(v, f"{key}.{k}" if key else str(k))

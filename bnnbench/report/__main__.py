@@ -114,7 +114,8 @@ def build(dirs: list[Path], *, table: str | None = None, name: str | None = None
     if not runs:
         raise BnnbenchError(f"no run under {', '.join(map(str, dirs))} (no metrics.json, "
                             "run.json or .hydra/config.yaml); pass a run or multirun directory")
-    table = table or sweep_of(runs)
+    # the runs' own +sweep= names a table only when it is one: it becomes file names
+    table = table or (sweep if (sweep := sweep_of(runs)) in list_tables() else None)
     known = table if table in list_tables() else None
     keys = swept_keys(runs, sweep_keys(known) if known else None)
     paper = published_table(table, keys)

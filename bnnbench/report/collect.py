@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 import sys
 from collections.abc import Iterable
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from bnnbench.record import METRICS_FILE, RunRecord
+from bnnbench.errors import BnnbenchError
+from bnnbench.files import read_yaml
+from bnnbench.record import INT64_MAX, METRICS_FILE, RunRecord
 from bnnbench.rundir import CONFIG_FILE, HYDRA_DIR, RECIPE_MARKER, RUN_MARKER, marker_is_locked
 
 #: config groups whose *choice* (``model=nin``) is a setting, ``method`` first: it usually
@@ -45,7 +46,10 @@ def normalize_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (int, float)):
-        return format(float(value), "g")
+        try:
+            return format(float(value), "g")
+        except OverflowError:  # an int beyond float's range: its own digits
+            return str(value)
     if value is None:
         return "null"
     if isinstance(value, str):
@@ -53,7 +57,7 @@ def normalize_value(value: Any) -> str:
             return value.lower()
         try:
             return format(float(value), "g")
-        except ValueError:
+        except (ValueError, OverflowError):
             return value
     return str(value)
 
@@ -100,8 +104,11 @@ class Run:
     def seed(self) -> int | None:
         if self.record is not None:
             return self.record.seed
-        seed = self.config.get("seed")
-        return int(float(seed)) if seed not in (None, MISSING) else None
+        try:  # an unfinished run's config: a seed the record bounds would have refused is none
+            seed = int(float(self.config.get("seed", MISSING)))
+        except (ValueError, OverflowError):  # missing, text, inf, nan
+            return None
+        return seed if 0 <= seed <= INT64_MAX else None
 
     def setting(self, key: str) -> str:
         """This run's value of a setting: a group choice ('method') or a dotted config key."""
@@ -120,40 +127,71 @@ def _warn(message: str) -> None:
 
 
 def _read_config(run_dir: Path) -> dict[str, str]:
-    """The run's config, resolved, flattened; {} when it has none (or none that parses)."""
+    """The run's config as plain data, flattened; {} when it has none (or none that reads).
+
+    Plain data: no OmegaConf resolver runs (``${oc.env:...}`` stays that text) and only a whole
+    value that names another key (``${optimizer.lr}``) is looked up (:func:`resolve_references`);
+    aliases, size and nesting are bounded (:func:`bnnbench.files.read_yaml`)."""
     for path in (run_dir / CONFIG_FILE, run_dir / HYDRA_DIR / "config.yaml"):
         if not path.is_file():
             continue
         try:
-            cfg = OmegaConf.load(path)
-            # the logger's paths use hydra's resolver, unknown outside a hydra job: left out
-            plain = {k: OmegaConf.to_container(cfg[k], resolve=True)
-                     if OmegaConf.is_config(cfg[k]) else cfg[k]
-                     for k in cfg if k not in IGNORED_PREFIXES}
-        except Exception as err:  # noqa: BLE001 - a broken config is reported, not fatal
-            _warn(f"{path} does not parse ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                  "its run is grouped without its config")
+            tree = read_yaml(path)
+            if not isinstance(tree, dict):
+                raise BnnbenchError(f"{path} does not hold a mapping")
+        except BnnbenchError as err:
+            _warn(f"{err}; its run is grouped without its config")
             continue
-        return flatten(plain)
+        plain = {k: v for k, v in tree.items() if str(k) not in IGNORED_PREFIXES}
+        return {key: resolve_references(value, tree) for key, value in flatten(plain).items()}
     return {}
 
 
+#: a value that is exactly one interpolation of another key: ``${optimizer.lr}``
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)\}")
+#: references followed from one value (``a: ${b}``, ``b: ${c}``...); a cycle stops there too
+MAX_REFERENCE_HOPS = 8
+
+
+def resolve_references(value: str, tree: dict[str, Any]) -> str:
+    """``value``, or when it is a reference to a plain value elsewhere in ``tree`` (an
+    unresolved ``.hydra/config.yaml``), that value, normalized. Nothing else is interpolated:
+    a resolver (``${oc.env:X}``), a reference inside other text, or one to a section stays as
+    written, so a run directory can neither read the environment nor grow a string."""
+    for _ in range(MAX_REFERENCE_HOPS):
+        match = _REFERENCE.fullmatch(value)
+        if match is None:
+            return value
+        node: Any = tree
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return value
+            node = node[part]
+        if isinstance(node, (dict, list)):
+            return value
+        value = normalize_value(node)
+    return value
+
+
 def _read_hydra(run_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """(group choices, task overrides) from ``.hydra/``; empty when absent."""
+    """(group choices, task overrides) from ``.hydra/``, as plain data; empty when absent."""
     choices: dict[str, str] = {}
     overrides: list[str] = []
     hydra_yaml = run_dir / HYDRA_DIR / "hydra.yaml"
     if hydra_yaml.is_file():
         try:
-            picked = OmegaConf.load(hydra_yaml).hydra.runtime.choices
-            choices = {g: str(picked[g]) for g in GROUPS if picked.get(g) is not None}
-        except Exception:  # noqa: BLE001 - choices then come from metrics.json
+            picked = read_yaml(hydra_yaml)["hydra"]["runtime"]["choices"]
+            choices = {g: str(picked[g]) for g in GROUPS
+                       if isinstance(picked.get(g), (str, int, float))}
+        except (BnnbenchError, TypeError, KeyError, AttributeError):  # then from metrics.json
             pass
     overrides_yaml = run_dir / HYDRA_DIR / "overrides.yaml"
     if overrides_yaml.is_file():
         try:
-            overrides = [str(o) for o in OmegaConf.load(overrides_yaml)]
-        except Exception:  # noqa: BLE001
+            listed = read_yaml(overrides_yaml)
+            overrides = [str(o) for o in listed if isinstance(o, (str, int, float))] \
+                if isinstance(listed, list) else []
+        except BnnbenchError:
             pass
     return choices, overrides
 

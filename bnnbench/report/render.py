@@ -54,6 +54,47 @@ def fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces: a method name or an error read from a run
+    directory cannot add lines to the terminal or rows to a table."""
+    return " ".join(str(text).splitlines())
+
+
+def md_cell(value: object) -> object:
+    """A Markdown table cell: ``|`` escaped, line breaks as spaces (numbers as they are)."""
+    if not isinstance(value, str):
+        return value
+    return one_line(value).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def md_table(frame: pd.DataFrame, *, index: bool = False) -> str:
+    """``frame`` as a Markdown table whose every cell, header and row label is escaped
+    (:func:`md_cell`): a cell read from a run directory stays one cell."""
+    safe = frame.map(md_cell)
+    safe.columns = [md_cell(str(c)) for c in safe.columns]
+    safe.index = [md_cell(str(i)) for i in safe.index]
+    if index and frame.index.name is not None:
+        safe.index.name = md_cell(str(frame.index.name))
+    return safe.to_markdown(index=index)
+
+
+#: what a spreadsheet reads as the start of a formula (OWASP's list for CSV injection)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string that would start a formula
+    (``=HYPERLINK(...)``, ``@SUM(...)``) gets a leading ``'``; numbers, a negative number
+    written as text and the missing-value dash ``-`` stay as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS) or value == "-":
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def _natural(path: Path) -> list[object]:
     """Sort key: multirun job 10 after job 9."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
@@ -199,7 +240,7 @@ def scale_lines(long: pd.DataFrame) -> list[str]:
     """Where the numbers come from (data, model, epochs, device, commit) and whether the runs
     mix scales."""
     def values(column: str) -> list[str]:
-        return sorted({str(v) for v in long[column].dropna()})
+        return sorted({one_line(str(v)) for v in long[column].dropna()})
 
     data = values("data")
     described = "; ".join(f"`{d}` — {DATA_DESCRIPTIONS.get(d, f'see conf/data/{d}.yaml')}"
@@ -240,17 +281,17 @@ class Report:
     plots: dict[str, str] = field(default_factory=dict)
 
     def summary_markdown(self) -> str:
-        return flat_columns(self.summary, self.ours_label).to_markdown(index=False)
+        return md_table(flat_columns(self.summary, self.ours_label))
 
     def terminal(self) -> str:
         """What a sweep ends with on the terminal: the table, the verdicts, what did not finish."""
-        lines = [f"{self.title}", "", self.summary_markdown()]
+        lines = [one_line(self.title), "", self.summary_markdown()]
         if self.claims:
             lines += ["", *self.claims]
         rest = not_finished_frame(self.long)
         if not rest.empty:
             lines += ["", f"{len(rest)} run(s) did not finish:",
-                      *[f"  {r.setting} seed={r.seed}: {r.status}: {r.error}"
+                      *[one_line(f"  {r.setting} seed={r.seed}: {r.status}: {r.error}")
                         for r in rest.itertuples()]]
         return "\n".join(lines)
 
@@ -276,7 +317,7 @@ def build_report(runs: list[Run], keys: list[str], *, name: str, title: str, com
 def markdown(report: Report) -> str:
     sources = ", ".join(f"`{s}`" for s in report.sources)
     text = [
-        f"# {report.title}", "",
+        f"# {one_line(report.title)}", "",
         f"Generated on {dt.date.today().isoformat()} by `{report.command}` from the runs in "
         f"{sources}. Do not edit by hand: regenerate with that command.", "",
         "Scale of these runs:", *scale_lines(report.long), "",
@@ -295,7 +336,7 @@ def markdown(report: Report) -> str:
     if report.pivot is not None:
         rows, cols = report.keys
         text += [f"## Top-1 (%): {rows} (rows) x {cols} (columns)", "",
-                 report.pivot.to_markdown(), ""]
+                 md_table(report.pivot, index=True), ""]
     if report.claims:
         text += ["## The paper's claims at this scale", "", *report.claims, ""]
     if "curves" in report.plots:
@@ -308,7 +349,7 @@ def markdown(report: Report) -> str:
                  "changed at an optimizer step, in percent: averaged over each epoch's steps "
                  "(`callbacks=flip_ratio`, `bnnbench.callbacks.FlipRatio`), then over the run's "
                  "epochs; mean ± std over the n seeds. Figure 2 of the paper plots these per "
-                 "layer on a log axis.", "", report.flips.to_markdown(index=False), ""]
+                 "layer on a log axis.", "", md_table(report.flips), ""]
         if "flip_ratio" in report.plots:
             text += ["Per epoch, per layer (log axis; thin: one seed, thick: their mean):", "",
                      f"![flip ratio]({report.plots['flip_ratio']})", ""]
@@ -316,7 +357,7 @@ def markdown(report: Report) -> str:
     if not rest.empty:
         text += ["## Runs that did not finish", "",
                  "Listed, never dropped: their settings' rows above aggregate only the finished "
-                 "seeds.", "", rest.to_markdown(index=False), ""]
+                 "seeds.", "", md_table(rest), ""]
     return "\n".join(text)
 
 
@@ -332,9 +373,14 @@ def write_report(report: Report, out_dir: Path, *, plots: bool = True) -> list[P
         written += [out_dir / p for p in report.plots.values()]
     written.append(write_atomic(out_dir / f"{report.name}.md", markdown(report)))
     written.append(write_atomic(out_dir / f"{report.name}.csv",
-                                report.long.to_csv(index=False)))
-    latex = report.summary.to_latex(index=False, escape=True, multicolumn=True,
-                                    multicolumn_format="c", caption=report.title,
-                                    label=f"tab:{report.name}")
+                                report.long.map(csv_cell).to_csv(index=False)))
+    from bnnbench.size import latex_escape
+
+    # pandas escapes the cells and headers, not the caption and label
+    flat = report.summary.map(lambda v: one_line(v) if isinstance(v, str) else v)
+    latex = flat.to_latex(index=False, escape=True, multicolumn=True,
+                                    multicolumn_format="c",
+                                    caption=latex_escape(one_line(report.title)),
+                                    label=f"tab:{latex_escape(report.name)}")
     written.append(write_atomic(out_dir / f"{report.name}.tex", latex.replace("±", r"$\pm$")))
     return written
