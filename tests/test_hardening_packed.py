@@ -308,6 +308,8 @@ def test_sign_of_nan_is_plus_one_on_every_path():
     assert torch.equal(SignQuantizer().eval()(x), want)
     assert torch.equal(sign_ste(x), want)
     assert torch.equal(residual_planes(x, 1, False)[1][0], want)
+    from bnnbench.nn.modern_layers import approx_sign
+    assert torch.equal(approx_sign(x), want)  # Bi-Real / ReActNet's activations
     for backend in ("cpu", "reference"):
         assert torch.equal(K.unpack_signs(K.pack_signs(x, backend=backend), x.shape[-1]), want)
     # the dot of the NaN row with itself counts every position as (+-1)^2 = 1

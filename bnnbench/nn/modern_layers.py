@@ -57,9 +57,10 @@ WEIGHT_GRADIENTS = ("paper", "code")
 
 
 def _pm1(x: Tensor) -> Tensor:
-    """sign with sign(0) = +1 (the convention of bnnbench.functional and the packed kernels)."""
+    """sign with sign(0) = sign(NaN) = +1 (-1 iff x < 0: the convention of bnnbench.functional
+    and the packed kernels)."""
     one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= 0, one, -one)
+    return torch.where(x < 0, -one, one)
 
 
 # ------------------------------------------------------------------------------------- functions
