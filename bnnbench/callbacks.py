@@ -222,8 +222,9 @@ def recalibrate_batchnorm(net: nn.Module, inputs: Iterator[Tensor], batches: int
 
 class BatchNormRecalibration(pl.Callback):
     """Before every validation and test: :func:`recalibrate_batchnorm` over the first
-    ``batches`` training batches (in the loader's order, with the global RNGs restored
-    afterwards, so training draws what it would have drawn without it).
+    ``batches`` training batches (at most the run's ``limit_train_batches``; in the loader's
+    order, with the global RNGs restored afterwards, so training draws what it would have drawn
+    without it).
 
     Why: a short run leaves running statistics far from the batch statistics the network was
     trained with (few steps at momentum 0.1, while the weights and a method's learnable scales
@@ -249,9 +250,13 @@ class BatchNormRecalibration(pl.Callback):
         return (batch[0].to(device) for batch in loader)
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = self.batches
+        limit = getattr(trainer, "num_training_batches", math.inf)
+        if isinstance(limit, (int, float)) and 0 < limit < batches:  # limit_train_batches
+            batches = int(limit)
         with preserved_rng(), trainer.precision_plugin.forward_context():
             self.used = recalibrate_batchnorm(pl_module.net, self._inputs(trainer, pl_module),
-                                              self.batches)
+                                              batches)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
