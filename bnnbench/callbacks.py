@@ -221,22 +221,24 @@ def recalibrate_batchnorm(net: nn.Module, inputs: Iterator[Tensor], batches: int
 
 
 class BatchNormRecalibration(pl.Callback):
-    """Before every validation and test: :func:`recalibrate_batchnorm` over the first
-    ``batches`` training batches (at most the run's ``limit_train_batches``; in the loader's
-    order, with the global RNGs restored afterwards, so training draws what it would have drawn
-    without it).
+    """At the end of every training epoch, before its validation: :func:`recalibrate_batchnorm`
+    over the first ``batches`` training batches (at most the run's ``limit_train_batches``; in
+    the loader's order, with the global RNGs restored afterwards, so training draws what it would
+    have drawn without it).
 
     Why: a short run leaves running statistics far from the batch statistics the network was
     trained with (few steps at momentum 0.1, while the weights and a method's learnable scales
-    and shifts still move), and eval mode then scores another network. Each validation's
-    recalibrated statistics are in the checkpoint saved after it, so ``evaluate``, ``export``
-    and the test split see them; ``metrics.json`` records ``extra.bn_recalibration``. Under DDP
-    each rank averages its own shard's batches (rank 0's are the ones saved).
+    and shifts still move), and eval mode then scores another network. The statistics are
+    recomputed once per epoch, before the epoch's checkpoints are saved, and only there: the
+    validation curve, ``last.ckpt``/``best.ckpt``, the test split (scored on ``last.ckpt``),
+    ``evaluate`` and ``export`` all see the same network. ``metrics.json`` records
+    ``extra.bn_recalibration``. Under DDP every rank reads the same (unsharded) batches.
     """
 
     def __init__(self, batches: int) -> None:
         self.batches = int(batches)
         self.used = 0
+        self._done_this_epoch = False
 
     def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Tensor]:
         loader = None
@@ -257,10 +259,15 @@ class BatchNormRecalibration(pl.Callback):
         with preserved_rng(), trainer.precision_plugin.forward_context():
             self.used = recalibrate_batchnorm(pl_module.net, self._inputs(trainer, pl_module),
                                               batches)
+        self._done_this_epoch = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done_this_epoch = False
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._run(trainer, pl_module)
 
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._done_this_epoch:  # an epoch without validation (check_val_every_n_epoch)
+            self._run(trainer, pl_module)

@@ -97,7 +97,9 @@ def fake_recipe_runs(make_cfg, root: Path) -> None:
             (point_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg))
             for stage in (1, 2):
                 stage_cfg = stage_config(cfg, stage, point_dir / "stage1")
-                method = "fp" if stage_cfg.get("method") is None else "reactnet"
+                node = stage_cfg.get("method")  # fp_init's stage 1: FullPrecision(clip)
+                method = ("fp" if node is None or str(node.get("_target_")).endswith(
+                    "FullPrecision") else "reactnet")
                 record = _record(method, seed, TOP1[point, stage][seed])
                 if stage_cfg.get("teacher"):  # the distilling stage logs both terms
                     record.curves = {**record.curves, "train/kd": [0.5] * 10,

@@ -349,7 +349,9 @@ def shipped(group: str) -> list[str]:
     *([f"optimizer={name}"] for name in shipped("optimizer")),
     *([f"scheduler={name}"] for name in shipped("scheduler")),
     *([f"trainer={name}"] for name in shipped("trainer")),
-    *([f"model={name}"] for name in shipped("model")),
+    # model=timm names its architecture (model.name is mandatory, ???)
+    *([f"model={name}", *(["model.name=mobilenetv3_small_100"] if name == "timm" else [])]
+      for name in shipped("model")),
     *([f"data={name}"] for name in shipped("data")),
 ])
 def test_every_shipped_config_passes_validation(make_cfg, overrides):

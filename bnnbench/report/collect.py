@@ -271,7 +271,9 @@ def swept_keys(runs: list[Run], preferred: list[str] | None = None) -> list[str]
     """
     all_keys = sorted({k for run in runs for k in run.config}
                       - IGNORED_KEYS - set(GROUPS))
-    all_keys = [k for k in all_keys if not k.startswith(IGNORED_PREFIXES)]
+    # a node's class (``method._target_``) is named by its group choice and its knobs
+    all_keys = [k for k in all_keys if not k.startswith(IGNORED_PREFIXES)
+                and not k.endswith("_target_")]
     order = [*(preferred or []), *GROUPS, *_override_order(runs), *all_keys]
     candidates = [k for i, k in enumerate(order) if k not in order[:i]
                   and k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)]
@@ -284,7 +286,23 @@ def swept_keys(runs: list[Run], preferred: list[str] | None = None) -> list[str]
             if seen.setdefault(group, value) != value:
                 chosen.append(key)
                 break
+    # a key chosen early (alphabetical order) may be determined by keys chosen after it: drop
+    # it when the others still tell the same runs apart (fp_init's stage-1 method.activation
+    # beside recipe.name); group choices and the sweep's own keys stay
+    keep = {*(preferred or []), *GROUPS}
+    for key in list(chosen):
+        rest = [k for k in chosen if k != key]
+        if key not in keep and _partition(runs, rest) == _partition(runs, chosen):
+            chosen = rest
     return chosen or ["method"]
+
+
+def _partition(runs: list[Run], keys: list[str]) -> set[frozenset[int]]:
+    """The runs (by index) grouped by their values of ``keys``."""
+    groups: dict[tuple[str, ...], set[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(tuple(run.setting(k) for k in keys), set()).add(i)
+    return {frozenset(g) for g in groups.values()}
 
 
 @dataclass
