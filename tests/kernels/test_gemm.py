@@ -188,20 +188,25 @@ def test_multibit_triton_paths(m, n, k, p, per_row, path):
 @pytest.mark.parametrize("p,m,n,k", [(2, 5, 10, 1031), (2, 40, 300, 64), (3, 3, 133, 77),
                                      (3, 3, 134, 77), (1, 17, 401, 33)])
 def test_multibit_cpu_rounds_as_einsum(p, m, n, k, multibit_path):
-    """The CPU plane sum is bit for bit ``torch.einsum`` over float32 dots, then ``* scale``
-    and ``+ bias`` (what the CPU path computed before its compiled epilogue): fused
-    multiply-adds from P N = 400 (torch's BLAS bmm), product-then-sum below (its plain loop)."""
+    """The CPU plane sum is ``sum_p alpha_pm dot_pmn`` in float32, then ``* scale`` and
+    ``+ bias``: within float32's rounding bound of the exact (float64) sum, ``(P + 2) eps
+    (sum_p |alpha dot| |scale| + |bias|)``. Bit equality with ``torch.einsum`` is not asked:
+    einsum's BLAS batch matmul fuses multiply-adds or not depending on the CPU."""
     planes = R.pack_signs_ref(rand_signs_source((p, m, k), seed=7))
     wp = R.pack_signs_ref(rand_signs_source((n, k), seed=8))
     g = torch.Generator().manual_seed(9)
     alpha, scale, bias = torch.rand(p, m, generator=g) * 3, torch.rand(n, generator=g) + 0.5, \
         torch.randn(n, generator=g)
-    dots = torch.stack([R.xnor_gemm_ref(planes[i], wp, k) for i in range(p)]).to(torch.float32)
-    want = torch.einsum("pm,pmn->mn", alpha, dots)
-    assert torch.equal(K.multibit_xnor_gemm(planes, wp, alpha, k, backend="cpu"), want)
-    want = want * scale + bias
-    assert torch.equal(K.multibit_xnor_gemm(planes, wp, alpha, k, scale, bias, backend="cpu"),
-                       want)
+    dots = torch.stack([R.xnor_gemm_ref(planes[i], wp, k) for i in range(p)]).to(torch.float64)
+    terms = alpha.double()[:, :, None] * dots
+    eps = torch.finfo(torch.float32).eps
+    exact, size = terms.sum(0), terms.abs().sum(0)
+    got = K.multibit_xnor_gemm(planes, wp, alpha, k, backend="cpu").double()
+    assert bool(((got - exact).abs() <= (p + 1) * eps * size).all())
+    exact = exact * scale.double() + bias.double()
+    size = size * scale.double() + bias.double().abs()
+    got = K.multibit_xnor_gemm(planes, wp, alpha, k, scale, bias, backend="cpu").double()
+    assert bool(((got - exact).abs() <= (p + 3) * eps * size).all())
 
 
 @pytest.mark.parametrize("r,k", [(1, 1), (3, 33), (5, 1031), (2, 64)])
