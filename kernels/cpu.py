@@ -58,6 +58,7 @@ the unchecked bodies (:data:`UNCHECKED`) so that it is validated once.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -208,10 +209,33 @@ def threading_layer() -> str:
         return numba.threading_layer()
 
 
+#: the process that imported this module: a different pid is a forked child
+_IMPORT_PID = os.getpid()
+
+
+def forked_after_openmp() -> bool:
+    """Whether this is a forked child of a process whose numba pool runs on OpenMP.
+
+    GNU OpenMP is not fork-safe: numba terminates a child that enters a parallel region after
+    its parent started the OpenMP pool ("fork() called from a process already using GNU
+    OpenMP"). Without TBB numba picks OpenMP, so such a child (a DataLoader worker, a DDP
+    launcher's fork) runs the single-threaded variants, which give the same results bit for bit.
+    """
+    if os.getpid() == _IMPORT_PID:
+        return False
+    try:
+        return numba.threading_layer() == "omp"
+    except ValueError:  # the parent never started the pool: the child may start its own
+        return False
+
+
 def _parallel_threads(work_words: int) -> int:
     """Threads for a call with ``work_words`` word popcounts: 1 (the single-threaded variant)
-    below :data:`PARALLEL_MIN_WORDS`, else :func:`kernel_threads`."""
-    return 1 if work_words < PARALLEL_MIN_WORDS else kernel_threads()
+    below :data:`PARALLEL_MIN_WORDS` or in a child forked after OpenMP started
+    (:func:`forked_after_openmp`), else :func:`kernel_threads`."""
+    if work_words < PARALLEL_MIN_WORDS or forked_after_openmp():
+        return 1
+    return kernel_threads()
 
 
 def _run_threaded(kernel, threads: int, *args):

@@ -279,7 +279,8 @@ def _child_runs_threaded_kernels(queue, operands, wanted) -> None:
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
 def test_threaded_kernels_in_forked_child(monkeypatch):
     """The parent starts numba's pool first, then forks (a DataLoader worker, a DDP launcher):
-    the child's threaded kernels must still run and stay exact (GNU OpenMP would hang here)."""
+    the child's kernels must still run and stay exact (numba terminates a child that enters a
+    GNU OpenMP region its parent started: there the child runs the single-threaded variants)."""
     monkeypatch.setattr(C, "KERNEL_THREADS", 2)
     monkeypatch.setattr(C, "PARALLEL_MIN_WORDS", 0)
     layer = C.threading_layer()
