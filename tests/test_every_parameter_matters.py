@@ -129,7 +129,9 @@ HEAVY = {"resnet18", "nin", "alexnet"}
 
 def marks(method: str, host: str) -> list[pytest.MarkDecorator]:
     found = [XFAIL[(method, host)]] if (method, host) in XFAIL else []
-    return found + ([pytest.mark.slow] if host in HEAVY else [])
+    # ABC-Net's least-squares weight bases make each forward of reactnet_a's 26 convs costly too
+    slow = host in HEAVY or (method, host) == ("abcnet", "reactnet_a")
+    return found + ([pytest.mark.slow] if slow else [])
 
 
 CASES = [pytest.param(method, host, marks=marks(method, host), id=f"{method}-{host}")
