@@ -58,9 +58,6 @@ XFAIL = {
     **{(method, "vgg_small"): pytest.mark.xfail(
         strict=False, reason=f"{method} on vgg_small stays at chance after the short fit")
        for method in ("xnor", "dorefa", "bwn")},
-    ("abcnet", "resnet18"): pytest.mark.xfail(
-        strict=False, reason="ABC-Net on ResNet-18 learns far less than BinaryNet (issue 25): "
-                             "the lead is fixing it"),
 }
 
 
