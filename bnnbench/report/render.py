@@ -248,7 +248,8 @@ def scale_lines(long: pd.DataFrame) -> list[str]:
     lines = [f"- data: {described or '-'}",
              f"- model: `{', '.join(values('model'))}`; epochs: {', '.join(values('epochs'))}; "
              f"runs: {len(long)} ({(long['status'] == 'finished').sum()} finished)",
-             f"- BatchNorm statistics at val/test: {recalibration_line(values('bn_recalibration'))}",
+             "- BatchNorm statistics at val/test: "
+             + recalibration_line(values("bn_recalibration")),
              f"- device: {', '.join(values('device')) or '-'}",
              f"- bnnbench commit: {', '.join(values('git_commit')) or '-'}"]
     mixed = [name for name, column in SCALE_FIELDS.items() if len(values(column)) > 1]
