@@ -94,15 +94,15 @@ def pooled_downsample(downsample: nn.Module) -> nn.Module:
                                       ("0", new), ("1", downsample[1])]))
 
 
-def rebuild_resnet_blocks(model: nn.Module, make_shift: ModuleFactory, make_act: ModuleFactory,
-                          avgpool_downsample: bool) -> list[str]:
-    """Turn every timm/torchvision ``BasicBlock`` into a :class:`BiRealBlock`; returns the names
-    of the convs now inside one. Bottleneck blocks (ResNet-50 and up) are refused."""
-    inside = []
+def basic_blocks(model: nn.Module, units: str) -> list[tuple[str, nn.Module]]:
+    """Every timm/torchvision ``BasicBlock`` of ``model`` with its name, for a method that
+    rebuilds each as ``units`` (named in the one-line refusals): Bottleneck blocks (ResNet-50
+    and up) and blocks with attention or anti-aliasing have no such form and are refused."""
+    blocks = []
     for name, module in list(model.named_modules()):
         kind = type(module).__name__
         if kind == "Bottleneck":
-            raise BnnbenchError("Bi-Real/ReActNet units are built for BasicBlock ResNets; use "
+            raise BnnbenchError(f"{units} are built for BasicBlock ResNets; use "
                                 "model=resnet18 or model=resnet34")
         if kind != "BasicBlock" or not all(hasattr(module, a) for a in
                                            ("conv1", "bn1", "conv2", "bn2")):
@@ -110,7 +110,17 @@ def rebuild_resnet_blocks(model: nn.Module, make_shift: ModuleFactory, make_act:
         if getattr(module, "se", None) is not None or not isinstance(
                 getattr(module, "aa", nn.Identity()), nn.Identity):
             raise BnnbenchError(f"{name}: a BasicBlock with attention or anti-aliasing has no "
-                                "Bi-Real form; use model=resnet18 or model=resnet34")
+                                f"form as {units}; use model=resnet18 or model=resnet34")
+        blocks.append((name, module))
+    return blocks
+
+
+def rebuild_resnet_blocks(model: nn.Module, make_shift: ModuleFactory, make_act: ModuleFactory,
+                          avgpool_downsample: bool) -> list[str]:
+    """Turn every timm/torchvision ``BasicBlock`` into a :class:`BiRealBlock`; returns the names
+    of the convs now inside one (:func:`basic_blocks` refuses the others)."""
+    inside = []
+    for name, module in basic_blocks(model, "Bi-Real/ReActNet units"):
         down = getattr(module, "downsample", None)
         if down is not None and avgpool_downsample:
             down = pooled_downsample(down)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from bnnbench.errors import BnnbenchError
 from bnnbench.methods.base import check_choice, layers_to_binarize, register_method, \
     replace_layers
-from bnnbench.methods.bireal import pooled_downsample, unit_shortcut
+from bnnbench.methods.bireal import basic_blocks, pooled_downsample, unit_shortcut
 from bnnbench.methods.xnor import _XnorBase
 from bnnbench.models.registry import INPUT_SHAPE_ATTR
 from bnnbench.nn.blocks import ConvBlock
@@ -98,15 +98,10 @@ def prenorm_resnet_blocks(model: nn.Module, make_act: ActFactory,
     ``conv2``; the strong baseline's two half blocks): ``conv1`` adds the block's downsample (or
     ``x``), ``conv2`` its own input. The host's BatchNorms after the convs and its ReLUs go
     (each unit normalizes its own input; PReLU replaces ReLU). Returns the names the two convs
-    had. Bottleneck blocks are refused."""
+    had (:func:`~bnnbench.methods.bireal.basic_blocks` refuses Bottleneck and attention
+    blocks)."""
     inside = []
-    for name, module in list(model.named_modules()):
-        kind = type(module).__name__
-        if kind == "Bottleneck":
-            raise BnnbenchError("XNOR-Net++'s units are built for BasicBlock ResNets; use "
-                                "model=resnet18 or model=resnet34")
-        if kind != "BasicBlock" or not all(hasattr(module, a) for a in ("conv1", "conv2")):
-            continue
+    for name, module in basic_blocks(model, "XNOR-Net++'s units"):
         shortcut = _block_shortcut(getattr(module, "downsample", None), avgpool_downsample,
                                    make_act)
         block = nn.Sequential(OrderedDict(
