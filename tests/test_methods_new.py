@@ -406,9 +406,9 @@ def test_bottleneck_resnets_are_refused_one_line():
             self.conv1 = nn.Conv2d(4, 4, 1)
 
     host = nn.Sequential(nn.Conv2d(1, 4, 3), Bottleneck(), nn.Flatten(), nn.Linear(4, 2))
-    for method in ("bireal", "reactnet"):
+    for method, knobs in (("bireal", {}), ("reactnet", {}), ("xnorpp", {"scales": "channel"})):
         with pytest.raises(BnnbenchError, match="resnet18 or model=resnet34"):
-            create_method(method).convert(copy.deepcopy(host))
+            create_method(method, **knobs).convert(copy.deepcopy(host))
 
 
 BAD_KNOBS = [
